@@ -1,0 +1,66 @@
+#include "syncbn/app.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+namespace syncbn {
+
+void run_agreed(Communicator& comm, const char* label, const std::function<void()>& fn) {
+  std::string why;
+  bool failed = false;
+  try {
+    fn();
+  } catch (const std::exception& e) {
+    failed = true;
+    why = e.what();
+  }
+  if (!comm.any(failed, label)) return;
+  // Find the lowest failing rank and broadcast its message, so that rank 0 can report it once.
+  std::vector<double> flags(static_cast<std::size_t>(comm.size()), 0.0);
+  flags[static_cast<std::size_t>(comm.rank())] = failed ? 1.0 : 0.0;
+  comm.allreduce_sum(flags.data(), flags.size(), label);
+  int root = 0;
+  while (flags[static_cast<std::size_t>(root)] == 0.0) ++root;
+  if (comm.size() > 1 && comm.rank() == root) why = comm.origin() + " " + why;
+  double len = static_cast<double>(why.size());
+  comm.broadcast(&len, sizeof len, root, label);
+  why.resize(static_cast<std::size_t>(len));
+  comm.broadcast(why.data(), why.size(), root, label);
+  throw AgreedError(why);
+}
+
+void Log0::operator()(const char* fmt, ...) const {
+  if (!enabled_) return;
+  va_list args;
+  va_start(args, fmt);
+  std::vfprintf(stdout, fmt, args);
+  va_end(args);
+}
+
+int mpi_main(int argc, char** argv, const std::function<int(MpiCommunicator& world)>& body) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  MpiRuntime mpi(&argc, &argv);
+  int code = 0;
+  std::string fatal;
+  {
+    std::unique_ptr<MpiCommunicator> world;
+    try {
+      world = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD);
+      if (const char* t = std::getenv("SBN_COMM_TIMEOUT")) world->set_timeout(std::atof(t));
+      code = body(*world);
+    } catch (const AgreedError& e) {
+      if (!world || world->rank() == 0) std::fprintf(stderr, "error: %s\n", e.what());
+      code = 1;
+    } catch (const std::exception& e) {
+      fatal = (world ? world->origin() + " " : std::string()) + e.what();
+    }
+    if (!fatal.empty()) {
+      std::fprintf(stderr, "error: %s\n", fatal.c_str());
+      abort_job(1);  // peers may be waiting in a collective: end them all
+    }
+  }
+  return code;
+}
+
+}  // namespace syncbn

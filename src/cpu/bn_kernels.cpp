@@ -1,0 +1,409 @@
+// CPU SyncBN kernels. Every element loop streams through memory once: the double-accumulating
+// reductions through the SIMD traits of simd.h, the elementwise passes as `omp simd` loops the compiler
+// vectorizes (with non-temporal stores for large outputs); the per-channel arithmetic comes from
+// bn_math.h, shared with the CUDA kernels.
+//
+// Memory traffic per element (fp32): bn_stats reads x (4 B); bn_normalize reads x, writes y (8 B);
+// bn_backward_reduce reads x, dy (8 B); bn_backward_elemt reads x, dy, writes dx (12 B). These are the
+// "bytes that must move" syncbn-bench divides by: the all-reduce between the passes forbids fusing them.
+#include "syncbn/bn_kernels.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "simd.h"
+#include "stream_store.h"
+#include "syncbn/error.h"
+
+namespace syncbn {
+
+BnGeometry bn_geometry(const std::vector<std::int64_t>& shape, Layout layout, const std::string& who) {
+  BnGeometry g;
+  const std::size_t rank = shape.size();
+  SBN_CHECK(rank >= 2 && rank <= 4,
+            who + ": unsupported input rank " + std::to_string(rank) + " " + describe(shape, layout) +
+                "; expected (N, C), (N, C, L) or (N, C, H, W)");
+  g.channels = shape[1];
+  if (rank == 4 && layout == Layout::kChannelsLast) {
+    g.channels_last = true;
+    g.outer = shape[0] * shape[2] * shape[3];
+    g.inner = 1;
+  } else if (rank == 2) {
+    g.channels_last = true;  // (N, C) is channels-last with one row per sample
+    g.outer = shape[0];
+    g.inner = 1;
+  } else {
+    SBN_CHECK(layout == Layout::kPlanar,
+              who + ": channels-last layout needs a rank-4 tensor, got " + describe(shape, layout));
+    g.outer = shape[0];
+    g.inner = 1;
+    for (std::size_t i = 2; i < rank; ++i) g.inner *= shape[i];
+  }
+  return g;
+}
+
+namespace cpu {
+namespace {
+
+using simd::Native;
+using simd::Scalar;
+
+// Accumulators of a planar reduction: four independent vector sums per quantity (enough to hide the
+// add latency at memory speed), plus scalar sums for the tails. Kept across the N planes of a channel.
+template <class S>
+struct PlaneAcc {
+  typename S::D a[4] = {S::zero(), S::zero(), S::zero(), S::zero()};
+  typename S::D b[4] = {S::zero(), S::zero(), S::zero(), S::zero()};
+  double ta = 0, tb = 0;
+  double sum_a() const { return S::hsum(S::add(S::add(a[0], a[1]), S::add(a[2], a[3]))) + ta; }
+  double sum_b() const { return S::hsum(S::add(S::add(b[0], b[1]), S::add(b[2], b[3]))) + tb; }
+};
+
+// acc.a += Σ(p − k), acc.b += Σ(p − k)² over one contiguous plane. The accumulators are copied into
+// locals: vector types may alias anything, so updating them through `acc` would force a store per step.
+template <class S>
+inline void stats_plane(const float* p, std::int64_t len, double k, PlaneAcc<S>& acc) {
+  constexpr int W = S::kW;
+  using D = typename S::D;
+  const D K = S::set1(k);
+  D a0 = acc.a[0], a1 = acc.a[1], a2 = acc.a[2], a3 = acc.a[3];
+  D b0 = acc.b[0], b1 = acc.b[1], b2 = acc.b[2], b3 = acc.b[3];
+  std::int64_t i = 0;
+  for (; i + 4 * W <= len; i += 4 * W) {
+    const D d0 = S::sub(S::cvt(S::loadf(p + i)), K);
+    const D d1 = S::sub(S::cvt(S::loadf(p + i + W)), K);
+    const D d2 = S::sub(S::cvt(S::loadf(p + i + 2 * W)), K);
+    const D d3 = S::sub(S::cvt(S::loadf(p + i + 3 * W)), K);
+    a0 = S::add(a0, d0);
+    a1 = S::add(a1, d1);
+    a2 = S::add(a2, d2);
+    a3 = S::add(a3, d3);
+    b0 = S::fma(d0, d0, b0);
+    b1 = S::fma(d1, d1, b1);
+    b2 = S::fma(d2, d2, b2);
+    b3 = S::fma(d3, d3, b3);
+  }
+  for (; i + W <= len; i += W) {
+    const D d = S::sub(S::cvt(S::loadf(p + i)), K);
+    a0 = S::add(a0, d);
+    b0 = S::fma(d, d, b0);
+  }
+  acc.a[0] = a0, acc.a[1] = a1, acc.a[2] = a2, acc.a[3] = a3;
+  acc.b[0] = b0, acc.b[1] = b1, acc.b[2] = b2, acc.b[3] = b3;
+  for (; i < len; ++i) {
+    const double d = static_cast<double>(p[i]) - k;
+    acc.ta += d;
+    acc.tb = std::fma(d, d, acc.tb);
+  }
+}
+
+// dy' = dy, or dy gated by the fused ReLU: the forward output a·(x − hi) + b recomputed with the same
+// fma as bn_normalize, so the gate matches the forward bit for bit.
+template <class S, bool kRelu>
+inline typename S::F gated(typename S::F dy, typename S::F xh, typename S::F a, typename S::F b) {
+  if constexpr (kRelu) {
+    return S::gate(dy, xh, a, b);
+  } else {
+    return dy;
+  }
+}
+
+// acc.a += Σdy', acc.b += Σdy'·(x − hi) over one plane (accumulators in locals, as in stats_plane).
+template <class S, bool kRelu>
+inline void backward_plane(const float* dy, const float* x, std::int64_t len, float hi, float a, float b,
+                           PlaneAcc<S>& acc) {
+  constexpr int W = S::kW;
+  using D = typename S::D;
+  using F = typename S::F;
+  const F H = S::setf(hi), A = S::setf(a), B = S::setf(b);
+  D a0 = acc.a[0], a1 = acc.a[1], a2 = acc.a[2], a3 = acc.a[3];
+  D b0 = acc.b[0], b1 = acc.b[1], b2 = acc.b[2], b3 = acc.b[3];
+  auto step = [&](std::int64_t j, D& sa, D& sb) {
+    const F xh = S::subf(S::loadf(x + j), H);
+    const D g = S::cvt(gated<S, kRelu>(S::loadf(dy + j), xh, A, B));
+    sa = S::add(sa, g);
+    sb = S::fma(g, S::cvt(xh), sb);
+  };
+  std::int64_t i = 0;
+  for (; i + 4 * W <= len; i += 4 * W) {
+    step(i, a0, b0);
+    step(i + W, a1, b1);
+    step(i + 2 * W, a2, b2);
+    step(i + 3 * W, a3, b3);
+  }
+  for (; i + W <= len; i += W) step(i, a0, b0);
+  acc.a[0] = a0, acc.a[1] = a1, acc.a[2] = a2, acc.a[3] = a3;
+  acc.b[0] = b0, acc.b[1] = b1, acc.b[2] = b2, acc.b[3] = b3;
+  for (; i < len; ++i) {
+    const float xh = x[i] - hi;
+    const double g = gated<Scalar, kRelu>(dy[i], xh, a, b);
+    acc.ta += g;
+    acc.tb = std::fma(g, static_cast<double>(xh), acc.tb);
+  }
+}
+
+// Channels-last reductions fold kRows rows at a time into per-channel sums that stay in L1 (S1, S2 or
+// A, B: 2·C doubles), so each sum is loaded and stored once per kRows rows instead of once per row.
+constexpr std::int64_t kRows = 4;
+
+// Channels-last stats for channels [c0, c1) (a multiple of S::kW wide), relative to the first row k.
+template <class S>
+inline void stats_rows(const float* x, std::int64_t rows, std::int64_t C, std::int64_t c0, std::int64_t c1,
+                       double* S1, double* S2) {
+  constexpr int W = S::kW;
+  using D = typename S::D;
+  const float* k = x;
+  std::int64_t r = 0;
+  for (; r + kRows <= rows; r += kRows) {
+    const float* p = x + r * C;
+    for (std::int64_t c = c0; c < c1; c += W) {
+      const D kc = S::cvt(S::loadf(k + c));
+      const D d0 = S::sub(S::cvt(S::loadf(p + c)), kc);
+      const D d1 = S::sub(S::cvt(S::loadf(p + C + c)), kc);
+      const D d2 = S::sub(S::cvt(S::loadf(p + 2 * C + c)), kc);
+      const D d3 = S::sub(S::cvt(S::loadf(p + 3 * C + c)), kc);
+      S::stored(S1 + c, S::add(S::loadd(S1 + c), S::add(S::add(d0, d1), S::add(d2, d3))));
+      const D q01 = S::fma(d1, d1, S::mul(d0, d0));
+      const D q23 = S::fma(d3, d3, S::mul(d2, d2));
+      S::stored(S2 + c, S::add(S::loadd(S2 + c), S::add(q01, q23)));
+    }
+  }
+  for (; r < rows; ++r) {
+    const float* p = x + r * C;
+    for (std::int64_t c = c0; c < c1; c += W) {
+      const D d = S::sub(S::cvt(S::loadf(p + c)), S::cvt(S::loadf(k + c)));
+      S::stored(S1 + c, S::add(S::loadd(S1 + c), d));
+      S::stored(S2 + c, S::fma(d, d, S::loadd(S2 + c)));
+    }
+  }
+}
+
+// Channels-last backward sums for channels [c0, c1): A += Σdy', B += Σdy'·(x − hi).
+template <class S, bool kRelu>
+inline void backward_rows(const float* dy, const float* x, std::int64_t rows, std::int64_t C,
+                          std::int64_t c0, std::int64_t c1, const float* hi, const float* a,
+                          const float* b, double* A, double* B) {
+  constexpr int W = S::kW;
+  using D = typename S::D;
+  using F = typename S::F;
+  std::int64_t r = 0;
+  for (; r + kRows <= rows; r += kRows) {
+    const float* xp = x + r * C;
+    const float* dp = dy + r * C;
+    for (std::int64_t c = c0; c < c1; c += W) {
+      const F H = S::loadf(hi + c), Av = S::loadf(a + c), Bv = S::loadf(b + c);
+      D sa = S::zero(), sb = S::zero();
+      for (std::int64_t j = 0; j < kRows; ++j) {
+        const F xh = S::subf(S::loadf(xp + j * C + c), H);
+        const D g = S::cvt(gated<S, kRelu>(S::loadf(dp + j * C + c), xh, Av, Bv));
+        sa = S::add(sa, g);
+        sb = S::fma(g, S::cvt(xh), sb);
+      }
+      S::stored(A + c, S::add(S::loadd(A + c), sa));
+      S::stored(B + c, S::add(S::loadd(B + c), sb));
+    }
+  }
+  for (; r < rows; ++r) {
+    const float* xp = x + r * C;
+    const float* dp = dy + r * C;
+    for (std::int64_t c = c0; c < c1; c += W) {
+      const F xh = S::subf(S::loadf(xp + c), S::loadf(hi + c));
+      const D g = S::cvt(gated<S, kRelu>(S::loadf(dp + c), xh, S::loadf(a + c), S::loadf(b + c)));
+      S::stored(A + c, S::add(S::loadd(A + c), g));
+      S::stored(B + c, S::fma(g, S::cvt(xh), S::loadd(B + c)));
+    }
+  }
+}
+
+template <bool kRelu>
+void backward_sums(const float* dy, const float* x, const BnGeometry& g, const float* hi, const float* a,
+                   const float* b, double* A, double* B) {
+  const std::int64_t C = g.channels;
+  if (!g.channels_last) {
+    for (std::int64_t c = 0; c < C; ++c) {
+      PlaneAcc<Native> acc;
+      for (std::int64_t o = 0; o < g.outer; ++o) {
+        const std::int64_t off = (o * C + c) * g.inner;
+        backward_plane<Native, kRelu>(dy + off, x + off, g.inner, hi[c], a[c], b[c], acc);
+      }
+      A[c] = acc.sum_a();
+      B[c] = acc.sum_b();
+    }
+    return;
+  }
+  std::fill(A, A + C, 0.0);
+  std::fill(B, B + C, 0.0);
+  const std::int64_t cv = C - C % Native::kW;
+  backward_rows<Native, kRelu>(dy, x, g.outer, C, 0, cv, hi, a, b, A, B);
+  backward_rows<Scalar, kRelu>(dy, x, g.outer, C, cv, C, hi, a, b, A, B);
+}
+
+inline float relu_if(float y, bool relu) { return relu ? std::max(y, 0.0f) : y; }
+
+inline float gate(float dy, float xh, float a, float b, bool relu) {
+  return (!relu || std::fma(a, xh, b) > 0.0f) ? dy : 0.0f;
+}
+
+// Whether rows of C floats can be streamed line by line (every row starts on a 64-byte boundary).
+inline bool rows_streamable(const float* dst, std::int64_t channels) {
+  return channels % kLineFloats == 0 && (reinterpret_cast<std::uintptr_t>(dst) & 63u) == 0;
+}
+
+}  // namespace
+
+// ---- forward ----------------------------------------------------------------------------------
+
+void bn_stats(const float* x, const BnGeometry& g, const double* pivot, double tag, double* msg) {
+  const std::int64_t C = g.channels;
+  const std::int64_t n = g.per_channel();
+  msg[kMsgTag] = tag;
+  msg[kMsgTag2] = tag * tag;
+  msg[kMsgCount] = static_cast<double>(n);
+  double* S1 = msg + kMsgHeader;
+  double* S2 = S1 + C;
+  if (n == 0) {
+    std::fill(S1, S1 + 2 * C, 0.0);
+    return;
+  }
+  if (!g.channels_last) {
+    for (std::int64_t c = 0; c < C; ++c) {
+      const double k = x[c * g.inner];  // local shift: this rank's first value of channel c
+      PlaneAcc<Native> acc;
+      for (std::int64_t o = 0; o < g.outer; ++o) stats_plane(x + (o * C + c) * g.inner, g.inner, k, acc);
+      bn_shift_to_pivot(acc.sum_a(), acc.sum_b(), static_cast<double>(n), k, pivot ? pivot[c] : 0.0,
+                        &S1[c], &S2[c]);
+    }
+    return;
+  }
+  std::fill(S1, S1 + 2 * C, 0.0);
+  const std::int64_t cv = C - C % Native::kW;
+  stats_rows<Native>(x, g.outer, C, 0, cv, S1, S2);
+  stats_rows<Scalar>(x, g.outer, C, cv, C, S1, S2);
+  for (std::int64_t c = 0; c < C; ++c)  // local shift: the first row
+    bn_shift_to_pivot(S1[c], S2[c], static_cast<double>(n), x[c], pivot ? pivot[c] : 0.0, &S1[c], &S2[c]);
+}
+
+BnStatus bn_combine(const double* msg, const BnCombineArgs& args) {
+  if (!bn_tags_agree(msg[kMsgTag], msg[kMsgTag2], args.group_size, args.tag)) return kBnTagMismatch;
+  const double n = msg[kMsgCount];
+  if (n < 1) return kBnEmptyBatch;
+  if (n < 2) return kBnSingleSample;
+  const std::int64_t C = args.channels;
+  const double* S1 = msg + kMsgHeader;
+  const double* S2 = S1 + C;
+  for (std::int64_t c = 0; c < C; ++c) {
+    double mean = 0, var = 0;
+    bn_moments(S1[c], S2[c], n, args.pivot ? args.pivot[c] : 0.0, &mean, &var);
+    const double invstd = 1.0 / std::sqrt(var + args.eps);
+    args.mean[c] = mean;
+    args.var[c] = var;
+    args.invstd[c] = invstd;
+    if (args.pivot) args.pivot[c] = mean;
+    if (args.factor >= 0 && args.running_mean)
+      bn_running_update(&args.running_mean[c], &args.running_var[c], mean, var, n, args.factor);
+    bn_forward_coefs(mean, invstd, args.gamma ? args.gamma[c] : 1.0, args.beta ? args.beta[c] : 0.0,
+                     &args.hi[c], &args.a[c], &args.b[c]);
+  }
+  return kBnOk;
+}
+
+void bn_normalize(const float* x, const BnGeometry& g, const float* hi, const float* a, const float* b,
+                  bool relu, bool stream, float* y) {
+  // Memory order. (Walking in reverse, to start on the lines bn_stats left in L2, measured slower:
+  // the hardware prefetchers follow ascending streams better.)
+  const std::int64_t C = g.channels;
+  if (!g.channels_last) {
+    for (std::int64_t o = 0; o < g.outer; ++o) {
+      for (std::int64_t c = 0; c < C; ++c) {
+        const float h = hi[c], ac = a[c], bc = b[c];
+        const std::int64_t off = (o * C + c) * g.inner;
+        const float* xp = x + off;
+        write_elements(y + off, g.inner, stream,
+                       [=](std::int64_t i) { return relu_if(std::fma(ac, xp[i] - h, bc), relu); });
+      }
+    }
+  } else {
+    const bool nt = stream && rows_streamable(y, C);
+    for (std::int64_t r = 0; r < g.outer; ++r) {
+      const float* xp = x + r * C;
+      write_elements(y + r * C, C, nt,
+                     [=](std::int64_t c) { return relu_if(std::fma(a[c], xp[c] - hi[c], b[c]), relu); });
+    }
+  }
+  if (stream) stream_fence();
+}
+
+// ---- backward ---------------------------------------------------------------------------------
+
+void bn_backward_reduce(const float* dy, const float* x, const BnGeometry& g, const float* hi,
+                        const float* a, const float* b, bool relu, const double* mean,
+                        const double* invstd, double tag, double* msg, float* dgamma, float* dbeta) {
+  const std::int64_t C = g.channels;
+  msg[kMsgTag] = tag;
+  msg[kMsgTag2] = tag * tag;
+  msg[kMsgCount] = static_cast<double>(g.per_channel());
+  double* A = msg + kMsgHeader;
+  double* B = A + C;
+  if (relu) {
+    backward_sums<true>(dy, x, g, hi, a, b, A, B);
+  } else {
+    backward_sums<false>(dy, x, g, hi, a, b, A, B);
+  }
+  if (dgamma || dbeta) {
+    for (std::int64_t c = 0; c < C; ++c) {
+      const double lo = mean[c] - static_cast<double>(hi[c]);
+      if (dbeta) dbeta[c] += static_cast<float>(A[c]);
+      if (dgamma) dgamma[c] += static_cast<float>(invstd[c] * (B[c] - lo * A[c]));
+    }
+  }
+}
+
+BnStatus bn_backward_combine(const double* msg, const BnBackwardCombineArgs& args) {
+  if (!bn_tags_agree(msg[kMsgTag], msg[kMsgTag2], args.group_size, args.tag)) return kBnTagMismatch;
+  const double n = msg[kMsgCount];
+  if (n != args.expected_count) return kBnCountMismatch;
+  const std::int64_t C = args.channels;
+  const double* A = msg + kMsgHeader;
+  const double* B = A + C;
+  for (std::int64_t c = 0; c < C; ++c) {
+    const double scale = (args.gamma ? args.gamma[c] : 1.0) * args.invstd[c];
+    bn_backward_coefs(A[c], B[c], n, args.mean[c], args.hi[c], args.invstd[c], scale, &args.k1[c],
+                      &args.k0[c]);
+  }
+  return kBnOk;
+}
+
+void bn_backward_elemt(const float* dy, const float* x, const BnGeometry& g, const float* hi,
+                       const float* a, const float* b, bool relu, const float* k1, const float* k0,
+                       bool stream, float* dx) {
+  const std::int64_t C = g.channels;
+  if (!g.channels_last) {
+    for (std::int64_t o = 0; o < g.outer; ++o) {
+      for (std::int64_t c = 0; c < C; ++c) {
+        const float h = hi[c], ac = a[c], bc = b[c], c1 = k1[c], c0 = k0[c];
+        const std::int64_t off = (o * C + c) * g.inner;
+        const float* xp = x + off;
+        const float* dp = dy + off;
+        write_elements(dx + off, g.inner, stream, [=](std::int64_t i) {
+          const float xh = xp[i] - h;
+          return std::fma(ac, gate(dp[i], xh, ac, bc, relu), std::fma(c1, xh, c0));
+        });
+      }
+    }
+  } else {
+    const bool nt = stream && rows_streamable(dx, C);
+    for (std::int64_t r = 0; r < g.outer; ++r) {
+      const float* xp = x + r * C;
+      const float* dp = dy + r * C;
+      write_elements(dx + r * C, C, nt, [=](std::int64_t c) {
+        const float xh = xp[c] - hi[c];
+        return std::fma(a[c], gate(dp[c], xh, a[c], b[c], relu), std::fma(k1[c], xh, k0[c]));
+      });
+    }
+  }
+  if (stream) stream_fence();
+}
+
+}  // namespace cpu
+}  // namespace syncbn

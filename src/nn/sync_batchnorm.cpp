@@ -1,0 +1,307 @@
+#include "syncbn/sync_batchnorm.h"
+
+#include <chrono>
+#include <cstdlib>
+
+#include "syncbn/error.h"
+
+namespace syncbn {
+
+// ---- modes ------------------------------------------------------------------------------------
+
+std::string SyncMode::str() const {
+  switch (kind) {
+    case kLocal: return "local";
+    case kSync: return "sync";
+    case kGroups: return "sync:" + std::to_string(group_size);
+  }
+  return "?";
+}
+
+SyncMode parse_sync_mode(const std::string& text) {
+  SyncMode m;
+  if (text == "local") {
+    m.kind = SyncMode::kLocal;
+  } else if (text == "sync") {
+    m.kind = SyncMode::kSync;
+  } else if (text.rfind("sync:", 0) == 0) {
+    const std::string k = text.substr(5);
+    char* end = nullptr;
+    const long v = k.empty() ? 0 : std::strtol(k.c_str(), &end, 10);
+    SBN_CHECK(!k.empty() && end && *end == '\0' && v >= 1 && v <= 1 << 20,
+              "sync mode '" + text + "': K in sync:K must be a positive integer");
+    m.kind = SyncMode::kGroups;
+    m.group_size = static_cast<int>(v);
+  } else {
+    SBN_FAIL("unknown sync mode '" + text + "'; expected local, sync or sync:K");
+  }
+  return m;
+}
+
+SyncGroup::SyncGroup(Communicator& world, const SyncMode& mode) : mode_(mode) {
+  switch (mode.kind) {
+    case SyncMode::kLocal: comm_ = nullptr; break;
+    case SyncMode::kSync: comm_ = &world; break;
+    case SyncMode::kGroups:
+      SBN_CHECK(world.size() % mode.group_size == 0,
+                "sync mode " + mode.str() + ": K = " + std::to_string(mode.group_size) +
+                    " does not divide the world size " + std::to_string(world.size()));
+      owned_ = world.split(world.rank() / mode.group_size, world.rank(), "sync group split");
+      comm_ = owned_.get();
+      break;
+  }
+}
+
+void SyncGroup::reserve_channels(std::int64_t channels) { max_channels_ = std::max(max_channels_, channels); }
+
+// ---- layer ------------------------------------------------------------------------------------
+
+namespace {
+
+// A small integer in [1, 2^20) identifying (layer, phase, C); see bn_tags_agree.
+double make_tag(const std::string& name, const char* phase, std::int64_t channels) {
+  std::uint64_t h = 1469598103934665603ull;  // FNV-1a
+  const std::string key = name + "/" + phase + "/" + std::to_string(channels);
+  for (unsigned char ch : key) {
+    h ^= ch;
+    h *= 1099511628211ull;
+  }
+  return static_cast<double>(1 + h % ((1u << 20) - 1));
+}
+
+}  // namespace
+
+SyncBatchNorm::SyncBatchNorm(std::string name, const BatchNormOptions& options, SyncGroup* group)
+    : name_(std::move(name)),
+      opt_(options),
+      sync_group_(group),
+      group_(group ? group->comm() : nullptr),
+      group_size_(group_ ? group_->size() : 1) {
+  const std::string who = "SyncBatchNorm '" + name_ + "'";
+  SBN_CHECK(opt_.channels > 0, who + ": channels must be positive, got " + std::to_string(opt_.channels));
+  SBN_CHECK(opt_.eps > 0, who + ": eps must be positive");
+  SBN_CHECK(!opt_.momentum || (*opt_.momentum >= 0 && *opt_.momentum <= 1),
+            who + ": momentum must be in [0, 1]");
+  SBN_CHECK(opt_.ghost_batch >= 0, who + ": ghost batch must be >= 0");
+  SBN_CHECK(opt_.ghost_batch == 0 || group_ == nullptr,
+            who + ": ghost batches need local statistics (mode local)");
+  fwd_tag_ = make_tag(name_, "forward", opt_.channels);
+  bwd_tag_ = make_tag(name_, "backward", opt_.channels);
+  fwd_label_ = name_ + ".forward";
+  bwd_label_ = name_ + ".backward";
+  const auto C = static_cast<std::size_t>(opt_.channels);
+  gamma_.assign(C, 1.0f);
+  beta_.assign(C, 0.0f);
+  dgamma_.assign(C, 0.0f);
+  dbeta_.assign(C, 0.0f);
+  running_mean_.assign(C, 0.0f);
+  running_var_.assign(C, 1.0f);
+  pivot_.assign(C, 0.0);
+  if (sync_group_) sync_group_->reserve_channels(opt_.channels);
+  resize_chunks(1);
+}
+
+void SyncBatchNorm::resize_chunks(std::int64_t chunks) {
+  if (chunks == chunks_) return;
+  chunks_ = chunks;
+  const auto n = static_cast<std::size_t>(chunks * opt_.channels);
+  for (auto* v : {&mean_, &var_, &invstd_}) v->assign(n, 0.0);
+  for (auto* v : {&hi_, &a_, &b_, &k1_, &k0_}) v->assign(n, 0.0f);
+  counts_.assign(static_cast<std::size_t>(chunks), 0.0);
+}
+
+BnGeometry SyncBatchNorm::validate(const Tensor& x, const char* phase) const {
+  const std::string who = "SyncBatchNorm '" + name_ + "' " + phase;
+  BnGeometry g = bn_geometry(x.shape(), x.layout(), who);
+  SBN_CHECK(g.channels == opt_.channels,
+            who + ": input has " + std::to_string(g.channels) + " channels, the layer expects " +
+                std::to_string(opt_.channels) + " (input " + describe(x.shape(), x.layout()) + ")");
+  return g;
+}
+
+void SyncBatchNorm::fail_collectively(const char* phase, const std::string& why) {
+  // Still take part in the group's all-reduce, with a tag no layer uses (0): the peers' tag checks
+  // fail and they report this layer too, instead of waiting for us until the timeout.
+  if (group_) {
+    std::fill(msg_.begin(), msg_.end(), 0.0);
+    try {
+      reduce(phase);
+    } catch (const Error&) {
+      // The collective itself failed; the input error below is the root cause to report.
+    }
+  }
+  throw Error(why);
+}
+
+void SyncBatchNorm::size_message() {
+  // The group's common message length (see SyncGroup): the kernels fill the first 3 + 2C doubles, the
+  // padding stays zero. Resized once, on the first call after the group's last layer was built.
+  const auto len = static_cast<std::size_t>(sync_group_ ? sync_group_->message_size() : bn_msg_size(opt_.channels));
+  if (msg_.size() != len) msg_.assign(len, 0.0);
+}
+
+void SyncBatchNorm::reduce(const char* phase) {
+  const auto t0 = std::chrono::steady_clock::now();
+  group_->allreduce_sum(msg_.data(), msg_.size(), phase[0] == 'f' ? fwd_label_.c_str() : bwd_label_.c_str());
+  comm_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+void SyncBatchNorm::throw_status(BnStatus status, const char* phase, double count) const {
+  const std::string who = "SyncBatchNorm '" + name_ + "' " + phase;
+  const std::string scope = group_ ? "the sync group (" + std::to_string(group_size_) + " ranks)" : "this rank";
+  switch (status) {
+    case kBnTagMismatch:
+      SBN_FAIL(who + ": ranks of the sync group are not in the same layer (tag check failed): a peer "
+                     "runs a different layer or phase, or rejected its input; check that every rank "
+                     "builds the same model and calls its layers in the same order");
+    case kBnEmptyBatch:
+      SBN_FAIL(who + ": the batch of " + scope + " is empty (global count 0)");
+    case kBnSingleSample:
+      SBN_FAIL(who + ": expected more than 1 value per channel when training, " + scope +
+               " has 1 (a reduction count of 1 has no variance)");
+    case kBnCountMismatch:
+      SBN_FAIL(who + ": the gradient covers " + std::to_string(static_cast<long long>(count)) +
+               " values per channel, the forward " +
+               std::to_string(static_cast<long long>(group_count_)) + "; backward must follow its forward");
+    case kBnOk: break;
+  }
+  SBN_FAIL(who + ": unexpected status " + std::to_string(static_cast<int>(status)));
+}
+
+void SyncBatchNorm::forward(const Tensor& x, Tensor& y, bool training) {
+  Communicator* comm = training ? group_ : nullptr;  // eval never communicates
+  size_message();
+  BnGeometry g;
+  try {
+    g = validate(x, "forward");
+  } catch (const Error& e) {
+    if (comm) fail_collectively("forward", e.what());
+    throw;
+  }
+  const std::int64_t C = opt_.channels;
+  const std::int64_t N = x.rank() ? x.dim(0) : 0;
+  const bool batch_stats = training || !opt_.track_running_stats;
+  const std::int64_t per_sample = N ? g.outer / N : 0;  // rows (channels-last) or planes per sample
+  const std::int64_t ghost = (opt_.ghost_batch > 0 && batch_stats) ? opt_.ghost_batch : 0;
+  const std::int64_t chunks = ghost ? std::max<std::int64_t>(1, (N + ghost - 1) / ghost) : 1;
+  resize_chunks(chunks);
+  chunk_samples_ = ghost ? ghost : N;
+  saved_batch_stats_ = batch_stats;
+  saved_comm_ = comm;
+  saved_samples_ = N;
+  y.resize(x.shape(), x.layout());
+  const bool stream = x.numel() * static_cast<std::int64_t>(sizeof(float)) >= opt_.stream_threshold_bytes;
+  const float* gamma = opt_.affine ? gamma_.data() : nullptr;
+  const float* beta = opt_.affine ? beta_.data() : nullptr;
+
+  for (std::int64_t k = 0; k < chunks; ++k) {
+    const std::int64_t s0 = k * chunk_samples_;
+    const std::int64_t samples = chunks == 1 ? N : std::min(chunk_samples_, N - s0);
+    BnGeometry gk = g;
+    gk.outer = samples * per_sample;
+    const std::int64_t off = s0 * per_sample * g.inner * C;
+    const std::size_t p = static_cast<std::size_t>(k * C);
+    if (!batch_stats) {
+      // Eval with running statistics: constants, no reduction, no communication.
+      for (std::int64_t c = 0; c < C; ++c) {
+        const double mean = running_mean_[c];
+        const double invstd = 1.0 / std::sqrt(static_cast<double>(running_var_[c]) + opt_.eps);
+        mean_[p + c] = mean;
+        var_[p + c] = running_var_[c];
+        invstd_[p + c] = invstd;
+        bn_forward_coefs(mean, invstd, gamma ? gamma[c] : 1.0, beta ? beta[c] : 0.0, &hi_[p + c],
+                         &a_[p + c], &b_[p + c]);
+      }
+    } else {
+      cpu::bn_stats(x.data() + off, gk, pivot_.data(), fwd_tag_, msg_.data());
+      if (comm) reduce("forward");
+      BnCombineArgs args;
+      args.channels = C;
+      args.group_size = comm ? group_size_ : 1;
+      args.tag = fwd_tag_;
+      args.eps = opt_.eps;
+      const bool update = training && opt_.track_running_stats;
+      if (update) {
+        args.factor = opt_.momentum ? *opt_.momentum : 1.0 / static_cast<double>(num_batches_tracked_ + 1);
+        args.running_mean = running_mean_.data();
+        args.running_var = running_var_.data();
+      }
+      args.gamma = gamma;
+      args.beta = beta;
+      args.pivot = pivot_.data();
+      args.mean = &mean_[p];
+      args.var = &var_[p];
+      args.invstd = &invstd_[p];
+      args.hi = &hi_[p];
+      args.a = &a_[p];
+      args.b = &b_[p];
+      const BnStatus st = cpu::bn_combine(msg_.data(), args);
+      counts_[static_cast<std::size_t>(k)] = msg_[kMsgCount];
+      if (k == 0) group_count_ = msg_[kMsgCount];
+      if (st != kBnOk) throw_status(st, "forward", msg_[kMsgCount]);
+      if (update) ++num_batches_tracked_;
+    }
+    cpu::bn_normalize(x.data() + off, gk, &hi_[p], &a_[p], &b_[p], opt_.fuse_relu, stream, y.data() + off);
+  }
+}
+
+void SyncBatchNorm::backward(const Tensor& x, const Tensor& dy, Tensor& dx) {
+  Communicator* comm = saved_comm_;
+  size_message();
+  BnGeometry g;
+  try {
+    g = validate(x, "backward");
+    SBN_CHECK(dy.shape() == x.shape() && dy.layout() == x.layout(),
+              "SyncBatchNorm '" + name_ + "' backward: gradient " + describe(dy.shape(), dy.layout()) +
+                  " does not match the input " + describe(x.shape(), x.layout()));
+    SBN_CHECK(saved_samples_ >= 0, "SyncBatchNorm '" + name_ + "' backward: called before any forward");
+    SBN_CHECK(x.dim(0) == saved_samples_,
+              "SyncBatchNorm '" + name_ + "' backward: the input's batch (" + std::to_string(x.dim(0)) +
+                  " samples) differs from the last forward's (" + std::to_string(saved_samples_) + ")");
+  } catch (const Error& e) {
+    if (comm) fail_collectively("backward", e.what());
+    throw;
+  }
+  const std::int64_t C = opt_.channels;
+  const std::int64_t N = x.dim(0);
+  const std::int64_t per_sample = N ? g.outer / N : 0;
+  dx.resize(x.shape(), x.layout());
+  const bool stream = x.numel() * static_cast<std::int64_t>(sizeof(float)) >= opt_.stream_threshold_bytes;
+  float* dgamma = opt_.affine ? dgamma_.data() : nullptr;
+  float* dbeta = opt_.affine ? dbeta_.data() : nullptr;
+
+  for (std::int64_t k = 0; k < chunks_; ++k) {
+    const std::int64_t s0 = k * chunk_samples_;
+    const std::int64_t samples = chunks_ == 1 ? N : std::min(chunk_samples_, N - s0);
+    BnGeometry gk = g;
+    gk.outer = samples * per_sample;
+    const std::int64_t off = s0 * per_sample * g.inner * C;
+    const std::size_t p = static_cast<std::size_t>(k * C);
+    cpu::bn_backward_reduce(dy.data() + off, x.data() + off, gk, &hi_[p], &a_[p], &b_[p], opt_.fuse_relu,
+                            &mean_[p], &invstd_[p], bwd_tag_, msg_.data(), dgamma, dbeta);
+    if (saved_batch_stats_) {
+      if (comm) reduce("backward");
+      BnBackwardCombineArgs args;
+      args.channels = C;
+      args.group_size = comm ? group_size_ : 1;
+      args.tag = bwd_tag_;
+      args.expected_count = counts_[static_cast<std::size_t>(k)];
+      args.gamma = opt_.affine ? gamma_.data() : nullptr;
+      args.mean = &mean_[p];
+      args.invstd = &invstd_[p];
+      args.hi = &hi_[p];
+      args.k1 = &k1_[p];
+      args.k0 = &k0_[p];
+      const BnStatus st = cpu::bn_backward_combine(msg_.data(), args);
+      if (st != kBnOk) throw_status(st, "backward", msg_[kMsgCount]);
+    } else {
+      // Statistics were constants (running stats): dx = a·dy'.
+      std::fill(&k1_[p], &k1_[p] + C, 0.0f);
+      std::fill(&k0_[p], &k0_[p] + C, 0.0f);
+    }
+    cpu::bn_backward_elemt(dy.data() + off, x.data() + off, gk, &hi_[p], &a_[p], &b_[p], opt_.fuse_relu,
+                           &k1_[p], &k0_[p], stream, dx.data() + off);
+  }
+}
+
+}  // namespace syncbn
