@@ -22,7 +22,7 @@ void run_agreed(Communicator& comm, const char* label, const std::function<void(
   comm.allreduce_sum(flags.data(), flags.size(), label);
   int root = 0;
   while (flags[static_cast<std::size_t>(root)] == 0.0) ++root;
-  if (comm.size() > 1 && comm.rank() == root) why = comm.origin() + " " + why;
+  if (comm.size() > 1 && comm.rank() == root && why.rfind("[rank ", 0) != 0) why = comm.origin() + " " + why;
   double len = static_cast<double>(why.size());
   comm.broadcast(&len, sizeof len, root, label);
   why.resize(static_cast<std::size_t>(len));
@@ -53,7 +53,9 @@ int mpi_main(int argc, char** argv, const std::function<int(MpiCommunicator& wor
       if (!world || world->rank() == 0) std::fprintf(stderr, "error: %s\n", e.what());
       code = 1;
     } catch (const std::exception& e) {
-      fatal = (world ? world->origin() + " " : std::string()) + e.what();
+      // Communicator errors already say which rank; everything else gets the prefix here.
+      const std::string what = e.what();
+      fatal = (world && what.rfind("[rank ", 0) != 0 ? world->origin() + " " : std::string()) + what;
     }
     if (!fatal.empty()) {
       std::fprintf(stderr, "error: %s\n", fatal.c_str());
