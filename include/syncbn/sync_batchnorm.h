@@ -116,7 +116,6 @@ class SyncBatchNorm {
   void fail_collectively(const char* phase, const std::string& why);
   void size_message();
   void reduce(const char* phase);
-  [[noreturn]] void throw_status(BnStatus status, const char* phase, double count) const;
   void resize_chunks(std::int64_t chunks);
 
   std::string name_;

@@ -56,12 +56,9 @@ void SyncGroup::reserve_channels(std::int64_t channels) { max_channels_ = std::m
 
 // ---- layer ------------------------------------------------------------------------------------
 
-namespace {
-
-// A small integer in [1, 2^20) identifying (layer, phase, C); see bn_tags_agree.
-double make_tag(const std::string& name, const char* phase, std::int64_t channels) {
+double bn_layer_tag(const std::string& layer, const char* phase, std::int64_t channels) {
   std::uint64_t h = 1469598103934665603ull;  // FNV-1a
-  const std::string key = name + "/" + phase + "/" + std::to_string(channels);
+  const std::string key = layer + "/" + phase + "/" + std::to_string(channels);
   for (unsigned char ch : key) {
     h ^= ch;
     h *= 1099511628211ull;
@@ -69,7 +66,29 @@ double make_tag(const std::string& name, const char* phase, std::int64_t channel
   return static_cast<double>(1 + h % ((1u << 20) - 1));
 }
 
-}  // namespace
+void throw_bn_status(BnStatus status, const std::string& layer, const char* phase, int group_size,
+                     double count, double forward_count) {
+  const std::string who = "SyncBatchNorm '" + layer + "' " + phase;
+  const std::string scope =
+      group_size > 0 ? "the sync group (" + std::to_string(group_size) + " ranks)" : "this rank";
+  switch (status) {
+    case kBnTagMismatch:
+      SBN_FAIL(who + ": ranks of the sync group are not in the same layer (tag check failed): a peer "
+                     "runs a different layer or phase, or rejected its input; check that every rank "
+                     "builds the same model and calls its layers in the same order");
+    case kBnEmptyBatch:
+      SBN_FAIL(who + ": the batch of " + scope + " is empty (global count 0)");
+    case kBnSingleSample:
+      SBN_FAIL(who + ": expected more than 1 value per channel when training, " + scope +
+               " has 1 (a reduction count of 1 has no variance)");
+    case kBnCountMismatch:
+      SBN_FAIL(who + ": the gradient covers " + std::to_string(static_cast<long long>(count)) +
+               " values per channel, the forward " + std::to_string(static_cast<long long>(forward_count)) +
+               "; backward must follow its forward");
+    case kBnOk: break;
+  }
+  SBN_FAIL(who + ": unexpected status " + std::to_string(static_cast<int>(status)));
+}
 
 SyncBatchNorm::SyncBatchNorm(std::string name, const BatchNormOptions& options, SyncGroup* group)
     : name_(std::move(name)),
@@ -85,8 +104,8 @@ SyncBatchNorm::SyncBatchNorm(std::string name, const BatchNormOptions& options, 
   SBN_CHECK(opt_.ghost_batch >= 0, who + ": ghost batch must be >= 0");
   SBN_CHECK(opt_.ghost_batch == 0 || group_ == nullptr,
             who + ": ghost batches need local statistics (mode local)");
-  fwd_tag_ = make_tag(name_, "forward", opt_.channels);
-  bwd_tag_ = make_tag(name_, "backward", opt_.channels);
+  fwd_tag_ = bn_layer_tag(name_, "forward", opt_.channels);
+  bwd_tag_ = bn_layer_tag(name_, "backward", opt_.channels);
   fwd_label_ = name_ + ".forward";
   bwd_label_ = name_ + ".backward";
   const auto C = static_cast<std::size_t>(opt_.channels);
@@ -144,28 +163,6 @@ void SyncBatchNorm::reduce(const char* phase) {
   const auto t0 = std::chrono::steady_clock::now();
   group_->allreduce_sum(msg_.data(), msg_.size(), phase[0] == 'f' ? fwd_label_.c_str() : bwd_label_.c_str());
   comm_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-void SyncBatchNorm::throw_status(BnStatus status, const char* phase, double count) const {
-  const std::string who = "SyncBatchNorm '" + name_ + "' " + phase;
-  const std::string scope = group_ ? "the sync group (" + std::to_string(group_size_) + " ranks)" : "this rank";
-  switch (status) {
-    case kBnTagMismatch:
-      SBN_FAIL(who + ": ranks of the sync group are not in the same layer (tag check failed): a peer "
-                     "runs a different layer or phase, or rejected its input; check that every rank "
-                     "builds the same model and calls its layers in the same order");
-    case kBnEmptyBatch:
-      SBN_FAIL(who + ": the batch of " + scope + " is empty (global count 0)");
-    case kBnSingleSample:
-      SBN_FAIL(who + ": expected more than 1 value per channel when training, " + scope +
-               " has 1 (a reduction count of 1 has no variance)");
-    case kBnCountMismatch:
-      SBN_FAIL(who + ": the gradient covers " + std::to_string(static_cast<long long>(count)) +
-               " values per channel, the forward " +
-               std::to_string(static_cast<long long>(group_count_)) + "; backward must follow its forward");
-    case kBnOk: break;
-  }
-  SBN_FAIL(who + ": unexpected status " + std::to_string(static_cast<int>(status)));
 }
 
 void SyncBatchNorm::forward(const Tensor& x, Tensor& y, bool training) {
@@ -238,7 +235,7 @@ void SyncBatchNorm::forward(const Tensor& x, Tensor& y, bool training) {
       const BnStatus st = cpu::bn_combine(msg_.data(), args);
       counts_[static_cast<std::size_t>(k)] = msg_[kMsgCount];
       if (k == 0) group_count_ = msg_[kMsgCount];
-      if (st != kBnOk) throw_status(st, "forward", msg_[kMsgCount]);
+      if (st != kBnOk) throw_bn_status(st, name_, "forward", comm ? group_size_ : 0, msg_[kMsgCount], 0);
       if (update) ++num_batches_tracked_;
     }
     cpu::bn_normalize(x.data() + off, gk, &hi_[p], &a_[p], &b_[p], opt_.fuse_relu, stream, y.data() + off);
@@ -293,7 +290,8 @@ void SyncBatchNorm::backward(const Tensor& x, const Tensor& dy, Tensor& dx) {
       args.k1 = &k1_[p];
       args.k0 = &k0_[p];
       const BnStatus st = cpu::bn_backward_combine(msg_.data(), args);
-      if (st != kBnOk) throw_status(st, "backward", msg_[kMsgCount]);
+      if (st != kBnOk)
+        throw_bn_status(st, name_, "backward", comm ? group_size_ : 0, msg_[kMsgCount], args.expected_count);
     } else {
       // Statistics were constants (running stats): dx = a·dy'.
       std::fill(&k1_[p], &k1_[p] + C, 0.0f);
