@@ -68,6 +68,11 @@ struct BnBackwardCombineArgs {
 
 namespace cpu {
 
+// This rank's first value of every channel (the local shift bn_stats uses), as doubles: with local
+// statistics it is the best pivot (no cross-rank combination, so the move to a pivot is skipped) and it
+// makes the statistics independent of what the layer saw before. Empty input: zeros.
+void bn_first_values(const float* x, const BnGeometry& g, double* out);
+
 // Local sums of x around the pivot into msg (bn_msg_size(C) doubles), tagged with `tag`.
 // pivot: (C) or null for K = 0.
 void bn_stats(const float* x, const BnGeometry& g, const double* pivot, double tag, double* msg);

@@ -95,11 +95,16 @@ class SyncBatchNorm {
   std::vector<float>& beta() { return beta_; }
   std::vector<float>& dgamma() { return dgamma_; }
   std::vector<float>& dbeta() { return dbeta_; }
+  // The same local gradients in double (accumulated alongside; reset by the caller), for
+  // ParamStore::enable_fp64_grads.
+  std::vector<double>& dgamma64() { return dgamma64_; }
+  std::vector<double>& dbeta64() { return dbeta64_; }
   std::vector<float>& running_mean() { return running_mean_; }
   std::vector<float>& running_var() { return running_var_; }
   std::int64_t& num_batches_tracked() { return num_batches_tracked_; }
-  // The shift the next training forward accumulates around (this group's previous batch mean); part of
-  // the state so that a resumed run rounds exactly like an uninterrupted one.
+  // The shift the next synced forward accumulates around (this group's previous batch mean; unused with
+  // local statistics, which take each batch's first values); part of the state so that a resumed run
+  // rounds exactly like an uninterrupted one.
   std::vector<double>& pivot() { return pivot_; }
 
   // Statistics of the last training forward's first (or only) batch: group mean and biased variance.
@@ -127,8 +132,10 @@ class SyncBatchNorm {
   std::string fwd_label_, bwd_label_;
 
   std::vector<float> gamma_, beta_, dgamma_, dbeta_, running_mean_, running_var_;
+  std::vector<double> dgamma64_, dbeta64_;
   std::int64_t num_batches_tracked_ = 0;
   std::vector<double> pivot_;
+  std::vector<double> local_pivot_;  // scratch: the batch's first values (local statistics)
 
   // Saved by forward for backward, one block of C per chunk (ghost batches; 1 chunk otherwise).
   std::int64_t chunks_ = 0;

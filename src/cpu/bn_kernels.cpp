@@ -254,6 +254,11 @@ inline bool rows_streamable(const float* dst, std::int64_t channels) {
 
 // ---- forward ----------------------------------------------------------------------------------
 
+void bn_first_values(const float* x, const BnGeometry& g, double* out) {
+  for (std::int64_t c = 0; c < g.channels; ++c)
+    out[c] = g.per_channel() == 0 ? 0.0 : static_cast<double>(g.channels_last ? x[c] : x[c * g.inner]);
+}
+
 void bn_stats(const float* x, const BnGeometry& g, const double* pivot, double tag, double* msg) {
   const std::int64_t C = g.channels;
   const std::int64_t n = g.per_channel();

@@ -113,9 +113,12 @@ SyncBatchNorm::SyncBatchNorm(std::string name, const BatchNormOptions& options, 
   beta_.assign(C, 0.0f);
   dgamma_.assign(C, 0.0f);
   dbeta_.assign(C, 0.0f);
+  dgamma64_.assign(C, 0.0);
+  dbeta64_.assign(C, 0.0);
   running_mean_.assign(C, 0.0f);
   running_var_.assign(C, 1.0f);
   pivot_.assign(C, 0.0);
+  local_pivot_.assign(C, 0.0);
   if (sync_group_) sync_group_->reserve_channels(opt_.channels);
   resize_chunks(1);
 }
@@ -210,7 +213,15 @@ void SyncBatchNorm::forward(const Tensor& x, Tensor& y, bool training) {
                          &a_[p + c], &b_[p + c]);
       }
     } else {
-      cpu::bn_stats(x.data() + off, gk, pivot_.data(), fwd_tag_, msg_.data());
+      // Synced statistics combine sums from several ranks around a common pivot (the group's previous
+      // mean); local ones need no common pivot, so they use the batch's own first values (exact, and
+      // independent of history: local BN on P ranks, ghost batches and accumulation then agree bit for bit).
+      double* pivot = pivot_.data();
+      if (!comm) {
+        cpu::bn_first_values(x.data() + off, gk, local_pivot_.data());
+        pivot = local_pivot_.data();
+      }
+      cpu::bn_stats(x.data() + off, gk, pivot, fwd_tag_, msg_.data());
       if (comm) reduce("forward");
       BnCombineArgs args;
       args.channels = C;
@@ -225,7 +236,7 @@ void SyncBatchNorm::forward(const Tensor& x, Tensor& y, bool training) {
       }
       args.gamma = gamma;
       args.beta = beta;
-      args.pivot = pivot_.data();
+      args.pivot = pivot;
       args.mean = &mean_[p];
       args.var = &var_[p];
       args.invstd = &invstd_[p];
@@ -276,6 +287,13 @@ void SyncBatchNorm::backward(const Tensor& x, const Tensor& dy, Tensor& dx) {
     const std::size_t p = static_cast<std::size_t>(k * C);
     cpu::bn_backward_reduce(dy.data() + off, x.data() + off, gk, &hi_[p], &a_[p], &b_[p], opt_.fuse_relu,
                             &mean_[p], &invstd_[p], bwd_tag_, msg_.data(), dgamma, dbeta);
+    if (opt_.affine) {  // the local sums, before the all-reduce replaces them with the group's
+      for (std::int64_t c = 0; c < C; ++c) {
+        const double A = msg_[static_cast<std::size_t>(kMsgHeader + c)], B = msg_[static_cast<std::size_t>(kMsgHeader + C + c)];
+        dbeta64_[static_cast<std::size_t>(c)] += A;
+        dgamma64_[static_cast<std::size_t>(c)] += invstd_[p + c] * (B - (mean_[p + c] - static_cast<double>(hi_[p + c])) * A);
+      }
+    }
     if (saved_batch_stats_) {
       if (comm) reduce("backward");
       BnBackwardCombineArgs args;

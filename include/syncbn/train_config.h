@@ -1,0 +1,100 @@
+// syncbn-train's configuration: every flag, its default and allowed values in one place, parsed with
+// Boost.Program_options from the command line and an optional INI file (--config; command line wins),
+// then validated as a whole. The same option list prints --help, the README's flag table
+// (--help-markdown, checked by a test against README.md), the resolved-configuration table and
+// config.ini, so none of them can drift from the parser.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace syncbn {
+
+struct TrainConfig {
+  // data
+  std::string dataset = "fashion-mnist";
+  std::string data_dir;
+  std::int64_t synthetic_train = 8192, synthetic_test = 2048;
+  std::string synthetic_shape = "1x28x28";
+  std::string augment = "auto";  // auto (on for cifar10) | on | off
+  // model
+  std::string model = "convnet";
+  std::int64_t width = 32;
+  std::int64_t depth = 2;
+  // normalization
+  std::string norm = "sync";
+  std::int64_t gn_groups = 8;
+  std::int64_t ghost_batch = 0;
+  std::string bn_momentum = "0.1";  // a number in [0, 1], or "none" (cumulative average)
+  double bn_eps = 1e-5;
+  // batching
+  std::int64_t global_batch = 64;
+  std::int64_t accum_steps = 1;
+  std::string grad_accum = "fp32";  // fp32 | fp64
+  // schedule and optimizer
+  std::int64_t epochs = 3;
+  std::int64_t max_steps = 0;
+  std::int64_t stop_after = 0;
+  double lr = 0.05;
+  double momentum = 0.9;
+  bool nesterov = true;
+  double weight_decay = 5e-4;
+  bool decay_norm_bias = false;
+  std::int64_t warmup_steps = 100;
+  std::string lr_schedule = "cosine";  // cosine | step | constant
+  std::string lr_steps;                // step: comma-separated epochs (default: 50% and 75% of --epochs)
+  double lr_gamma = 0.1;
+  // evaluation, logging, checkpoints
+  std::int64_t eval_every = 0;
+  std::int64_t log_every = 50;
+  std::string run_dir;
+  std::int64_t save_every = 0;
+  std::string resume;
+  // runtime
+  std::uint64_t seed = 1;
+  std::int64_t threads = 1;
+  double comm_timeout = 600;
+  std::string device = "cpu";
+};
+
+// One flag: name, group, help text (with units and allowed values), and its current value as text.
+struct OptionInfo {
+  std::string name, group, help;
+  std::function<std::string()> value;
+  bool resume_may_differ = false;  // may change between a checkpoint and the run resuming it
+};
+
+// Outcome of parsing: run, or print help (text already produced) and exit 0.
+struct ParseResult {
+  bool help = false;
+  std::string help_text;
+};
+
+class TrainOptions {
+ public:
+  TrainOptions();
+  // Parses argv (and --config's INI file); throws syncbn::Error with a one-line message on any unknown
+  // option, bad value or unreadable file. Does not validate combinations (validate() does).
+  ParseResult parse(int argc, char** argv);
+  // Rejects every bad value or combination with a precise message; world_size matters for sync:K and
+  // the per-rank batch.
+  void validate(int world_size) const;
+
+  TrainConfig& config() { return cfg_; }
+  const TrainConfig& config() const { return cfg_; }
+  const std::vector<OptionInfo>& options() const { return options_; }
+
+  // "key = value" lines by group (config.ini), and the rank-0 table.
+  std::string to_ini() const;
+  std::string table() const;
+  // The keys whose values must match between a checkpoint and a resuming run.
+  std::string resume_fingerprint() const;
+
+ private:
+  TrainConfig cfg_;
+  std::vector<OptionInfo> options_;
+};
+
+}  // namespace syncbn

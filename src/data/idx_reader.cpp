@@ -1,0 +1,154 @@
+// IDX files (MNIST, Fashion-MNIST): a big-endian header (magic 0x000008DD: type 0x08 = unsigned byte,
+// DD = number of dimensions; then one uint32 per dimension) followed by the raw bytes.
+// Every header field and the exact data length are checked: a wrong file must fail loudly here, not
+// train on garbage.
+#include <cstdio>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "input_file.h"
+#include "readers.h"
+#include "syncbn/error.h"
+
+namespace syncbn::data_detail {
+namespace {
+
+constexpr std::uint32_t kImagesMagic = 0x00000803;  // ubyte, 3 dims (count, rows, cols)
+constexpr std::uint32_t kLabelsMagic = 0x00000801;  // ubyte, 1 dim (count)
+constexpr std::uint32_t kMaxSide = 4096;            // larger "images" mean a corrupt header
+
+std::uint32_t be32(const unsigned char* p) {
+  return std::uint32_t{p[0]} << 24 | std::uint32_t{p[1]} << 16 | std::uint32_t{p[2]} << 8 | p[3];
+}
+
+std::string hex32(std::uint32_t v) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "0x%08X", v);
+  return buf;
+}
+
+// What a magic number says, so "bad magic" also tells what the file seems to be instead.
+std::string decode_magic(std::uint32_t m) {
+  if (m >> 16 != 0) return "not an IDX file";
+  std::string type;
+  switch ((m >> 8) & 0xff) {
+    case 0x08:
+      type = "ubyte";
+      break;
+    case 0x09:
+      type = "sbyte";
+      break;
+    case 0x0B:
+      type = "int16";
+      break;
+    case 0x0C:
+      type = "int32";
+      break;
+    case 0x0D:
+      type = "float32";
+      break;
+    case 0x0E:
+      type = "float64";
+      break;
+    default:
+      return "not an IDX file: unknown type code";
+  }
+  const unsigned dims = m & 0xff;
+  return "IDX " + type + ", " + std::to_string(dims) + (dims == 1 ? " dim" : " dims");
+}
+
+void check_magic(const std::string& path, std::uint32_t magic, std::uint32_t expected, const char* expected_what) {
+  if (magic == expected) return;
+  std::string hint;
+  if (expected == kImagesMagic && magic == kLabelsMagic) hint = ": a labels file?";
+  if (expected == kLabelsMagic && magic == kImagesMagic) hint = ": an images file?";
+  SBN_FAIL(path + ": bad magic " + hex32(magic) + " (" + decode_magic(magic) + hint + "), expected " + hex32(expected) +
+           " (" + expected_what + ")");
+}
+
+struct IdxImages {
+  std::int64_t count = 0, rows = 0, cols = 0;
+  std::vector<std::uint8_t> pixels;  // (count, rows, cols)
+};
+
+IdxImages read_idx_images(const std::string& path) {
+  InputFile f(path);
+  unsigned char h[16];
+  const std::size_t got = f.read(h, sizeof h);
+  if (got >= 4) check_magic(path, be32(h), kImagesMagic, "IDX ubyte images, 3 dims");
+  if (got < sizeof h)
+    SBN_FAIL(path + ": truncated: " + std::to_string(got) +
+             " bytes, shorter than the 16-byte header of IDX ubyte images");
+  IdxImages im;
+  im.count = be32(h + 4);
+  im.rows = be32(h + 8);
+  im.cols = be32(h + 12);
+  SBN_CHECK(im.count >= 1, path + ": bad header: 0 images");
+  SBN_CHECK(im.rows >= 1 && im.rows <= kMaxSide && im.cols >= 1 && im.cols <= kMaxSide,
+            path + ": bad header: images of " + std::to_string(im.rows) + "x" + std::to_string(im.cols) +
+                ", rows and columns must be in [1, " + std::to_string(kMaxSide) + "]");
+  const std::string declared =
+      std::to_string(im.count) + " images of " + std::to_string(im.rows) + "x" + std::to_string(im.cols);
+  const std::uint64_t expected = static_cast<std::uint64_t>(im.count * im.rows * im.cols);
+  const std::uint64_t data = f.read_append(im.pixels, expected);
+  if (data < expected)
+    SBN_FAIL(path + ": truncated: header says " + declared + " = " + std::to_string(expected) +
+             " bytes after the 16-byte header, file has " + std::to_string(data));
+  const std::uint64_t extra = f.skip_rest();
+  if (extra)
+    SBN_FAIL(path + ": trailing garbage: " + std::to_string(extra) + " bytes after the " + declared +
+             " the header declares");
+  return im;
+}
+
+std::vector<std::int32_t> read_idx_labels(const std::string& path) {
+  InputFile f(path);
+  unsigned char h[8];
+  const std::size_t got = f.read(h, sizeof h);
+  if (got >= 4) check_magic(path, be32(h), kLabelsMagic, "IDX ubyte labels, 1 dim");
+  if (got < sizeof h)
+    SBN_FAIL(path + ": truncated: " + std::to_string(got) +
+             " bytes, shorter than the 8-byte header of IDX ubyte labels");
+  const std::int64_t count = be32(h + 4);
+  SBN_CHECK(count >= 1, path + ": bad header: 0 labels");
+  std::vector<std::uint8_t> bytes;
+  const std::uint64_t data = f.read_append(bytes, static_cast<std::uint64_t>(count));
+  if (data < static_cast<std::uint64_t>(count))
+    SBN_FAIL(path + ": truncated: header says " + std::to_string(count) + " labels = " + std::to_string(count) +
+             " bytes after the 8-byte header, file has " + std::to_string(data));
+  const std::uint64_t extra = f.skip_rest();
+  if (extra)
+    SBN_FAIL(path + ": trailing garbage: " + std::to_string(extra) + " bytes after the " + std::to_string(count) +
+             " labels the header declares");
+  std::vector<std::int32_t> labels(bytes.size());
+  for (std::size_t i = 0; i < bytes.size(); ++i) {
+    if (bytes[i] >= kNumClasses)
+      SBN_FAIL(path + ": label " + std::to_string(bytes[i]) + " of sample " + std::to_string(i) +
+               " is out of range [0, " + std::to_string(kNumClasses) + ")");
+    labels[i] = bytes[i];
+  }
+  return labels;
+}
+
+}  // namespace
+
+RawSplit read_idx_split(const std::string& dir, const std::string& prefix, const std::string& what) {
+  const std::string images_path = find_data_file(dir, prefix + "-images-idx3-ubyte", what + " images");
+  const std::string labels_path = find_data_file(dir, prefix + "-labels-idx1-ubyte", what + " labels");
+  IdxImages im = read_idx_images(images_path);
+  std::vector<std::int32_t> labels = read_idx_labels(labels_path);
+  if (static_cast<std::int64_t>(labels.size()) != im.count)
+    SBN_FAIL(labels_path + ": " + std::to_string(labels.size()) + " labels, but " + images_path + " has " +
+             std::to_string(im.count) + " images");
+  RawSplit s;
+  s.source = images_path;
+  s.channels = 1;
+  s.height = im.rows;
+  s.width = im.cols;
+  s.pixels = std::move(im.pixels);
+  s.labels = std::move(labels);
+  return s;
+}
+
+}  // namespace syncbn::data_detail

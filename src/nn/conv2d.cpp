@@ -1,0 +1,269 @@
+// Conv2d on oneDNN (chosen by measurement, see README "Design": on this machine's shapes oneDNN's jit
+// NHWC kernels ran at 86-136 GFLOP/s single-threaded, im2col + OpenBLAS at 13-18).
+//
+// Activations are NHWC, so convolutions, SyncBN and pooling exchange tensors without reorders. The
+// weights stay OIHW in the ParamStore (canonical for the optimizer, the gradient all-reduce across
+// possibly different CPUs, and checkpoints) and are reordered to oneDNN's preferred blocked format each
+// step (a few hundred KB at most). For the network's first convolution (1 or 3 input channels) oneDNN has
+// no fast NHWC-output kernel (it falls back to a reference kernel, ~1000x slower), so there the output is
+// computed in oneDNN's blocked format and reordered to NHWC; the same check applies to every plan.
+#include <cblas.h>
+
+#include <cstring>
+#include <map>
+
+#include "syncbn/error.h"
+#include "syncbn/nn.h"
+
+namespace syncbn {
+namespace {
+
+using dnnl::memory;
+using tag = dnnl::memory::format_tag;
+using dt = dnnl::memory::data_type;
+
+bool is_reference_impl(const char* impl) { return std::strncmp(impl, "ref", 3) == 0; }
+
+class Conv2d final : public Module {
+ public:
+  Conv2d(std::string name, const ConvSpec& spec, ParamStore& store, CpuContext& ctx)
+      : name_(std::move(name)), spec_(spec), store_(store), ctx_(ctx) {
+    weight_ = store.add(name_ + ".weight", {spec.out, spec.in, spec.kernel, spec.kernel}, true, ParamInit::kKaiming,
+                        spec.in * spec.kernel * spec.kernel);
+    if (spec.bias) bias_ = store.add(name_ + ".bias", {spec.out}, false, ParamInit::kZeros);
+  }
+
+  void forward(const Tensor& x, Tensor& y, bool) override {
+    SBN_CHECK(x.rank() == 4 && x.dim(1) == spec_.in,
+              name_ + ": expects (N, " + std::to_string(spec_.in) + ", H, W), got " + syncbn::describe(x.shape(), x.layout()));
+    Plan& p = plan_for(x);
+    const std::int64_t N = x.dim(0);
+    y.resize({N, spec_.out, p.ho, p.wo}, Layout::kChannelsLast);
+    if (N == 0) return;
+    // Weights: canonical OIHW → the forward primitive's format.
+    p.w_user.set_data_handle(store_.value(weight_));
+    p.w_to_fwd.execute(ctx_.stream, p.w_user, p.w_fwd);
+    p.src.set_data_handle(const_cast<float*>(x.data()));
+    std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, p.src}, {DNNL_ARG_WEIGHTS, p.w_fwd}};
+    if (bias_ >= 0) {
+      p.b.set_data_handle(store_.value(bias_));
+      args[DNNL_ARG_BIAS] = p.b;
+    }
+    p.dst_user.set_data_handle(y.data());
+    args[DNNL_ARG_DST] = p.blocked_dst ? p.dst_blocked : p.dst_user;
+    p.fwd.execute(ctx_.stream, args);
+    if (p.blocked_dst) p.dst_to_user.execute(ctx_.stream, p.dst_blocked, p.dst_user);
+    ctx_.stream.wait();
+  }
+
+  void backward(const Tensor& x, const Tensor&, const Tensor& dy, Tensor* dx) override {
+    Plan& p = plan_for(x);
+    if (x.dim(0) == 0) {
+      if (dx) dx->resize(x.shape(), x.layout());
+      return;
+    }
+    p.dst_user.set_data_handle(const_cast<float*>(dy.data()));
+    memory diff_dst = p.dst_user;
+    if (p.blocked_dst) {
+      p.user_to_dst.execute(ctx_.stream, p.dst_user, p.dst_blocked);
+      diff_dst = p.dst_blocked;
+    }
+    if (store_.fp64_grads()) {
+      weight_grad_fp64(x, dy, p);
+    } else {
+      weight_grad_fp32(x, diff_dst, p);
+    }
+    if (!dx) return;
+    dx->resize(x.shape(), x.layout());
+    ensure_bwd_data(p);
+    p.w_user.set_data_handle(store_.value(weight_));
+    p.w_to_bwd.execute(ctx_.stream, p.w_user, p.w_bwd);
+    p.diff_src.set_data_handle(dx->data());
+    p.bwd_d.execute(ctx_.stream, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, p.w_bwd},
+                                  {DNNL_ARG_DIFF_SRC, p.diff_src}});
+    ctx_.stream.wait();
+  }
+
+  std::string describe() const override {
+    return "conv" + std::to_string(spec_.kernel) + "x" + std::to_string(spec_.kernel) + "(" +
+           std::to_string(spec_.in) + "->" + std::to_string(spec_.out) +
+           (spec_.stride > 1 ? ",s" + std::to_string(spec_.stride) : "") + ")";
+  }
+
+ private:
+  // Everything oneDNN needs for one input shape and layout; built on first use and cached (a training
+  // run sees a handful of batch sizes: the slices, the last eval batch).
+  struct Plan {
+    std::int64_t ho = 0, wo = 0;
+    bool blocked_dst = false;
+    dnnl::convolution_forward::primitive_desc fwd_pd;
+    dnnl::convolution_forward fwd;
+    dnnl::convolution_backward_weights bwd_w;
+    dnnl::convolution_backward_data bwd_d;
+    bool has_bwd_d = false;
+    memory src, dst_user, dst_blocked, w_user, w_fwd, w_bwd, b, dw, dw_user, db, diff_src;
+    dnnl::reorder dst_to_user, user_to_dst, w_to_fwd, w_to_bwd, dw_to_user;
+    memory::desc src_md, dst_md, wei_any, bias_md;
+    memory::dims strides, pad;
+  };
+
+  static void accumulate(float* dst, const float* src, std::int64_t n) {
+    for (std::int64_t i = 0; i < n; ++i) dst[i] += src[i];
+  }
+
+  // Weight (and bias) gradients on oneDNN: it assigns; the ParamStore accumulates, so through scratch.
+  void weight_grad_fp32(const Tensor& x, const memory& diff_dst, Plan& p) {
+    p.src.set_data_handle(const_cast<float*>(x.data()));
+    std::unordered_map<int, memory> args = {
+        {DNNL_ARG_SRC, p.src}, {DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_DIFF_WEIGHTS, p.dw}};
+    if (bias_ >= 0) args[DNNL_ARG_DIFF_BIAS] = p.db;
+    p.bwd_w.execute(ctx_.stream, args);
+    p.dw_user.set_data_handle(dw_scratch_.data());
+    p.dw_to_user.execute(ctx_.stream, p.dw, p.dw_user);
+    ctx_.stream.wait();
+    accumulate(store_.grad(weight_), dw_scratch_.data(), store_.info(weight_).size);
+    if (bias_ >= 0) accumulate(store_.grad(bias_), db_scratch_.data(), spec_.out);
+  }
+
+  // --grad-accum fp64: dW = dyᵀ·im2col(x) with OpenBLAS DGEMM over all N·Ho·Wo output positions (the
+  // float products are exact in double; see ParamStore::enable_fp64_grads for why).
+  void weight_grad_fp64(const Tensor& x, const Tensor& dy, const Plan& p) {
+    const std::int64_t N = x.dim(0), C = spec_.in, H = x.dim(2), W = x.dim(3), K = spec_.kernel;
+    const std::int64_t rows = N * p.ho * p.wo, kkc = K * K * C, O = spec_.out;
+    const bool nhwc = x.layout() == Layout::kChannelsLast || C == 1;
+    col64_.assign(static_cast<std::size_t>(rows * kkc), 0.0);  // (rows, kh, kw, c), zero padding
+    for (std::int64_t n = 0; n < N; ++n)
+      for (std::int64_t i = 0; i < p.ho; ++i)
+        for (std::int64_t j = 0; j < p.wo; ++j) {
+          double* row = col64_.data() + ((n * p.ho + i) * p.wo + j) * kkc;
+          for (std::int64_t kh = 0; kh < K; ++kh) {
+            const std::int64_t h = i * spec_.stride + kh - spec_.pad;
+            if (h < 0 || h >= H) continue;
+            for (std::int64_t kw = 0; kw < K; ++kw) {
+              const std::int64_t w = j * spec_.stride + kw - spec_.pad;
+              if (w < 0 || w >= W) continue;
+              double* out = row + (kh * K + kw) * C;
+              for (std::int64_t c = 0; c < C; ++c)
+                out[c] = nhwc ? x.data()[((n * H + h) * W + w) * C + c] : x.data()[((n * C + c) * H + h) * W + w];
+            }
+          }
+        }
+    dy64_.assign(dy.data(), dy.data() + rows * O);  // NHWC: (rows, O)
+    dw64_.assign(static_cast<std::size_t>(O * kkc), 0.0);
+    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<int>(O), static_cast<int>(kkc),
+                static_cast<int>(rows), 1.0, dy64_.data(), static_cast<int>(O), col64_.data(), static_cast<int>(kkc),
+                0.0, dw64_.data(), static_cast<int>(kkc));
+    double* g = store_.grad64(weight_);  // OIHW
+    for (std::int64_t o = 0; o < O; ++o)
+      for (std::int64_t c = 0; c < C; ++c)
+        for (std::int64_t k = 0; k < K * K; ++k)
+          g[(o * C + c) * K * K + k] += dw64_[static_cast<std::size_t>(o * kkc + k * C + c)];
+    if (bias_ >= 0) {
+      double* gb = store_.grad64(bias_);
+      for (std::int64_t r = 0; r < rows; ++r)
+        for (std::int64_t o = 0; o < O; ++o) gb[o] += dy64_[static_cast<std::size_t>(r * O + o)];
+    }
+  }
+
+  Plan& plan_for(const Tensor& x) {
+    const bool planar = x.layout() == Layout::kPlanar && x.dim(1) > 1;
+    const auto key = std::make_tuple(x.dim(0), x.dim(2), x.dim(3), planar);
+    auto it = plans_.find(key);
+    if (it != plans_.end()) return it->second;
+    Plan& p = plans_[key];
+    const std::int64_t N = x.dim(0), H = x.dim(2), W = x.dim(3), k = spec_.kernel, s = spec_.stride;
+    p.ho = (H + 2 * spec_.pad - k) / s + 1;
+    p.wo = (W + 2 * spec_.pad - k) / s + 1;
+    SBN_CHECK(p.ho > 0 && p.wo > 0, name_ + ": input " + syncbn::describe(x.shape(), x.layout()) + " too small");
+    if (N == 0) return p;
+    const memory::dims src_dims = {N, spec_.in, H, W}, dst_dims = {N, spec_.out, p.ho, p.wo},
+                       wei_dims = {spec_.out, spec_.in, k, k}, bias_dims = {spec_.out};
+    p.strides = {s, s};
+    p.pad = {spec_.pad, spec_.pad};
+    // (N, 1, H, W) is the same bytes in NCHW and NHWC; give oneDNN the tag its first-layer kernels take.
+    p.src_md = memory::desc(src_dims, dt::f32, planar || spec_.in == 1 ? tag::nchw : tag::nhwc);
+    const memory::desc dst_nhwc(dst_dims, dt::f32, tag::nhwc);
+    p.wei_any = memory::desc(wei_dims, dt::f32, tag::any);
+    p.bias_md = memory::desc(bias_dims, dt::f32, tag::x);
+    auto make_fwd = [&](const memory::desc& dst_md) {
+      auto d = spec_.bias ? dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training,
+                                                           dnnl::algorithm::convolution_direct, p.src_md,
+                                                           p.wei_any, p.bias_md, dst_md, p.strides, p.pad, p.pad)
+                          : dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training,
+                                                           dnnl::algorithm::convolution_direct, p.src_md,
+                                                           p.wei_any, dst_md, p.strides, p.pad, p.pad);
+      return dnnl::convolution_forward::primitive_desc(d, ctx_.engine);
+    };
+    p.fwd_pd = make_fwd(dst_nhwc);
+    if (is_reference_impl(p.fwd_pd.impl_info_str())) {
+      p.fwd_pd = make_fwd(memory::desc(dst_dims, dt::f32, tag::any));
+      p.blocked_dst = true;
+    }
+    p.dst_md = p.fwd_pd.dst_desc();
+    p.fwd = dnnl::convolution_forward(p.fwd_pd);
+    p.src = memory(p.src_md, ctx_.engine, nullptr);
+    p.dst_user = memory(dst_nhwc, ctx_.engine, nullptr);
+    if (p.blocked_dst) {
+      p.dst_blocked = memory(p.dst_md, ctx_.engine);
+      p.dst_to_user = dnnl::reorder(p.dst_blocked, p.dst_user);
+      p.user_to_dst = dnnl::reorder(p.dst_user, p.dst_blocked);
+    }
+    const memory::desc wei_user(wei_dims, dt::f32, tag::oihw);
+    p.w_user = memory(wei_user, ctx_.engine, nullptr);
+    p.w_fwd = memory(p.fwd_pd.weights_desc(), ctx_.engine);
+    p.w_to_fwd = dnnl::reorder(p.w_user, p.w_fwd);
+    p.b = memory(p.bias_md, ctx_.engine, nullptr);
+
+    auto wd = spec_.bias ? dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, p.src_md,
+                                                                    p.wei_any, p.bias_md, p.dst_md, p.strides,
+                                                                    p.pad, p.pad)
+                         : dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, p.src_md,
+                                                                    p.wei_any, p.dst_md, p.strides, p.pad, p.pad);
+    auto wpd = dnnl::convolution_backward_weights::primitive_desc(wd, ctx_.engine, p.fwd_pd);
+    SBN_CHECK(wpd.src_desc() == p.src_md && wpd.diff_dst_desc() == p.dst_md,
+              name_ + ": oneDNN chose other activation formats for the weight gradient");
+    p.bwd_w = dnnl::convolution_backward_weights(wpd);
+    p.dw = memory(wpd.diff_weights_desc(), ctx_.engine);
+    dw_scratch_.resize(static_cast<std::size_t>(store_.info(weight_).size));
+    p.dw_user = memory(wei_user, ctx_.engine, dw_scratch_.data());
+    p.dw_to_user = dnnl::reorder(p.dw, p.dw_user);
+    db_scratch_.resize(static_cast<std::size_t>(spec_.out));
+    p.db = memory(p.bias_md, ctx_.engine, db_scratch_.data());
+    return p;
+  }
+
+  // Input-gradient primitives are built only for layers that need them (not the network input's).
+  void ensure_bwd_data(Plan& p) {
+    if (p.has_bwd_d) return;
+    const memory::desc diff_src_md = p.src_md;
+    auto dd = dnnl::convolution_backward_data::desc(dnnl::algorithm::convolution_direct, diff_src_md, p.wei_any,
+                                                    p.dst_md, p.strides, p.pad, p.pad);
+    auto dpd = dnnl::convolution_backward_data::primitive_desc(dd, ctx_.engine, p.fwd_pd);
+    SBN_CHECK(dpd.diff_src_desc() == diff_src_md && dpd.diff_dst_desc() == p.dst_md,
+              name_ + ": oneDNN chose other activation formats for the input gradient");
+    p.bwd_d = dnnl::convolution_backward_data(dpd);
+    p.w_bwd = memory(dpd.weights_desc(), ctx_.engine);
+    p.w_to_bwd = dnnl::reorder(p.w_user, p.w_bwd);
+    p.diff_src = memory(diff_src_md, ctx_.engine, nullptr);
+    p.has_bwd_d = true;
+  }
+
+  std::string name_;
+  ConvSpec spec_;
+  ParamStore& store_;
+  CpuContext& ctx_;
+  int weight_ = -1, bias_ = -1;
+  std::map<std::tuple<std::int64_t, std::int64_t, std::int64_t, bool>, Plan> plans_;
+  std::vector<float> dw_scratch_, db_scratch_;
+  std::vector<double> col64_, dy64_, dw64_;  // fp64 gradient mode scratch
+};
+
+}  // namespace
+
+ModulePtr make_conv2d(const std::string& name, const ConvSpec& spec, ParamStore& store, CpuContext& ctx) {
+  SBN_CHECK(spec.in > 0 && spec.out > 0 && spec.kernel > 0 && spec.stride > 0 && spec.pad >= 0,
+            name + ": bad convolution spec");
+  return std::make_unique<Conv2d>(name, spec, store, ctx);
+}
+
+}  // namespace syncbn

@@ -1,0 +1,291 @@
+// ParamStore, Sequential and the simple elementwise/pooling layers (all NHWC, single-threaded,
+// written as plain loops the compiler vectorizes across channels; they are memory-bound and small next
+// to the convolutions).
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "syncbn/error.h"
+#include "syncbn/nn.h"
+
+namespace syncbn {
+
+// ---- ParamStore -------------------------------------------------------------------------------------
+
+int ParamStore::add(const std::string& name, const std::vector<std::int64_t>& shape, bool decay, ParamInit init,
+                    std::int64_t fan_in) {
+  SBN_CHECK(!final_, "ParamStore: parameter '" + name + "' added after finalize()");
+  ParamInfo p;
+  p.name = name;
+  p.shape = shape;
+  p.size = 1;
+  for (auto d : shape) p.size *= d;
+  // 16-float alignment for every parameter: vector loads in the optimizer and the layers.
+  p.offset = (total_ + 15) / 16 * 16;
+  p.decay = decay;
+  p.init = init;
+  p.fan_in = fan_in;
+  total_ = p.offset + p.size;
+  params_.push_back(p);
+  return static_cast<int>(params_.size()) - 1;
+}
+
+void ParamStore::finalize() {
+  values_.assign(static_cast<std::size_t>(total_), 0.0f);
+  grads_.assign(static_cast<std::size_t>(total_), 0.0f);
+  final_ = true;
+}
+
+void ParamStore::zero_grads() {
+  std::fill(grads_.begin(), grads_.end(), 0.0f);
+  std::fill(grads64_.begin(), grads64_.end(), 0.0);
+}
+
+void ParamStore::enable_fp64_grads() {
+  SBN_CHECK(final_, "ParamStore: enable_fp64_grads() before finalize()");
+  fp64_ = true;
+  grads64_.assign(static_cast<std::size_t>(total_), 0.0);
+}
+
+namespace {
+// splitmix64: a tiny generator whose output is fixed by its definition (std::normal_distribution's is
+// implementation-defined, so it could differ between standard libraries).
+struct SplitMix64 {
+  std::uint64_t s;
+  std::uint64_t next() {
+    std::uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+  double uniform() { return (static_cast<double>(next() >> 11) + 0.5) * (1.0 / 9007199254740992.0); }  // (0, 1)
+  double normal() {  // Box-Muller
+    const double u = uniform(), v = uniform();
+    return std::sqrt(-2.0 * std::log(u)) * std::cos(6.283185307179586 * v);
+  }
+};
+}  // namespace
+
+void ParamStore::init_params(std::uint64_t seed) {
+  SBN_CHECK(final_, "ParamStore: init_params() before finalize()");
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    const ParamInfo& p = params_[i];
+    float* v = values_.data() + p.offset;
+    SplitMix64 gen{seed * 0x100000001b3ull + i};  // one stream per parameter: adding one doesn't shift others
+    const double fan = static_cast<double>(std::max<std::int64_t>(p.fan_in, 1));
+    for (std::int64_t j = 0; j < p.size; ++j) {
+      switch (p.init) {
+        case ParamInit::kKaiming: v[j] = static_cast<float>(gen.normal() * std::sqrt(2.0 / fan)); break;
+        case ParamInit::kClassifier: v[j] = static_cast<float>(gen.normal() / std::sqrt(fan)); break;
+        case ParamInit::kOnes: v[j] = 1.0f; break;
+        case ParamInit::kZeros: v[j] = 0.0f; break;
+      }
+    }
+  }
+}
+
+// ---- Sequential ---------------------------------------------------------------------------------------
+
+void Sequential::forward(const Tensor& x, Tensor& y, bool training) {
+  acts_.resize(modules_.size());
+  const Tensor* in = &x;
+  for (std::size_t i = 0; i < modules_.size(); ++i) {
+    modules_[i]->forward(*in, acts_[i], training);
+    in = &acts_[i];
+  }
+  y = *in;
+}
+
+void Sequential::backward(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor* dx) {
+  (void)y;
+  const Tensor* g = &dy;
+  for (std::size_t k = modules_.size(); k-- > 0;) {
+    const Tensor& in = k ? acts_[k - 1] : x;
+    Tensor* out = k ? ((modules_.size() - k) % 2 ? &grad_a_ : &grad_b_) : dx;
+    modules_[k]->backward(in, acts_[k], *g, out);
+    g = out;
+  }
+}
+
+void Sequential::buffers(std::vector<BufferRef>& out) {
+  for (auto& m : modules_) m->buffers(out);
+}
+
+void Sequential::sync_bns(std::vector<SyncBatchNorm*>& out) {
+  for (auto& m : modules_) m->sync_bns(out);
+}
+
+std::string Sequential::describe() const {
+  std::string s;
+  for (auto& m : modules_) s += (s.empty() ? "" : " -> ") + m->describe();
+  return s;
+}
+
+namespace {
+
+std::int64_t spatial(const Tensor& t) { return t.rank() == 4 ? t.dim(2) * t.dim(3) : 1; }
+
+// ---- ReLU ---------------------------------------------------------------------------------------------
+
+class ReLU final : public Module {
+ public:
+  void forward(const Tensor& x, Tensor& y, bool) override {
+    y.resize(x.shape(), x.layout());
+    const float* a = x.data();
+    float* b = y.data();
+    for (std::int64_t i = 0, n = x.numel(); i < n; ++i) b[i] = std::max(a[i], 0.0f);
+  }
+  void backward(const Tensor&, const Tensor& y, const Tensor& dy, Tensor* dx) override {
+    if (!dx) return;
+    dx->resize(dy.shape(), dy.layout());
+    const float* o = y.data();
+    const float* g = dy.data();
+    float* d = dx->data();
+    for (std::int64_t i = 0, n = dy.numel(); i < n; ++i) d[i] = o[i] > 0.0f ? g[i] : 0.0f;
+  }
+  std::string describe() const override { return "relu"; }
+};
+
+// ---- MaxPool (NHWC, k×k, stride k) ------------------------------------------------------------------
+
+class MaxPool final : public Module {
+ public:
+  explicit MaxPool(std::int64_t k) : k_(k) {}
+  void forward(const Tensor& x, Tensor& y, bool) override {
+    SBN_CHECK(x.rank() == 4 && x.layout() == Layout::kChannelsLast,
+              "maxpool: expects an NHWC tensor, got " + describe_shape(x));
+    const std::int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3), Ho = H / k_, Wo = W / k_;
+    SBN_CHECK(Ho > 0 && Wo > 0, "maxpool: input " + describe_shape(x) + " smaller than the window");
+    y.resize({N, C, Ho, Wo}, Layout::kChannelsLast);
+    argmax_.resize(static_cast<std::size_t>(y.numel()));
+    for (std::int64_t n = 0; n < N; ++n)
+      for (std::int64_t ho = 0; ho < Ho; ++ho)
+        for (std::int64_t wo = 0; wo < Wo; ++wo) {
+          float* out = y.data() + ((n * Ho + ho) * Wo + wo) * C;
+          std::int32_t* arg = argmax_.data() + ((n * Ho + ho) * Wo + wo) * C;
+          std::fill(out, out + C, -std::numeric_limits<float>::infinity());
+          for (std::int64_t i = 0; i < k_; ++i)
+            for (std::int64_t j = 0; j < k_; ++j) {
+              const std::int64_t pos = (n * H + ho * k_ + i) * W + wo * k_ + j;
+              const float* in = x.data() + pos * C;
+              for (std::int64_t c = 0; c < C; ++c)
+                if (in[c] > out[c] || (i == 0 && j == 0)) {
+                  out[c] = in[c];
+                  arg[c] = static_cast<std::int32_t>(pos);
+                }
+            }
+        }
+  }
+  void backward(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor* dx) override {
+    if (!dx) return;
+    dx->resize(x.shape(), x.layout());
+    dx->zero();
+    const std::int64_t C = x.dim(1), cells = y.numel() / C;
+    for (std::int64_t p = 0; p < cells; ++p) {
+      const float* g = dy.data() + p * C;
+      const std::int32_t* arg = argmax_.data() + p * C;
+      for (std::int64_t c = 0; c < C; ++c) dx->data()[static_cast<std::int64_t>(arg[c]) * C + c] += g[c];
+    }
+  }
+  std::string describe() const override { return "maxpool" + std::to_string(k_); }
+
+ private:
+  static std::string describe_shape(const Tensor& t) { return syncbn::describe(t.shape(), t.layout()); }
+  std::int64_t k_;
+  std::vector<std::int32_t> argmax_;  // input position (n·H·W index) of each output's max
+};
+
+// ---- Global average pool (NHWC → (N, C)) ----------------------------------------------------------------
+
+class GlobalAvgPool final : public Module {
+ public:
+  void forward(const Tensor& x, Tensor& y, bool) override {
+    SBN_CHECK(x.rank() == 4 && x.layout() == Layout::kChannelsLast, "global avgpool: expects an NHWC tensor");
+    const std::int64_t N = x.dim(0), C = x.dim(1), S = spatial(x);
+    y.resize({N, C});
+    const float inv = 1.0f / static_cast<float>(S);
+    for (std::int64_t n = 0; n < N; ++n) {
+      float* out = y.data() + n * C;
+      std::fill(out, out + C, 0.0f);
+      for (std::int64_t s = 0; s < S; ++s) {
+        const float* in = x.data() + (n * S + s) * C;
+        for (std::int64_t c = 0; c < C; ++c) out[c] += in[c];
+      }
+      for (std::int64_t c = 0; c < C; ++c) out[c] *= inv;
+    }
+  }
+  void backward(const Tensor& x, const Tensor&, const Tensor& dy, Tensor* dx) override {
+    if (!dx) return;
+    const std::int64_t N = x.dim(0), C = x.dim(1), S = spatial(x);
+    dx->resize(x.shape(), x.layout());
+    const float inv = 1.0f / static_cast<float>(S);
+    for (std::int64_t n = 0; n < N; ++n)
+      for (std::int64_t s = 0; s < S; ++s) {
+        float* d = dx->data() + (n * S + s) * C;
+        const float* g = dy.data() + n * C;
+        for (std::int64_t c = 0; c < C; ++c) d[c] = g[c] * inv;
+      }
+  }
+  std::string describe() const override { return "global-avgpool"; }
+};
+
+// ---- Flatten: NHWC (N, C, H, W) → (N, H·W·C) ------------------------------------------------------------
+
+class Flatten final : public Module {
+ public:
+  void forward(const Tensor& x, Tensor& y, bool) override {
+    SBN_CHECK(x.rank() == 2 || x.layout() == Layout::kChannelsLast || x.dim(1) == 1,
+              "flatten: expects NHWC activations");
+    y.resize({x.dim(0), x.numel() / std::max<std::int64_t>(x.dim(0), 1)});
+    if (x.numel()) std::memcpy(y.data(), x.data(), static_cast<std::size_t>(x.numel()) * sizeof(float));
+  }
+  void backward(const Tensor& x, const Tensor&, const Tensor& dy, Tensor* dx) override {
+    if (!dx) return;
+    dx->resize(x.shape(), x.layout());
+    if (dy.numel()) std::memcpy(dx->data(), dy.data(), static_cast<std::size_t>(dy.numel()) * sizeof(float));
+  }
+  std::string describe() const override { return "flatten"; }
+};
+
+}  // namespace
+
+ModulePtr make_relu() { return std::make_unique<ReLU>(); }
+ModulePtr make_maxpool(std::int64_t k) { return std::make_unique<MaxPool>(k); }
+ModulePtr make_global_avgpool() { return std::make_unique<GlobalAvgPool>(); }
+ModulePtr make_flatten() { return std::make_unique<Flatten>(); }
+
+// ---- loss ---------------------------------------------------------------------------------------------
+
+double softmax_cross_entropy(const Tensor& logits, const std::int32_t* labels, float grad_scale, Tensor& dlogits,
+                             std::int64_t* correct) {
+  SBN_CHECK(logits.rank() == 2, "cross-entropy: logits must be (N, classes)");
+  const std::int64_t N = logits.dim(0), K = logits.dim(1);
+  dlogits.resize(logits.shape());
+  double total = 0;
+  std::int64_t right = 0;
+  for (std::int64_t n = 0; n < N; ++n) {
+    const float* z = logits.data() + n * K;
+    float* g = dlogits.data() + n * K;
+    const std::int32_t label = labels[n];
+    SBN_CHECK(label >= 0 && label < K, "cross-entropy: label " + std::to_string(label) + " outside [0, " +
+                                           std::to_string(K) + ")");
+    // log-sum-exp around the max, in double: the loss is summed over the batch and logged.
+    std::int64_t arg = 0;
+    for (std::int64_t k = 1; k < K; ++k)
+      if (z[k] > z[arg]) arg = k;
+    const double zmax = z[arg];
+    double sum = 0;
+    for (std::int64_t k = 0; k < K; ++k) sum += std::exp(static_cast<double>(z[k]) - zmax);
+    total += std::log(sum) + zmax - z[label];
+    right += arg == label;
+    for (std::int64_t k = 0; k < K; ++k) {
+      const double p = std::exp(static_cast<double>(z[k]) - zmax) / sum;
+      g[k] = static_cast<float>((p - (k == label ? 1.0 : 0.0)) * grad_scale);
+    }
+  }
+  if (correct) *correct = right;
+  return total;
+}
+
+}  // namespace syncbn

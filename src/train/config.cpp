@@ -1,0 +1,298 @@
+#include <boost/program_options.hpp>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "syncbn/config.h"
+#include "syncbn/data.h"
+#include "syncbn/error.h"
+#include "syncbn/sampler.h"
+#include "syncbn/sync_batchnorm.h"
+#include "syncbn/train_config.h"
+
+namespace po = boost::program_options;
+
+namespace syncbn {
+namespace {
+
+std::string text_of(const std::string& v) { return v; }
+std::string text_of(bool v) { return v ? "true" : "false"; }
+std::string text_of(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+template <class T>
+std::string text_of(T v) {
+  return std::to_string(v);
+}
+
+// The option list, built once: Boost descriptions per group plus our OptionInfo records.
+struct Registry {
+  std::vector<std::pair<std::string, po::options_description>> groups;
+  std::vector<OptionInfo>* infos;
+
+  po::options_description& group(const std::string& name) {
+    for (auto& g : groups)
+      if (g.first == name) return g.second;
+    groups.emplace_back(name, po::options_description(name + " options"));
+    return groups.back().second;
+  }
+
+  template <class T>
+  void add(const char* group_name, const char* names, T* field, const std::string& help, bool resume_may_differ = false) {
+    std::string long_name = names;
+    const auto comma = long_name.find(',');
+    if (comma != std::string::npos) long_name = long_name.substr(0, comma);
+    auto* sem = po::value<T>(field)->default_value(*field, text_of(*field));
+    if constexpr (std::is_same_v<T, bool>) sem->implicit_value(true, "true");
+    group(group_name).add_options()(names, sem, help.c_str());
+    infos->push_back({long_name, group_name, help, [field] { return text_of(*field); }, resume_may_differ});
+  }
+};
+
+}  // namespace
+
+TrainOptions::TrainOptions() = default;
+
+ParseResult TrainOptions::parse(int argc, char** argv) {
+  options_.clear();
+  Registry reg;
+  reg.infos = &options_;
+  TrainConfig& c = cfg_;
+  std::string config_file;
+  bool help = false, help_markdown = false;
+  reg.group("General").add_options()
+      ("help,h", po::bool_switch(&help), "show this help and exit")
+      ("help-markdown", po::bool_switch(&help_markdown), "print the flag table of README.md and exit")
+      ("config,c", po::value(&config_file)->value_name("FILE"),
+       "read options from an INI file (key = value, same names as the flags); the command line wins");
+  reg.add("Data", "dataset", &c.dataset, "fashion-mnist | mnist | cifar10 | synthetic");
+  reg.add("Data", "data-dir", &c.data_dir,
+          "dataset directory (default: /usr/share/datasets/fashion-mnist for fashion-mnist, "
+          "/usr/share/datasets/mnist for mnist; required for cifar10)");
+  reg.add("Data", "synthetic-train", &c.synthetic_train, "synthetic: training samples");
+  reg.add("Data", "synthetic-test", &c.synthetic_test, "synthetic: test samples");
+  reg.add("Data", "synthetic-shape", &c.synthetic_shape, "synthetic: image shape CxHxW (1x28x28 or 3x32x32)");
+  reg.add("Data", "augment", &c.augment, "auto | on | off: random crop (pad 4) + horizontal flip; auto = on for cifar10");
+  reg.add("Model", "model", &c.model, "convnet (conv-norm-ReLU-pool x3, fc-norm-ReLU, fc) | resnet (3 stages of residual blocks)");
+  reg.add("Model", "width", &c.width, "channels of the first conv/stage (then 2x, 4x; convnet hidden fc 8x)");
+  reg.add("Model", "depth", &c.depth, "resnet: residual blocks per stage");
+  reg.add("Normalization", "norm", &c.norm,
+          "sync (SyncBN over all ranks) | sync:K (groups of K consecutive ranks) | local (per-rank BN) | "
+          "groupnorm | none");
+  reg.add("Normalization", "gn-groups", &c.gn_groups, "groupnorm: groups (must divide --width)");
+  reg.add("Normalization", "ghost-batch", &c.ghost_batch,
+          "local: BN statistics over consecutive sub-batches of this many samples within a rank (0: off)");
+  reg.add("Normalization", "bn-momentum", &c.bn_momentum, "running-statistics momentum in [0, 1], or none (cumulative average)");
+  reg.add("Normalization", "bn-eps", &c.bn_eps, "BN/GN epsilon added to the variance");
+  reg.add("Batching", "global-batch,b", &c.global_batch, "samples per optimizer step over all ranks (B)");
+  reg.add("Batching", "accum-steps", &c.accum_steps,
+          "micro-batches per optimizer step (B/K samples each, globally; must divide B); BN statistics are per micro-batch");
+  reg.add("Batching", "grad-accum", &c.grad_accum,
+          "fp32 | fp64: parameter-gradient accumulation; fp64 (OpenBLAS DGEMM, double all-reduce) makes results "
+          "independent of the world size up to double rounding, at roughly twice the step time");
+  reg.add("Optimization", "epochs,e", &c.epochs, "training epochs (the last partial batch of an epoch is dropped)", true);
+  reg.add("Optimization", "max-steps", &c.max_steps, "stop after this many optimizer steps (0: run --epochs; wins over --epochs)", true);
+  reg.add("Optimization", "stop-after", &c.stop_after,
+          "end this run after this many optimizer steps (counted from 0, the schedule still follows --max-steps/"
+          "--epochs), saving a checkpoint to resume from: for time-limited allocations (0: off)", true);
+  reg.add("Optimization", "lr", &c.lr, "peak learning rate (per global batch)");
+  reg.add("Optimization", "momentum", &c.momentum, "SGD momentum in [0, 1)");
+  reg.add("Optimization", "nesterov", &c.nesterov, "Nesterov momentum (true | false)");
+  reg.add("Optimization", "weight-decay", &c.weight_decay, "L2 weight decay (not applied to norm parameters and biases)");
+  reg.add("Optimization", "decay-norm-bias", &c.decay_norm_bias, "also decay norm parameters and biases (true | false)");
+  reg.add("Optimization", "warmup-steps", &c.warmup_steps, "linear learning-rate warm-up from 0 over this many steps");
+  reg.add("Optimization", "lr-schedule", &c.lr_schedule, "cosine | step | constant (after warm-up)");
+  reg.add("Optimization", "lr-steps", &c.lr_steps, "step: comma-separated epochs at which lr *= lr-gamma (default: 50% and 75% of --epochs)");
+  reg.add("Optimization", "lr-gamma", &c.lr_gamma, "step: factor in (0, 1]");
+  reg.add("Output", "eval-every", &c.eval_every, "also evaluate every N optimizer steps (0: at the end of each epoch only)", true);
+  reg.add("Output", "log-every", &c.log_every, "progress line and metrics row every N optimizer steps", true);
+  reg.add("Output", "run-dir", &c.run_dir, "directory for config.ini, metrics.csv, metrics.jsonl and checkpoints (empty: none)", true);
+  reg.add("Output", "save-every", &c.save_every, "checkpoint every N optimizer steps into --run-dir (0: only at the end when --run-dir is set)", true);
+  reg.add("Output", "resume", &c.resume, "resume from a checkpoint file, or 'latest' (the newest in --run-dir)", true);
+  reg.add("Runtime", "seed", &c.seed, "seed of the initialization, the sampler, augmentation and synthetic data");
+  reg.add("Runtime", "threads", &c.threads, "oneDNN threads per rank", true);
+  reg.add("Runtime", "comm-timeout", &c.comm_timeout, "seconds a collective may take before the job is aborted as hung (0: never)", true);
+  reg.add("Runtime", "device", &c.device, "cpu | cuda", true);
+
+  po::options_description all("syncbn-train: data-parallel training with Synchronized BatchNorm");
+  for (auto& g : reg.groups) all.add(g.second);
+  po::variables_map vm;
+  try {
+    po::store(po::parse_command_line(argc, argv, all), vm);
+    if (vm.count("config")) {
+      const std::string path = vm["config"].as<std::string>();
+      std::ifstream in(path);
+      SBN_CHECK(in.good(), "--config " + path + ": cannot read the file");
+      po::store(po::parse_config_file(in, all), vm);  // stored second: the command line wins
+    }
+    po::notify(vm);
+  } catch (const po::error& e) {
+    SBN_FAIL(std::string(e.what()) + " (see --help)");
+  }
+  ParseResult r;
+  if (help) {
+    std::ostringstream os;
+    os << "Usage: mpirun -np P syncbn-train [options]\n\n" << all << "\n";
+    r.help = true;
+    r.help_text = os.str();
+  } else if (help_markdown) {
+    std::string t = "| flag | default | meaning |\n|---|---|---|\n";
+    for (const auto& o : options_) {
+      std::string v = o.value();
+      t += "| `--" + o.name + "` | " + (v.empty() ? "" : "`" + v + "`") + " | " + o.help + " |\n";
+    }
+    r.help = true;
+    r.help_text = t;
+  }
+  return r;
+}
+
+void TrainOptions::validate(int world_size) const {
+  const TrainConfig& c = cfg_;
+  auto positive = [](std::int64_t v, const char* flag) {
+    SBN_CHECK(v > 0, std::string("--") + flag + " must be a positive integer, got " + std::to_string(v));
+  };
+  auto non_negative = [](std::int64_t v, const char* flag) {
+    SBN_CHECK(v >= 0, std::string("--") + flag + " must be >= 0, got " + std::to_string(v));
+  };
+  DataOptions d;
+  d.dataset = c.dataset;
+  d.dir = c.data_dir;
+  d.synthetic_train = c.synthetic_train;
+  d.synthetic_test = c.synthetic_test;
+  d.synthetic_shape = c.synthetic_shape;
+  validate_data_options(d);
+  SBN_CHECK(c.augment == "auto" || c.augment == "on" || c.augment == "off",
+            "--augment must be auto, on or off, got '" + c.augment + "'");
+  SBN_CHECK(c.model == "convnet" || c.model == "resnet", "unknown --model '" + c.model + "'; expected convnet or resnet");
+  SBN_CHECK(c.width >= 1 && c.width <= 4096, "--width must be in [1, 4096], got " + std::to_string(c.width));
+  SBN_CHECK(c.depth >= 1 && c.depth <= 64, "--depth must be in [1, 64], got " + std::to_string(c.depth));
+  // Normalization.
+  const bool bn = c.norm == "sync" || c.norm == "local" || c.norm.rfind("sync:", 0) == 0;
+  SBN_CHECK(bn || c.norm == "groupnorm" || c.norm == "none",
+            "unknown --norm '" + c.norm + "'; expected sync, sync:K, local, groupnorm or none");
+  int group = world_size;
+  if (bn) {
+    const SyncMode m = parse_sync_mode(c.norm);  // throws for sync:0, sync:x
+    if (m.kind == SyncMode::kGroups) {
+      SBN_CHECK(world_size % m.group_size == 0, "--norm " + c.norm + ": K = " + std::to_string(m.group_size) +
+                                                    " does not divide the world size " + std::to_string(world_size));
+      group = m.group_size;
+    }
+    if (m.kind == SyncMode::kLocal) group = 1;
+  }
+  positive(c.gn_groups, "gn-groups");
+  if (c.norm == "groupnorm")
+    SBN_CHECK(c.width % c.gn_groups == 0, "--gn-groups " + std::to_string(c.gn_groups) +
+                                              " must divide --width " + std::to_string(c.width));
+  non_negative(c.ghost_batch, "ghost-batch");
+  SBN_CHECK(c.ghost_batch == 0 || c.norm == "local",
+            "--ghost-batch needs --norm local (ghost batches are per-rank statistics)");
+  SBN_CHECK(c.ghost_batch != 1, "--ghost-batch 1 leaves one value per channel: BN needs at least 2");
+  if (c.bn_momentum != "none") {
+    char* end = nullptr;
+    const double m = std::strtod(c.bn_momentum.c_str(), &end);
+    SBN_CHECK(!c.bn_momentum.empty() && *end == '\0' && m >= 0 && m <= 1,
+              "--bn-momentum must be a number in [0, 1] or none, got '" + c.bn_momentum + "'");
+  }
+  SBN_CHECK(c.bn_eps > 0, "--bn-eps must be positive");
+  // Batching.
+  positive(c.global_batch, "global-batch");
+  positive(c.accum_steps, "accum-steps");
+  SBN_CHECK(c.global_batch % c.accum_steps == 0, "--accum-steps " + std::to_string(c.accum_steps) +
+                                                     " does not divide --global-batch " + std::to_string(c.global_batch));
+  SBN_CHECK(c.grad_accum == "fp32" || c.grad_accum == "fp64",
+            "--grad-accum must be fp32 or fp64, got '" + c.grad_accum + "'");
+  const std::int64_t micro = c.global_batch / c.accum_steps;
+  if (bn) {
+    // Every BN batch (a sync group's share of a micro-batch, or a ghost batch) needs 2+ samples; a rank
+    // with no samples in local mode just has nothing to normalize.
+    for (int g0 = 0; g0 < world_size; g0 += group) {
+      std::int64_t n = 0;
+      for (int r = g0; r < g0 + group; ++r) n += rank_slice(micro, world_size, r).count;
+      const std::string who = group == 1 ? "rank " + std::to_string(g0) : "sync group of ranks " + std::to_string(g0) +
+                                                                              ".." + std::to_string(g0 + group - 1);
+      SBN_CHECK(n != 1 && (n != 0 || group == 1),
+                "--global-batch " + std::to_string(c.global_batch) + " / --accum-steps " + std::to_string(c.accum_steps) +
+                    " over " + std::to_string(world_size) + " ranks gives the " + who + " " + std::to_string(n) +
+                    " sample(s) per micro-batch: BatchNorm needs at least 2 per sync group");
+      if (c.ghost_batch > 0 && n % c.ghost_batch == 1)
+        SBN_FAIL("--ghost-batch " + std::to_string(c.ghost_batch) + " splits the " + std::to_string(n) + " samples of " +
+                 who + " into a last ghost batch of 1 sample: BatchNorm needs at least 2");
+    }
+  }
+  // Schedule.
+  positive(c.epochs, "epochs");
+  non_negative(c.max_steps, "max-steps");
+  non_negative(c.stop_after, "stop-after");
+  SBN_CHECK(std::isfinite(c.lr) && c.lr > 0, "--lr must be positive, got " + text_of(c.lr));
+  SBN_CHECK(c.momentum >= 0 && c.momentum < 1, "--momentum must be in [0, 1), got " + text_of(c.momentum));
+  SBN_CHECK(c.weight_decay >= 0, "--weight-decay must be >= 0, got " + text_of(c.weight_decay));
+  non_negative(c.warmup_steps, "warmup-steps");
+  SBN_CHECK(c.lr_schedule == "cosine" || c.lr_schedule == "step" || c.lr_schedule == "constant",
+            "--lr-schedule must be cosine, step or constant, got '" + c.lr_schedule + "'");
+  if (!c.lr_steps.empty()) {
+    std::stringstream ss(c.lr_steps);
+    std::string item;
+    long prev = 0;
+    while (std::getline(ss, item, ',')) {
+      char* end = nullptr;
+      const long e = std::strtol(item.c_str(), &end, 10);
+      SBN_CHECK(!item.empty() && *end == '\0' && e > prev,
+                "--lr-steps must be increasing positive epochs separated by commas, got '" + c.lr_steps + "'");
+      prev = e;
+    }
+  }
+  SBN_CHECK(c.lr_gamma > 0 && c.lr_gamma <= 1, "--lr-gamma must be in (0, 1], got " + text_of(c.lr_gamma));
+  // Output.
+  non_negative(c.eval_every, "eval-every");
+  positive(c.log_every, "log-every");
+  non_negative(c.save_every, "save-every");
+  SBN_CHECK(c.save_every == 0 || !c.run_dir.empty(), "--save-every needs --run-dir");
+  SBN_CHECK(c.resume != "latest" || !c.run_dir.empty(), "--resume latest needs --run-dir");
+  // Runtime.
+  positive(c.threads, "threads");
+  SBN_CHECK(c.comm_timeout >= 0, "--comm-timeout must be >= 0 seconds");
+  SBN_CHECK(c.device == "cpu" || c.device == "cuda", "--device must be cpu or cuda, got '" + c.device + "'");
+}
+
+std::string TrainOptions::to_ini() const {
+  std::string out = "# syncbn-train configuration (load with --config)\n";
+  std::string group;
+  for (const auto& o : options_) {
+    if (o.group != group) {
+      group = o.group;
+      out += "\n# " + group + "\n";
+    }
+    out += o.name + " = " + o.value() + "\n";
+  }
+  return out;
+}
+
+std::string TrainOptions::table() const {
+  std::string out;
+  std::string group;
+  for (const auto& o : options_) {
+    if (o.group != group) {
+      group = o.group;
+      out += "# " + group + "\n";
+    }
+    char line[256];
+    std::snprintf(line, sizeof line, "#   %-18s %s\n", o.name.c_str(), o.value().empty() ? "-" : o.value().c_str());
+    out += line;
+  }
+  return out;
+}
+
+std::string TrainOptions::resume_fingerprint() const {
+  std::string out;
+  for (const auto& o : options_)
+    if (!o.resume_may_differ) out += o.name + "=" + o.value() + "\n";
+  return out;
+}
+
+}  // namespace syncbn
