@@ -9,6 +9,8 @@
 // computed in oneDNN's blocked format and reordered to NHWC; the same check applies to every plan.
 #include <cblas.h>
 
+#include <omp.h>
+
 #include <cstring>
 #include <map>
 
@@ -23,6 +25,36 @@ using tag = dnnl::memory::format_tag;
 using dt = dnnl::memory::data_type;
 
 bool is_reference_impl(const char* impl) { return std::strncmp(impl, "ref", 3) == 0; }
+
+// Every primitive owns its scratchpad (scratchpad_mode::user) instead of sharing the library's: the
+// memory each layer needs is explicit and allocated once, with its plan.
+dnnl::primitive_attr user_scratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+struct Prim {
+  dnnl::primitive prim;
+  memory scratch;
+  void execute(dnnl::stream& s, std::unordered_map<int, memory> args) const {
+    args[DNNL_ARG_SCRATCHPAD] = scratch;
+    prim.execute(s, args);
+  }
+  void reorder(dnnl::stream& s, const memory& from, const memory& to) const {
+    execute(s, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}});
+  }
+};
+
+Prim make_reorder(const memory& from, const memory& to, const dnnl::engine& eng) {
+  const dnnl::reorder::primitive_desc pd(from, to, user_scratchpad());
+  return {dnnl::reorder(pd), memory(pd.scratchpad_desc(), eng)};
+}
+
+template <class Pd>
+memory scratch_of(const Pd& pd, const dnnl::engine& eng) {
+  return memory(pd.scratchpad_desc(), eng);
+}
 
 class Conv2d final : public Module {
  public:
@@ -42,7 +74,7 @@ class Conv2d final : public Module {
     if (N == 0) return;
     // Weights: canonical OIHW → the forward primitive's format.
     p.w_user.set_data_handle(store_.value(weight_));
-    p.w_to_fwd.execute(ctx_.stream, p.w_user, p.w_fwd);
+    p.w_to_fwd.reorder(ctx_.stream, p.w_user, p.w_fwd);
     p.src.set_data_handle(const_cast<float*>(x.data()));
     std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, p.src}, {DNNL_ARG_WEIGHTS, p.w_fwd}};
     if (bias_ >= 0) {
@@ -52,7 +84,7 @@ class Conv2d final : public Module {
     p.dst_user.set_data_handle(y.data());
     args[DNNL_ARG_DST] = p.blocked_dst ? p.dst_blocked : p.dst_user;
     p.fwd.execute(ctx_.stream, args);
-    if (p.blocked_dst) p.dst_to_user.execute(ctx_.stream, p.dst_blocked, p.dst_user);
+    if (p.blocked_dst) p.dst_to_user.reorder(ctx_.stream, p.dst_blocked, p.dst_user);
     ctx_.stream.wait();
   }
 
@@ -65,7 +97,7 @@ class Conv2d final : public Module {
     p.dst_user.set_data_handle(const_cast<float*>(dy.data()));
     memory diff_dst = p.dst_user;
     if (p.blocked_dst) {
-      p.user_to_dst.execute(ctx_.stream, p.dst_user, p.dst_blocked);
+      p.user_to_dst.reorder(ctx_.stream, p.dst_user, p.dst_blocked);
       diff_dst = p.dst_blocked;
     }
     if (store_.fp64_grads()) {
@@ -77,7 +109,7 @@ class Conv2d final : public Module {
     dx->resize(x.shape(), x.layout());
     ensure_bwd_data(p);
     p.w_user.set_data_handle(store_.value(weight_));
-    p.w_to_bwd.execute(ctx_.stream, p.w_user, p.w_bwd);
+    p.w_to_bwd.reorder(ctx_.stream, p.w_user, p.w_bwd);
     p.diff_src.set_data_handle(dx->data());
     p.bwd_d.execute(ctx_.stream, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, p.w_bwd},
                                   {DNNL_ARG_DIFF_SRC, p.diff_src}});
@@ -97,12 +129,10 @@ class Conv2d final : public Module {
     std::int64_t ho = 0, wo = 0;
     bool blocked_dst = false;
     dnnl::convolution_forward::primitive_desc fwd_pd;
-    dnnl::convolution_forward fwd;
-    dnnl::convolution_backward_weights bwd_w;
-    dnnl::convolution_backward_data bwd_d;
+    Prim fwd, bwd_w, bwd_d;
     bool has_bwd_d = false;
     memory src, dst_user, dst_blocked, w_user, w_fwd, w_bwd, b, dw, dw_user, db, diff_src;
-    dnnl::reorder dst_to_user, user_to_dst, w_to_fwd, w_to_bwd, dw_to_user;
+    Prim dst_to_user, user_to_dst, w_to_fwd, w_to_bwd, dw_to_user;
     memory::desc src_md, dst_md, wei_any, bias_md;
     memory::dims strides, pad;
   };
@@ -119,7 +149,7 @@ class Conv2d final : public Module {
     if (bias_ >= 0) args[DNNL_ARG_DIFF_BIAS] = p.db;
     p.bwd_w.execute(ctx_.stream, args);
     p.dw_user.set_data_handle(dw_scratch_.data());
-    p.dw_to_user.execute(ctx_.stream, p.dw, p.dw_user);
+    p.dw_to_user.reorder(ctx_.stream, p.dw, p.dw_user);
     ctx_.stream.wait();
     accumulate(store_.grad(weight_), dw_scratch_.data(), store_.info(weight_).size);
     if (bias_ >= 0) accumulate(store_.grad(bias_), db_scratch_.data(), spec_.out);
@@ -192,7 +222,7 @@ class Conv2d final : public Module {
                           : dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training,
                                                            dnnl::algorithm::convolution_direct, p.src_md,
                                                            p.wei_any, dst_md, p.strides, p.pad, p.pad);
-      return dnnl::convolution_forward::primitive_desc(d, ctx_.engine);
+      return dnnl::convolution_forward::primitive_desc(d, user_scratchpad(), ctx_.engine);
     };
     p.fwd_pd = make_fwd(dst_nhwc);
     if (is_reference_impl(p.fwd_pd.impl_info_str())) {
@@ -200,33 +230,40 @@ class Conv2d final : public Module {
       p.blocked_dst = true;
     }
     p.dst_md = p.fwd_pd.dst_desc();
-    p.fwd = dnnl::convolution_forward(p.fwd_pd);
+    p.fwd = {dnnl::convolution_forward(p.fwd_pd), scratch_of(p.fwd_pd, ctx_.engine)};
     p.src = memory(p.src_md, ctx_.engine, nullptr);
     p.dst_user = memory(dst_nhwc, ctx_.engine, nullptr);
     if (p.blocked_dst) {
       p.dst_blocked = memory(p.dst_md, ctx_.engine);
-      p.dst_to_user = dnnl::reorder(p.dst_blocked, p.dst_user);
-      p.user_to_dst = dnnl::reorder(p.dst_user, p.dst_blocked);
+      p.dst_to_user = make_reorder(p.dst_blocked, p.dst_user, ctx_.engine);
+      p.user_to_dst = make_reorder(p.dst_user, p.dst_blocked, ctx_.engine);
     }
     const memory::desc wei_user(wei_dims, dt::f32, tag::oihw);
     p.w_user = memory(wei_user, ctx_.engine, nullptr);
     p.w_fwd = memory(p.fwd_pd.weights_desc(), ctx_.engine);
-    p.w_to_fwd = dnnl::reorder(p.w_user, p.w_fwd);
+    p.w_to_fwd = make_reorder(p.w_user, p.w_fwd, ctx_.engine);
     p.b = memory(p.bias_md, ctx_.engine, nullptr);
 
+    // oneDNN 2.6.3's jit_1x1 weight-gradient kernel hangs, aborts or crashes with more than one thread
+    // when the layer has fewer than 16 input channels and a small batch (reproduced with the plain oneDNN
+    // API: 1x1 stride-2 conv, 8 -> 16 channels, batch 3, 2 OpenMP threads; fine with 1 thread or 16+
+    // channels). For those layers, ask for plain OIHW weight gradients, which oneDNN computes with its
+    // reference kernel: correct, and cheap at these sizes.
+    const bool avoid_jit_1x1 = spec_.kernel == 1 && spec_.in < 16 && omp_get_max_threads() > 1;
+    const memory::desc wei_grad_md = avoid_jit_1x1 ? memory::desc(wei_dims, dt::f32, tag::oihw) : p.wei_any;
     auto wd = spec_.bias ? dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, p.src_md,
-                                                                    p.wei_any, p.bias_md, p.dst_md, p.strides,
+                                                                    wei_grad_md, p.bias_md, p.dst_md, p.strides,
                                                                     p.pad, p.pad)
                          : dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, p.src_md,
-                                                                    p.wei_any, p.dst_md, p.strides, p.pad, p.pad);
-    auto wpd = dnnl::convolution_backward_weights::primitive_desc(wd, ctx_.engine, p.fwd_pd);
+                                                                    wei_grad_md, p.dst_md, p.strides, p.pad, p.pad);
+    auto wpd = dnnl::convolution_backward_weights::primitive_desc(wd, user_scratchpad(), ctx_.engine, p.fwd_pd);
     SBN_CHECK(wpd.src_desc() == p.src_md && wpd.diff_dst_desc() == p.dst_md,
               name_ + ": oneDNN chose other activation formats for the weight gradient");
-    p.bwd_w = dnnl::convolution_backward_weights(wpd);
+    p.bwd_w = {dnnl::convolution_backward_weights(wpd), scratch_of(wpd, ctx_.engine)};
     p.dw = memory(wpd.diff_weights_desc(), ctx_.engine);
     dw_scratch_.resize(static_cast<std::size_t>(store_.info(weight_).size));
     p.dw_user = memory(wei_user, ctx_.engine, dw_scratch_.data());
-    p.dw_to_user = dnnl::reorder(p.dw, p.dw_user);
+    p.dw_to_user = make_reorder(p.dw, p.dw_user, ctx_.engine);
     db_scratch_.resize(static_cast<std::size_t>(spec_.out));
     p.db = memory(p.bias_md, ctx_.engine, db_scratch_.data());
     return p;
@@ -238,12 +275,12 @@ class Conv2d final : public Module {
     const memory::desc diff_src_md = p.src_md;
     auto dd = dnnl::convolution_backward_data::desc(dnnl::algorithm::convolution_direct, diff_src_md, p.wei_any,
                                                     p.dst_md, p.strides, p.pad, p.pad);
-    auto dpd = dnnl::convolution_backward_data::primitive_desc(dd, ctx_.engine, p.fwd_pd);
+    auto dpd = dnnl::convolution_backward_data::primitive_desc(dd, user_scratchpad(), ctx_.engine, p.fwd_pd);
     SBN_CHECK(dpd.diff_src_desc() == diff_src_md && dpd.diff_dst_desc() == p.dst_md,
               name_ + ": oneDNN chose other activation formats for the input gradient");
-    p.bwd_d = dnnl::convolution_backward_data(dpd);
+    p.bwd_d = {dnnl::convolution_backward_data(dpd), scratch_of(dpd, ctx_.engine)};
     p.w_bwd = memory(dpd.weights_desc(), ctx_.engine);
-    p.w_to_bwd = dnnl::reorder(p.w_user, p.w_bwd);
+    p.w_to_bwd = make_reorder(p.w_user, p.w_bwd, ctx_.engine);
     p.diff_src = memory(diff_src_md, ctx_.engine, nullptr);
     p.has_bwd_d = true;
   }

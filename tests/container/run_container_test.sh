@@ -1,0 +1,337 @@
+#!/usr/bin/env bash
+# Container test: builds the CPU image (docker/cpu.Dockerfile) from this source tree and runs ONE
+# 2-rank MPI job across two containers, rank 0 in "head" and rank 1 in "worker", started by mpirun on
+# the head over ssh (port 2222) on a user-defined bridge network. Then it checks what the job wrote.
+#   Job: syncbn-train (synthetic data, convnet, sync BN, 20 steps) when the image has it, else the
+#   syncbn-bench SyncBN layer table (SBN_CT_JOB=train|bench forces one).
+#   Checks: the job map puts rank 0 on head and rank 1 on worker; train: every metrics.csv row has
+#   world_size 2, the train loss decreases, the rank → host table names two different hosts;
+#   bench: the layer table and both JSON rows say 2 ranks.
+# Engine: a running Docker engine if one answers (SBN_CT_OWN_DAEMON=auto), else its own dockerd
+# (no iptables, no default bridge, overlay2) with data-root and exec-root in a temporary directory.
+# Base image: debootstrap --variant=minbase, imported with `docker import` (no registry is needed);
+# apt inside the builds uses the host's Debian mirror and its Acquire:: settings.
+# Everything it makes (containers, network, images, the dockerd it started, temporary files) is
+# removed on exit, also on failure or interrupt. Exit 0 pass, 1 fail, 77 skip (not root, no
+# docker/dockerd/debootstrap, no overlay filesystem, less than 4 GB in TMPDIR, or no engine started).
+# Usage: tests/container/run_container_test.sh [SOURCE_DIR]     (ctest -L container runs it)
+set -euo pipefail
+
+: "${SBN_CT_SRC:=${1:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}}"
+: "${SBN_CT_SUITE:=bookworm}"         # Debian suite of the base image
+: "${SBN_CT_MIRROR:=}"                # Debian mirror; empty: the host's apt source for the suite
+: "${SBN_CT_CPU_ARCH:=}"              # -march of the image; empty: x86-64-v3 if this CPU has it, else v2
+: "${SBN_CT_JOBS:=2}"                 # compile jobs inside the image build
+: "${SBN_CT_JOB:=auto}"               # auto | train | bench
+: "${SBN_CT_GIT_REF:=}"               # build this commit's sources; empty: the work tree as it is
+: "${SBN_CT_STEPS:=20}"               # syncbn-train --max-steps
+# Extra trainer flags: with the default 100-step warm-up a 20-step run barely moves the weights.
+: "${SBN_CT_TRAIN_ARGS:=--warmup-steps 5}"
+: "${SBN_CT_SSH_PORT:=2222}"
+: "${SBN_CT_SHM:=256m}"               # --shm-size of each container
+: "${SBN_CT_OWN_DAEMON:=auto}"        # auto | 1 (always start a private dockerd)
+: "${SBN_CT_DEADLINE:=1400}"          # seconds for the whole test; keep below the ctest TIMEOUT
+: "${SBN_CT_BUILDKIT:=0}"             # DOCKER_BUILDKIT for docker build (0: the classic builder)
+: "${TMPDIR:=/tmp}"
+
+t0=$SECONDS
+deadline=$((SECONDS + SBN_CT_DEADLINE))
+log() { echo "# [$((SECONDS - t0))s] $*"; }
+skip() { echo "SKIP: container test: $*"; exit 77; }
+fail() { echo "FAIL: container test: $*" >&2; exit 1; }
+# logged LOGFILE CMD...: echoes CMD, runs it with what is left of the deadline, output to LOGFILE, and
+# shows the log's tail if CMD fails. CMD runs in the background and is waited for, so that a signal
+# runs the cleanup at once (bash defers traps until a foreground command ends); cleanup ends it.
+child=""
+logged() {
+  local file=$1 left=$((deadline - SECONDS)) rc=0
+  shift
+  [ "$left" -gt 10 ] || fail "deadline of ${SBN_CT_DEADLINE}s reached before: $*"
+  echo "+ $* >$file 2>&1"
+  timeout --kill-after=10 "$left" "$@" >"$file" 2>&1 &
+  child=$!
+  wait "$child" || rc=$?
+  child=""
+  if [ "$rc" -ne 0 ]; then
+    tail -n 40 "$file" | sed 's/^/  | /'
+    [ "$rc" -ne 124 ] || echo "  | (stopped at the test's deadline, SBN_CT_DEADLINE=${SBN_CT_DEADLINE}s)"
+  fi
+  return "$rc"
+}
+
+# ---- preconditions (skip, not fail, where no engine can run) -----------------------------------------
+[ "$(id -u)" -eq 0 ] || skip "needs root (dockerd, debootstrap); run as root or see docs/CLUSTER.md"
+for c in docker debootstrap timeout tar; do
+  command -v "$c" >/dev/null || skip "'$c' not found (scripts/setup.sh --tests installs docker.io and debootstrap)"
+done
+[ -f "$SBN_CT_SRC/docker/cpu.Dockerfile" ] || fail "no docker/cpu.Dockerfile under '$SBN_CT_SRC'"
+# The base, the builder stage and the image take about 2 GB under TMPDIR (the engine's data-root).
+free_kb=$(df -Pk "$TMPDIR" | awk 'NR == 2 {print $4}')
+[ "${free_kb:-0}" -ge $((4 * 1024 * 1024)) ] || skip "less than 4 GB free in $TMPDIR ($((${free_kb:-0} / 1024)) MB)"
+
+tmp=$(mktemp -d "$TMPDIR/sbn-ct.XXXXXX")
+id=$(od -An -N4 -tx4 /dev/urandom | tr -d ' \n')
+label="sbn.container-test=$id"
+base_image="sbn-ct-base:$id"
+builder_image="sbn-ct-builder:$id"
+image="sbn-ct-cpu:$id"
+net="sbn-ct-$id"
+head="sbn-ct-$id-head"
+worker="sbn-ct-$id-worker"
+dockerd_pid=""
+engine_ready=0
+own_daemon=0
+
+cleanup() {
+  local rc=$? pid mnt leftovers
+  set +e
+  trap - EXIT INT TERM HUP
+  if [ -n "$child" ]; then
+    kill -TERM "$child" 2>/dev/null
+    wait "$child" 2>/dev/null
+  fi
+  if [ "$engine_ready" = 1 ]; then
+    log "cleanup: containers, network$([ "$own_daemon" = 1 ] || echo ", images")"
+    timeout 60 docker ps -aq --filter "label=$label" | xargs -r timeout 60 docker rm -f >/dev/null
+    timeout 60 docker network rm "$net" >/dev/null 2>&1
+    if [ "$own_daemon" = 0 ]; then
+      timeout 120 docker rmi -f "$image" "$builder_image" "$base_image" >/dev/null 2>&1
+    fi
+  fi
+  if [ -n "$dockerd_pid" ]; then
+    log "cleanup: stopping the dockerd this test started (pid $dockerd_pid)"
+    kill -TERM "$dockerd_pid" 2>/dev/null
+    for _ in $(seq 1 30); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 1; done
+    kill -KILL "$dockerd_pid" 2>/dev/null
+    wait "$dockerd_pid" 2>/dev/null
+  fi
+  # Processes this test started that outlived the steps above (containerd and shims of its dockerd, a
+  # chroot of an interrupted debootstrap) name its private directory on their command line (listed
+  # first: grep's own command line names it too).
+  leftovers=$(grep -lsF -- "$tmp/" /proc/[0-9]*/cmdline | cut -d/ -f3)
+  for pid in $leftovers; do
+    if [ "$pid" != "$$" ] && kill -KILL "$pid" 2>/dev/null; then log "cleanup: killed leftover pid $pid"; fi
+  done
+  # Mounts left under the private directory (overlay layers, network namespaces, debootstrap's /proc).
+  findmnt -rn -o TARGET | grep -F -- "$tmp/" | sort -r | while read -r mnt; do umount -l "$mnt"; done
+  rm -rf --one-file-system "$tmp"
+  log "cleanup: done (exit $rc)"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+# ---- engine ------------------------------------------------------------------------------------------
+if [ "$SBN_CT_OWN_DAEMON" != 1 ] && timeout 10 docker info >/dev/null 2>&1; then
+  log "using the running Docker engine (${DOCKER_HOST:-default socket})"
+else
+  command -v dockerd >/dev/null || skip "no running Docker engine and no dockerd (apt-get install docker.io)"
+  grep -qw overlay /proc/filesystems || modprobe overlay 2>/dev/null || true
+  grep -qw overlay /proc/filesystems || skip "the kernel has no overlay filesystem (needed by overlay2)"
+  own_daemon=1
+  export DOCKER_HOST="unix://$tmp/docker.sock"
+  echo '{}' >"$tmp/daemon.json"
+  dockerd_cmd=(dockerd --config-file "$tmp/daemon.json" --host "$DOCKER_HOST" --data-root "$tmp/data"
+               --exec-root "$tmp/exec" --pidfile "$tmp/dockerd.pid" --iptables=false --ip-forward=false
+               --bridge=none --storage-driver=overlay2)
+  echo "+ ${dockerd_cmd[*]} >$tmp/dockerd.log 2>&1 &"
+  "${dockerd_cmd[@]}" >"$tmp/dockerd.log" 2>&1 &
+  dockerd_pid=$!
+  for _ in $(seq 1 120); do
+    timeout 5 docker info >/dev/null 2>&1 && break
+    if ! kill -0 "$dockerd_pid" 2>/dev/null; then
+      tail -n 15 "$tmp/dockerd.log" | sed 's/^/  | /'
+      dockerd_pid=""
+      skip "dockerd exited at start (log above): no container engine can run here"
+    fi
+    sleep 0.5
+  done
+  timeout 5 docker info >/dev/null 2>&1 || { tail -n 15 "$tmp/dockerd.log" | sed 's/^/  | /'; skip "dockerd did not answer within 60s"; }
+  log "private dockerd up (pid $dockerd_pid, data in $tmp)"
+fi
+engine_ready=1
+export DOCKER_BUILDKIT="$SBN_CT_BUILDKIT"
+t_engine=$((SECONDS - t0))
+
+# ---- base image: debootstrap minbase, the host's mirror and apt network settings ---------------------
+if [ -z "$SBN_CT_MIRROR" ]; then
+  # shellcheck disable=SC2016  # $(REPO_URI) is apt's format syntax, not the shell's
+  SBN_CT_MIRROR=$(apt-get indextargets --format '$(REPO_URI) $(RELEASE)' 'Identifier: Packages' 2>/dev/null |
+                  awk -v s="$SBN_CT_SUITE" '$2 == s {print $1; exit}' || true)
+  : "${SBN_CT_MIRROR:=http://deb.debian.org/debian}"
+fi
+rootfs="$tmp/rootfs"
+include=()
+case "$SBN_CT_MIRROR" in https:*) include=(--include=ca-certificates) ;; esac
+logged "$tmp/debootstrap.log" debootstrap --variant=minbase "${include[@]}" "$SBN_CT_SUITE" "$rootfs" "$SBN_CT_MIRROR" ||
+  fail "debootstrap of $SBN_CT_SUITE from $SBN_CT_MIRROR failed"
+rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* "$rootfs/etc/hostname" "$rootfs/etc/resolv.conf"
+# The host's apt network settings (proxy, a mirror whose Release files are past Valid-Until, ...).
+apt-config dump 2>/dev/null | grep -E '^Acquire::(https?::Proxy|Check-Valid-Until|Check-Date|Retries|ForceIPv4) ' \
+  >"$rootfs/etc/apt/apt.conf.d/90sbn-host" || true
+# Like the official slim images: no docs, man pages or locales; no service starts during builds.
+cat >"$rootfs/etc/dpkg/dpkg.cfg.d/90sbn-slim" <<'EOF'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+path-include /usr/share/locale/locale.alias
+EOF
+printf '#!/bin/sh\nexit 101\n' >"$rootfs/usr/sbin/policy-rc.d"
+chmod 0755 "$rootfs/usr/sbin/policy-rc.d"
+echo "+ tar -C $rootfs -c . | docker import - $base_image"
+tar --numeric-owner -C "$rootfs" -c . |
+  docker import -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    -c "LABEL $label" - "$base_image" >/dev/null
+rm -rf --one-file-system "$rootfs"
+log "base image $base_image from $SBN_CT_SUITE at $SBN_CT_MIRROR"
+t_base=$((SECONDS - t0))
+
+# ---- CPU image -----------------------------------------------------------------------------------------
+# The build context is the tree as git sees it (tracked and untracked-but-not-ignored files), so build
+# directories and runs never enter it; a tree without git is copied without build*/, runs/, .git/.
+# SBN_CT_GIT_REF=HEAD (or any commit) builds that commit's sources with the work tree's docker/ files.
+ctx="$tmp/context"
+mkdir -p "$ctx"
+if [ -n "$SBN_CT_GIT_REF" ]; then
+  echo "+ git -C $SBN_CT_SRC archive $SBN_CT_GIT_REF | tar -C $ctx -x"
+  git -C "$SBN_CT_SRC" archive --format=tar "$SBN_CT_GIT_REF" | tar -C "$ctx" -xf -
+  rm -rf "$ctx/docker"
+  cp -a "$SBN_CT_SRC/docker" "$ctx/docker"
+elif command -v git >/dev/null && git -C "$SBN_CT_SRC" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  (cd "$SBN_CT_SRC" && git ls-files -z --cached --others --exclude-standard |
+     while IFS= read -r -d '' f; do if [ -e "$f" ]; then printf '%s\0' "$f"; fi; done |
+     tar --null -T - -cf -) | tar -C "$ctx" -xf -
+else
+  tar -C "$SBN_CT_SRC" --exclude=./.git --exclude='./build*' --exclude=./runs -cf - . | tar -C "$ctx" -xf -
+fi
+if [ -z "$SBN_CT_CPU_ARCH" ]; then
+  SBN_CT_CPU_ARCH=x86-64-v2
+  if /lib64/ld-linux-x86-64.so.2 --help 2>/dev/null | grep -q '^ *x86-64-v3 (supported'; then SBN_CT_CPU_ARCH=x86-64-v3; fi
+fi
+build_args=(--build-arg "BASE_IMAGE=$base_image" --build-arg "SBN_CPU_ARCH=$SBN_CT_CPU_ARCH"
+            --build-arg "BUILD_JOBS=$SBN_CT_JOBS")
+for v in http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY; do
+  if [ -n "${!v:-}" ]; then build_args+=(--build-arg "$v"); fi
+done
+build=(docker build --network host --force-rm -f "$ctx/docker/cpu.Dockerfile" "${build_args[@]}" --label "$label")
+# The builder stage gets a tag of its own so that cleanup on a shared engine removes its layers too;
+# the full build then reuses it from the cache.
+logged "$tmp/build-builder.log" "${build[@]}" --target builder -t "$builder_image" "$ctx" ||
+  fail "image build (builder stage) failed; log above"
+grep -E '^# build-in-image' "$tmp/build-builder.log" || true
+log "builder stage built"
+t_builder=$((SECONDS - t0))
+logged "$tmp/build.log" "${build[@]}" -t "$image" "$ctx" || fail "image build failed; log above"
+log "image $image built (-march=$SBN_CT_CPU_ARCH, $(docker image inspect -f '{{.Size}}' "$image" | awk '{printf "%.0f MB", $1/1e6}'))"
+t_image=$((SECONDS - t0))
+
+# ---- two containers on a user-defined bridge network ------------------------------------------------
+logged "$tmp/network.log" docker network create --driver bridge --label "$label" "$net" ||
+  fail "docker network create failed"
+subnet=$(docker network inspect -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}' "$net" | awk '{print $1}')
+memlock=$(ulimit -H -l)
+if [ "$memlock" = unlimited ]; then memlock=-1; else memlock=$((memlock * 1024)); fi
+for role in head worker; do
+  name=$head
+  [ "$role" = worker ] && name=$worker
+  # (a private dockerd has IP forwarding off, and docker run says so: containers on one bridge need none)
+  logged "$tmp/run-$role.log" docker run -d --name "$name" --hostname "$role" --network "$net" \
+    --network-alias "$role" --shm-size "$SBN_CT_SHM" --ulimit "memlock=$memlock" --label "$label" "$image" ||
+    fail "docker run of the $role container failed"
+done
+# sshd in both (the job needs the worker's; the head's shows the image serves either role).
+for pair in "$head worker" "$worker head"; do
+  read -r from to <<<"$pair"
+  for i in $(seq 1 60); do
+    docker exec "$from" ssh -p "$SBN_CT_SSH_PORT" "$to" true 2>/dev/null && break
+    [ "$i" -lt 60 ] || { docker logs "$worker" 2>&1 | tail -n 10; fail "ssh $to:$SBN_CT_SSH_PORT from $from does not answer"; }
+    sleep 0.5
+  done
+done
+log "containers up: head and worker on $net ($subnet), sshd on $SBN_CT_SSH_PORT"
+
+# ---- one mpirun job, rank 0 on head, rank 1 on worker -----------------------------------------------
+job=$SBN_CT_JOB
+if [ "$job" = auto ]; then
+  job=bench
+  if docker exec "$head" test -x /usr/local/bin/syncbn-train; then job=train; fi
+fi
+run_dir=/runs/ct
+for c in "$head" "$worker"; do docker exec "$c" mkdir -p "$run_dir"; done
+case "$job" in
+  train)
+    # shellcheck disable=SC2206  # SBN_CT_TRAIN_ARGS is a list of words by design
+    app=(syncbn-train --dataset synthetic --model convnet --global-batch 32 --max-steps "$SBN_CT_STEPS"
+         --log-every 5 --norm sync --run-dir "$run_dir" $SBN_CT_TRAIN_ARGS) ;;
+  bench) app=(syncbn-bench --layer-only --shapes 8x16x8x8 --reps 5 --json "$run_dir/bench.jsonl") ;;
+  *) fail "SBN_CT_JOB must be auto, train or bench, got '$SBN_CT_JOB'" ;;
+esac
+log "job: $job ($(docker exec "$head" sed -n 's/^targets=//p' /opt/syncbn/BUILD_INFO) in the image)"
+hosts_arg="head:1,worker:1"
+mpirun=(mpirun -np 2 -H "$hosts_arg" --display-map --bind-to none --timeout 300
+        --mca plm_rsh_args "-p $SBN_CT_SSH_PORT" --mca btl "self,tcp"
+        --mca btl_tcp_if_include "$subnet" --mca oob_tcp_if_include "$subnet")
+job_rc=0
+logged "$tmp/job.log" docker exec "$head" "${mpirun[@]}" "${app[@]}" || job_rc=$?
+[ "$job_rc" -ne 0 ] || cat "$tmp/job.log"
+[ "$job_rc" -eq 0 ] || fail "the 2-rank job exited with $job_rc (log above)"
+t_job=$((SECONDS - t0))
+
+# ---- checks ------------------------------------------------------------------------------------------
+# The job map (mpirun --display-map): the node each rank ran on.
+map=$(awk '/Data for node:/ {node = $4} /Process rank:/ {for (i = 1; i < NF; i++) if ($i == "rank:") print $(i + 1), node}' \
+        "$tmp/job.log" | sort -u)
+if ! grep -qx '0 head' <<<"$map" || ! grep -qx '1 worker' <<<"$map"; then
+  fail "the job map does not put rank 0 on head and rank 1 on worker: $(tr '\n' ';' <<<"$map")"
+fi
+mkdir -p "$tmp/run"
+docker cp "$head:$run_dir/." "$tmp/run/"
+case "$job" in
+  train)
+    for f in config.ini metrics.csv metrics.jsonl; do
+      [ -s "$tmp/run/$f" ] || fail "the run directory has no $f"
+    done
+    # The rank → host table rank 0 prints: "# rank  host  local_rank" then "#    R  HOST  L" rows.
+    hosts=$(awk '/^# *rank +host/ {t = 1; next} t && /^# +[0-9]+ +[^ ]+/ {print $2, $3; next} t {t = 0}' "$tmp/job.log" | sort -u)
+    h0=$(awk '$1 == 0 {print $2}' <<<"$hosts")
+    h1=$(awk '$1 == 1 {print $2}' <<<"$hosts")
+    if [ -z "$h0" ] || [ -z "$h1" ]; then fail "no rank → host table with ranks 0 and 1 in the log"; fi
+    [ "$h0" != "$h1" ] || fail "ranks 0 and 1 report the same host '$h0'"
+    summary=$(awk -F, '
+      NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i
+                if (!("kind" in col) || !("loss" in col) || !("world_size" in col)) { print "metrics.csv header lacks kind/loss/world_size: " $0; exit 1 }
+                next }
+      NF == 0 { next }
+      { rows++
+        if ($col["world_size"] != 2) { print "row " NR " has world_size " $col["world_size"]; bad = 1 }
+        if ($col["kind"] == "train") {
+          loss[++n] = $col["loss"]
+          if (loss[n] !~ /^-?[0-9.]+(e[-+]?[0-9]+)?$/) { print "row " NR " has loss " loss[n]; bad = 1 } } }
+      END { if (bad) exit 1
+            if (n < 2) { print "fewer than 2 train rows"; exit 1 }
+            # One logged step is one batch: compare the mean of the first and the second half of them.
+            h = int(n / 2)
+            for (i = 1; i <= h; i++) { a += loss[i]; b += loss[n + 1 - i] }
+            a /= h; b /= h
+            if (!(b < a)) { printf "train loss did not decrease: mean %.4f over the first %d logged steps, %.4f over the last %d\n", a, h, b, h; exit 1 }
+            printf "%d rows, world_size 2 in all; train loss %s -> %s (mean %.4f -> %.4f) over %d logged steps\n", rows, loss[1], loss[n], a, b, n }' \
+      "$tmp/run/metrics.csv") || fail "metrics.csv: $summary"
+    log "metrics: $summary; rank 0 on '$h0', rank 1 on '$h1'"
+    ;;
+  bench)
+    ranks=$(awk '$1 == "8x16x8x8" {print $3}' "$tmp/job.log")
+    [ "$ranks" = 2 ] || fail "the layer table does not show 2 ranks (got '${ranks:-nothing}')"
+    rows=$(grep -c '"kind":"layer".*"world_size":2,"rank":[01],' "$tmp/run/bench.jsonl" || true)
+    [ "$rows" = 2 ] || fail "bench.jsonl: expected 2 layer rows with world_size 2, found $rows"
+    log "bench: layer table over 2 ranks, JSON rows for ranks 0 and 1 (syncbn-train not in the image)"
+    ;;
+esac
+
+log "timings: engine ${t_engine}s, base image $((t_base - t_engine))s, builder stage $((t_builder - t_base))s," \
+    "runtime stage $((t_image - t_builder))s," \
+    "containers+job $((t_job - t_image))s, total $((SECONDS - t0))s"
+echo "PASS: container test ($job): one mpirun, rank 0 in container 'head', rank 1 in container 'worker'"
