@@ -61,6 +61,17 @@ class SyncGroup {
   std::int64_t max_channels_ = 0;
 };
 
+// --- host-side logic shared by the CPU layer and the CUDA layer (include/syncbn/cuda/sync_batchnorm.h)
+
+// The tag of a layer's messages: a small integer in [1, 2^20) identifying (layer name, phase, C); see
+// bn_tags_agree. phase is "forward" or "backward".
+double bn_layer_tag(const std::string& layer, const char* phase, std::int64_t channels);
+
+// Throws the Error for a non-ok combine status, naming the layer and phase. group_size: ranks of the
+// sync group, 0 for local statistics; count / forward_count explain kBnCountMismatch.
+[[noreturn]] void throw_bn_status(BnStatus status, const std::string& layer, const char* phase, int group_size,
+                                  double count, double forward_count);
+
 // --- layer ----------------------------------------------------------------------------------------
 
 struct BatchNormOptions {

@@ -142,8 +142,9 @@ ParseResult TrainOptions::parse(int argc, char** argv) {
   } else if (help_markdown) {
     std::string t = "| flag | default | meaning |\n|---|---|---|\n";
     for (const auto& o : options_) {
-      std::string v = o.value();
-      t += "| `--" + o.name + "` | " + (v.empty() ? "" : "`" + v + "`") + " | " + o.help + " |\n";
+      std::string v = o.value(), text;
+      for (char ch : o.help) text += ch == '|' ? std::string("\\|") : std::string(1, ch);
+      t += "| `--" + o.name + "` | " + (v.empty() ? "" : "`" + v + "`") + " | " + text + " |\n";
     }
     r.help = true;
     r.help_text = t;

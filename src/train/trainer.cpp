@@ -218,15 +218,17 @@ int run_training(const TrainOptions& options, MpiCommunicator& world) {
     });
     log("# checkpoint %s\n", path.c_str());
   };
+  // The 1-based epoch an optimizer step (1-based) belongs to.
+  auto epoch_of = [&](std::int64_t step) { return step > 0 ? (step - 1) / steps_per_epoch + 1 : 1; };
   auto run_eval = [&](std::int64_t step) {
     if (batchnorm && !communicating_norm) average_running_stats(*model, world);
     const EvalResult e = evaluate(*model, data.test, world);
-    log("eval  epoch %lld step %lld: test loss %.4f acc %.2f%%\n", static_cast<long long>(pos.epoch + 1),
+    log("eval  epoch %lld step %lld: test loss %.4f acc %.2f%%\n", static_cast<long long>(epoch_of(step)),
         static_cast<long long>(step), e.loss, 100 * e.acc);
     MetricRow row;
     row.kind = "eval";
     row.step = step;
-    row.epoch = pos.epoch + 1;
+    row.epoch = epoch_of(step);
     row.loss = e.loss;
     row.acc = e.acc;
     row.norm = cfg.norm;
@@ -241,8 +243,6 @@ int run_training(const TrainOptions& options, MpiCommunicator& world) {
   // ---- the loop ----
   Tensor x, logits, dlogits;
   std::vector<std::int32_t> labels;
-  const auto sample_floats = train.sample_floats();
-  (void)sample_floats;
   double window_start = now_seconds();
   std::int64_t window_steps = 0;
   double window_comm = 0, window_grad = 0;
@@ -250,7 +250,6 @@ int run_training(const TrainOptions& options, MpiCommunicator& world) {
   bool evaluated_at_end = false;
   const std::int64_t end_step = cfg.stop_after > 0 ? std::min(cfg.stop_after, total_steps) : total_steps;
   while (pos.step < end_step) {
-    const double t0 = now_seconds();
     const std::int64_t* batch = sampler.batch(pos.epoch, pos.step_in_epoch);
     Augment aug{augment, cfg.seed, pos.epoch};
     double sums[2] = {0, 0};  // Σ loss, Σ correct over this rank's samples
@@ -311,14 +310,14 @@ int run_training(const TrainOptions& options, MpiCommunicator& world) {
       const double eta = static_cast<double>(total_steps - pos.step) * elapsed / static_cast<double>(window_steps);
       log("epoch %lld step %lld/%lld loss %.4f acc %5.1f%% lr %.4f | %.0f img/s step %.1f ms syncbn-comm %.2f ms "
           "grad-comm %.2f ms | eta %s\n",
-          static_cast<long long>(epoch_end ? pos.epoch : pos.epoch + 1), static_cast<long long>(pos.step),
+          static_cast<long long>(epoch_of(pos.step)), static_cast<long long>(pos.step),
           static_cast<long long>(total_steps), loss, 100 * acc, lr, ips, step_ms,
           1e3 * window_comm / static_cast<double>(window_steps), 1e3 * window_grad / static_cast<double>(window_steps),
           hms(eta).c_str());
       MetricRow row;
       row.kind = "train";
       row.step = pos.step;
-      row.epoch = epoch_end ? pos.epoch : pos.epoch + 1;
+      row.epoch = epoch_of(pos.step);
       row.loss = loss;
       row.acc = acc;
       row.lr = lr;

@@ -1,0 +1,508 @@
+// What ONE thread of each CUDA SyncBN kernel does, and the per-channel steps of the small kernels, as
+// host+device (SBN_HD) templates. The kernels in src/cuda/*.cu are thin shells around these (plus the
+// block reductions); tests/gpu/test_gpu_emulation.cpp runs the very same code on the CPU for every
+// (block, thread) of a launch plan and compares the result with the CPU kernels (src/cpu), which is how
+// the index math, the dtype conversions and the fp32-partial arithmetic are tested without a GPU.
+//
+// Numerics (DESIGN.md §2, §6): statistics are shifted sums around this rank's first value k of the
+// channel, accumulated per thread in fp32 over runs of at most kFlushElems values (each fp32 partial then
+// has a relative rounding error ≤ ~64·2⁻²⁴), flushed into per-thread doubles, merged per block and across
+// blocks in double, and moved to the common pivot in double (bn_shift_to_pivot). The element formulas are
+// the CPU ones, operation for operation: y = fma(a, x − hi, b); the ReLU gate recomputes that fma;
+// dx = fma(a, dy', fma(k1, x − hi, k0)). For fp32 data GPU and CPU element outputs are therefore
+// bit-identical given the same coefficients; bf16/fp16 outputs are that fp32 value rounded to nearest-even.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <math.h>
+
+#include <cstdint>
+
+#include "syncbn/bn_kernels.h"
+#include "syncbn/bn_math.h"
+#include "syncbn/cuda/bn_tiling.h"
+
+#if defined(__CUDA_ARCH__)
+#define SBN_UNROLL _Pragma("unroll")
+#else
+#define SBN_UNROLL
+#endif
+
+namespace syncbn::cuda {
+
+// ---- dtypes ---------------------------------------------------------------------------------------
+
+// Activations are fp32, bf16 or fp16; arithmetic is always fp32 (statistics wider still).
+SBN_HD float to_float(float v) { return v; }
+SBN_HD float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+SBN_HD float to_float(__half v) { return __half2float(v); }
+
+// Round to nearest, ties to even (what PyTorch's .to(bfloat16/half) does).
+SBN_HD void from_float(float v, float* out) { *out = v; }
+SBN_HD void from_float(float v, __nv_bfloat16* out) { *out = __float2bfloat16_rn(v); }
+SBN_HD void from_float(float v, __half* out) { *out = __float2half_rn(v); }
+
+// One aligned vector access of V elements (V·sizeof(T) ≤ 16 bytes: a single 32-, 64- or 128-bit
+// load/store instruction). The caller guarantees alignment (bn_pick_vec).
+template <class T, int V>
+struct alignas(sizeof(T) * V) Vec {
+  T v[V];
+};
+
+template <class T, int V>
+SBN_HD void load_vec(const T* __restrict__ p, float (&out)[V]) {
+  const Vec<T, V> w = *reinterpret_cast<const Vec<T, V>*>(p);
+  SBN_UNROLL
+  for (int j = 0; j < V; ++j) out[j] = to_float(w.v[j]);
+}
+
+// The raw vector, converted element by element where it is used: bf16/fp16 data then occupies half the
+// registers while the step's loads are in flight.
+template <class T, int V>
+SBN_HD Vec<T, V> load_raw(const T* __restrict__ p) {
+  return *reinterpret_cast<const Vec<T, V>*>(p);
+}
+
+template <class T, int V>
+SBN_HD void store_vec(T* __restrict__ p, const float (&in)[V]) {
+  Vec<T, V> w;
+  SBN_UNROLL
+  for (int j = 0; j < V; ++j) from_float(in[j], &w.v[j]);
+  *reinterpret_cast<Vec<T, V>*>(p) = w;
+}
+
+// ---- element formulas (the CPU's, see src/cpu/bn_kernels.cpp) ----------------------------------------
+
+template <bool kRelu>
+SBN_HD float bn_relu(float y) {
+  return kRelu ? (y < 0.0f ? 0.0f : y) : y;  // == std::max(y, 0.0f), NaN and -0 included
+}
+
+// dy' = dy where the forward's pre-activation a·(x − hi) + b was positive (same fma as the forward).
+template <bool kRelu>
+SBN_HD float bn_gate(float dy, float xh, float a, float b) {
+  return (!kRelu || fmaf(a, xh, b) > 0.0f) ? dy : 0.0f;
+}
+
+// fp32 partials cover at most this many values each before they are flushed into double.
+constexpr int kFlushElems = 64;
+SBN_HD constexpr int bn_flush_steps(int values_per_step) {
+  return values_per_step >= kFlushElems ? 1 : kFlushElems / values_per_step;
+}
+
+// ---- per-thread reductions ----------------------------------------------------------------------
+
+// Local shift of channel c: this rank's first value of the channel (sample 0, position 0).
+template <class T>
+SBN_HD float bn_local_shift(const T* x, std::int64_t inner, bool channels_last, std::int64_t c) {
+  return to_float(x[channels_last ? c : c * inner]);
+}
+
+// Planar stats, block (c, split): this thread's Σ(x − k), Σ(x − k)² over its pieces of channel c.
+template <class T, int V>
+SBN_HD void stats_thread_planar(const T* __restrict__ x, const BnTile& t, std::int64_t c, std::int64_t split,
+                                int tx, int ty, double* s1, double* s2) {
+  constexpr int U = bn_unroll(V);
+  constexpr int kFlush = bn_flush_steps(U * V);
+  const float k = bn_local_shift(x, t.inner, false, c);
+  double d1 = 0.0, d2 = 0.0;
+  float f1 = 0.0f, f2 = 0.0f;
+  int steps = 0;
+  for (PlanarCursor cur(t, split, c, tx, ty); cur.ok(); cur.next()) {
+    Vec<T, V> v[U] = {};
+    SBN_UNROLL
+    for (int u = 0; u < U; ++u)
+      if (cur.valid(u)) v[u] = load_raw<T, V>(x + cur.offset(u));
+    SBN_UNROLL
+    for (int u = 0; u < U; ++u) {
+      if (!cur.valid(u)) continue;
+      SBN_UNROLL
+      for (int j = 0; j < V; ++j) {
+        const float d = to_float(v[u].v[j]) - k;
+        f1 += d;
+        f2 = fmaf(d, d, f2);
+      }
+    }
+    if (++steps == kFlush) {
+      d1 += f1;
+      d2 += f2;
+      f1 = f2 = 0.0f;
+      steps = 0;
+    }
+  }
+  *s1 = d1 + f1;
+  *s2 = d2 + f2;
+}
+
+// Channels-last stats, block (bx, split): per channel c0 + j of this thread's vector.
+template <class T, int V>
+SBN_HD void stats_thread_rows(const T* __restrict__ x, const BnTile& t, std::int64_t bx, std::int64_t split,
+                              int tx, int ty, double (&s1)[V], double (&s2)[V]) {
+  constexpr int U = bn_unroll(V);
+  constexpr int kFlush = bn_flush_steps(U);
+  SBN_UNROLL
+  for (int j = 0; j < V; ++j) s1[j] = s2[j] = 0.0;
+  RowsCursor cur(t, bx, split, tx, ty);
+  if (!cur.active) return;
+  float k[V];
+  load_vec<T, V>(x + cur.c0, k);  // row 0: the local shifts
+  float f1[V] = {}, f2[V] = {};
+  int steps = 0;
+  for (; cur.ok(); cur.next()) {
+    Vec<T, V> v[U] = {};
+    SBN_UNROLL
+    for (int u = 0; u < U; ++u)
+      if (cur.valid(u)) v[u] = load_raw<T, V>(x + cur.offset(u));
+    SBN_UNROLL
+    for (int u = 0; u < U; ++u) {
+      if (!cur.valid(u)) continue;
+      SBN_UNROLL
+      for (int j = 0; j < V; ++j) {
+        const float d = to_float(v[u].v[j]) - k[j];
+        f1[j] += d;
+        f2[j] = fmaf(d, d, f2[j]);
+      }
+    }
+    if (++steps == kFlush) {
+      SBN_UNROLL
+      for (int j = 0; j < V; ++j) {
+        s1[j] += f1[j];
+        s2[j] += f2[j];
+        f1[j] = f2[j] = 0.0f;
+      }
+      steps = 0;
+    }
+  }
+  SBN_UNROLL
+  for (int j = 0; j < V; ++j) {
+    s1[j] += f1[j];
+    s2[j] += f2[j];
+  }
+}
+
+// Planar backward sums, block (c, split): Σdy' and Σdy'·(x − hi) for channel c (coefficients h, a, b).
+template <class T, int V, bool kRelu>
+SBN_HD void backward_thread_planar(const T* __restrict__ dy, const T* __restrict__ x, const BnTile& t,
+                                   std::int64_t c, std::int64_t split, int tx, int ty, float h, float a,
+                                   float b, double* sa, double* sb) {
+  constexpr int U = bn_unroll(V);
+  constexpr int kFlush = bn_flush_steps(U * V);
+  double da = 0.0, db = 0.0;
+  float fa = 0.0f, fb = 0.0f;
+  int steps = 0;
+  for (PlanarCursor cur(t, split, c, tx, ty); cur.ok(); cur.next()) {
+    Vec<T, V> xv[U] = {}, gv[U] = {};
+    SBN_UNROLL
+    for (int u = 0; u < U; ++u) {
+      if (!cur.valid(u)) continue;
+      xv[u] = load_raw<T, V>(x + cur.offset(u));
+      gv[u] = load_raw<T, V>(dy + cur.offset(u));
+    }
+    SBN_UNROLL
+    for (int u = 0; u < U; ++u) {
+      if (!cur.valid(u)) continue;
+      SBN_UNROLL
+      for (int j = 0; j < V; ++j) {
+        const float xh = to_float(xv[u].v[j]) - h;
+        const float g = bn_gate<kRelu>(to_float(gv[u].v[j]), xh, a, b);
+        fa += g;
+        fb = fmaf(g, xh, fb);
+      }
+    }
+    if (++steps == kFlush) {
+      da += fa;
+      db += fb;
+      fa = fb = 0.0f;
+      steps = 0;
+    }
+  }
+  *sa = da + fa;
+  *sb = db + fb;
+}
+
+// Channels-last backward sums for this thread's channels.
+template <class T, int V, bool kRelu>
+SBN_HD void backward_thread_rows(const T* __restrict__ dy, const T* __restrict__ x, const BnTile& t,
+                                 std::int64_t bx, std::int64_t split, int tx, int ty, const float* hi,
+                                 const float* a, const float* b, double (&sa)[V], double (&sb)[V]) {
+  constexpr int U = bn_unroll(V);
+  constexpr int kFlush = bn_flush_steps(U);
+  SBN_UNROLL
+  for (int j = 0; j < V; ++j) sa[j] = sb[j] = 0.0;
+  RowsCursor cur(t, bx, split, tx, ty);
+  if (!cur.active) return;
+  float h[V], ac[V], bc[V], fa[V] = {}, fb[V] = {};
+  SBN_UNROLL
+  for (int j = 0; j < V; ++j) {
+    h[j] = hi[cur.c0 + j];
+    ac[j] = a[cur.c0 + j];
+    bc[j] = b[cur.c0 + j];
+  }
+  int steps = 0;
+  for (; cur.ok(); cur.next()) {
+    Vec<T, V> xv[U] = {}, gv[U] = {};
+    SBN_UNROLL
+    for (int u = 0; u < U; ++u) {
+      if (!cur.valid(u)) continue;
+      xv[u] = load_raw<T, V>(x + cur.offset(u));
+      gv[u] = load_raw<T, V>(dy + cur.offset(u));
+    }
+    SBN_UNROLL
+    for (int u = 0; u < U; ++u) {
+      if (!cur.valid(u)) continue;
+      SBN_UNROLL
+      for (int j = 0; j < V; ++j) {
+        const float xh = to_float(xv[u].v[j]) - h[j];
+        const float g = bn_gate<kRelu>(to_float(gv[u].v[j]), xh, ac[j], bc[j]);
+        fa[j] += g;
+        fb[j] = fmaf(g, xh, fb[j]);
+      }
+    }
+    if (++steps == kFlush) {
+      SBN_UNROLL
+      for (int j = 0; j < V; ++j) {
+        sa[j] += fa[j];
+        sb[j] += fb[j];
+        fa[j] = fb[j] = 0.0f;
+      }
+      steps = 0;
+    }
+  }
+  SBN_UNROLL
+  for (int j = 0; j < V; ++j) {
+    sa[j] += fa[j];
+    sb[j] += fb[j];
+  }
+}
+
+// ---- per-thread elementwise passes ------------------------------------------------------------------
+// No __restrict__ on the tensors: in-place use (y == x, dx == dy) is allowed. Each thread loads all its
+// vectors of a step before storing any, and no two threads touch the same element, so in place is safe.
+
+template <class T, int V, bool kRelu>
+SBN_HD void normalize_thread_planar(const T* x, T* y, const BnTile& t,
+                                    std::int64_t block, int tx, int ty, const float* hi, const float* a,
+                                    const float* b) {
+  constexpr int U = bn_unroll(V);
+  for (PlanarCursor cur(t, block, 0, tx, ty); cur.ok(); cur.next()) {
+    const float h = hi[cur.channel], ac = a[cur.channel], bc = b[cur.channel];
+    Vec<T, V> v[U] = {};
+    SBN_UNROLL
+    for (int u = 0; u < U; ++u)
+      if (cur.valid(u)) v[u] = load_raw<T, V>(x + cur.offset(u));
+    SBN_UNROLL
+    for (int u = 0; u < U; ++u) {
+      if (!cur.valid(u)) continue;
+      float out[V];
+      SBN_UNROLL
+      for (int j = 0; j < V; ++j) out[j] = bn_relu<kRelu>(fmaf(ac, to_float(v[u].v[j]) - h, bc));
+      store_vec<T, V>(y + cur.offset(u), out);
+    }
+  }
+}
+
+template <class T, int V, bool kRelu>
+SBN_HD void normalize_thread_rows(const T* x, T* y, const BnTile& t, std::int64_t bx,
+                                  std::int64_t split, int tx, int ty, const float* hi, const float* a,
+                                  const float* b) {
+  constexpr int U = bn_unroll(V);
+  RowsCursor cur(t, bx, split, tx, ty);
+  if (!cur.active) return;
+  float h[V], ac[V], bc[V];
+  SBN_UNROLL
+  for (int j = 0; j < V; ++j) {
+    h[j] = hi[cur.c0 + j];
+    ac[j] = a[cur.c0 + j];
+    bc[j] = b[cur.c0 + j];
+  }
+  for (; cur.ok(); cur.next()) {
+    Vec<T, V> v[U] = {};
+    SBN_UNROLL
+    for (int u = 0; u < U; ++u)
+      if (cur.valid(u)) v[u] = load_raw<T, V>(x + cur.offset(u));
+    SBN_UNROLL
+    for (int u = 0; u < U; ++u) {
+      if (!cur.valid(u)) continue;
+      float out[V];
+      SBN_UNROLL
+      for (int j = 0; j < V; ++j) out[j] = bn_relu<kRelu>(fmaf(ac[j], to_float(v[u].v[j]) - h[j], bc[j]));
+      store_vec<T, V>(y + cur.offset(u), out);
+    }
+  }
+}
+
+template <class T, int V, bool kRelu>
+SBN_HD void elemt_thread_planar(const T* dy, const T* x, T* dx,
+                                const BnTile& t, std::int64_t block, int tx, int ty, const float* hi,
+                                const float* a, const float* b, const float* k1, const float* k0) {
+  constexpr int U = bn_unroll(V);
+  for (PlanarCursor cur(t, block, 0, tx, ty); cur.ok(); cur.next()) {
+    const std::int64_t c = cur.channel;
+    const float h = hi[c], ac = a[c], bc = b[c], c1 = k1[c], c0 = k0[c];
+    Vec<T, V> xv[U] = {}, gv[U] = {};
+    SBN_UNROLL
+    for (int u = 0; u < U; ++u) {
+      if (!cur.valid(u)) continue;
+      xv[u] = load_raw<T, V>(x + cur.offset(u));
+      gv[u] = load_raw<T, V>(dy + cur.offset(u));
+    }
+    SBN_UNROLL
+    for (int u = 0; u < U; ++u) {
+      if (!cur.valid(u)) continue;
+      float out[V];
+      SBN_UNROLL
+      for (int j = 0; j < V; ++j) {
+        const float xh = to_float(xv[u].v[j]) - h;
+        out[j] = fmaf(ac, bn_gate<kRelu>(to_float(gv[u].v[j]), xh, ac, bc), fmaf(c1, xh, c0));
+      }
+      store_vec<T, V>(dx + cur.offset(u), out);
+    }
+  }
+}
+
+template <class T, int V, bool kRelu>
+SBN_HD void elemt_thread_rows(const T* dy, const T* x, T* dx,
+                              const BnTile& t, std::int64_t bx, std::int64_t split, int tx, int ty,
+                              const float* hi, const float* a, const float* b, const float* k1,
+                              const float* k0) {
+  constexpr int U = bn_unroll(V);
+  RowsCursor cur(t, bx, split, tx, ty);
+  if (!cur.active) return;
+  float h[V], ac[V], bc[V], c1[V], c0[V];
+  SBN_UNROLL
+  for (int j = 0; j < V; ++j) {
+    h[j] = hi[cur.c0 + j];
+    ac[j] = a[cur.c0 + j];
+    bc[j] = b[cur.c0 + j];
+    c1[j] = k1[cur.c0 + j];
+    c0[j] = k0[cur.c0 + j];
+  }
+  for (; cur.ok(); cur.next()) {
+    Vec<T, V> xv[U] = {}, gv[U] = {};
+    SBN_UNROLL
+    for (int u = 0; u < U; ++u) {
+      if (!cur.valid(u)) continue;
+      xv[u] = load_raw<T, V>(x + cur.offset(u));
+      gv[u] = load_raw<T, V>(dy + cur.offset(u));
+    }
+    SBN_UNROLL
+    for (int u = 0; u < U; ++u) {
+      if (!cur.valid(u)) continue;
+      float out[V];
+      SBN_UNROLL
+      for (int j = 0; j < V; ++j) {
+        const float xh = to_float(xv[u].v[j]) - h[j];
+        out[j] = fmaf(ac[j], bn_gate<kRelu>(to_float(gv[u].v[j]), xh, ac[j], bc[j]), fmaf(c1[j], xh, c0[j]));
+      }
+      store_vec<T, V>(dx + cur.offset(u), out);
+    }
+  }
+}
+
+// ---- per-channel steps of the merge and combine kernels -------------------------------------------
+
+// Block partials live in the workspace as [split][2][C] doubles: first sums, then second sums.
+SBN_HD std::int64_t bn_partial_index(std::int64_t split, int which, std::int64_t channels, std::int64_t c) {
+  return (2 * split + which) * channels + c;
+}
+
+// Sum over the splits of channel c, in split order (deterministic).
+SBN_HD void bn_sum_partials(const double* ws, std::int64_t splits, std::int64_t channels, std::int64_t c,
+                            double* s1, double* s2) {
+  double a = 0.0, b = 0.0;
+  for (std::int64_t s = 0; s < splits; ++s) {
+    a += ws[bn_partial_index(s, 0, channels, c)];
+    b += ws[bn_partial_index(s, 1, channels, c)];
+  }
+  *s1 = a;
+  *s2 = b;
+}
+
+SBN_HD void bn_write_header(double* msg, double tag, double count) {
+  msg[kMsgTag] = tag;
+  msg[kMsgTag2] = tag * tag;
+  msg[kMsgCount] = count;
+}
+
+// Forward message entries of channel c from the local sums around the local shift k (n local values).
+SBN_HD void bn_stats_finish_channel(double s1, double s2, double n, double k, const double* pivot,
+                                    std::int64_t channels, std::int64_t c, double* msg) {
+  double* S1 = msg + kMsgHeader;
+  double* S2 = S1 + channels;
+  if (n == 0.0) {
+    S1[c] = 0.0;
+    S2[c] = 0.0;
+    return;
+  }
+  bn_shift_to_pivot(s1, s2, n, k, pivot ? pivot[c] : 0.0, &S1[c], &S2[c]);
+}
+
+// Backward message entries of channel c, and the LOCAL parameter gradients (accumulated, as on the CPU).
+SBN_HD void bn_backward_finish_channel(double A, double B, std::int64_t channels, std::int64_t c,
+                                       const double* mean, const float* hi, const double* invstd, double* msg,
+                                       float* dgamma, float* dbeta) {
+  msg[kMsgHeader + c] = A;
+  msg[kMsgHeader + channels + c] = B;
+  if (dgamma || dbeta) {
+    const double lo = mean[c] - static_cast<double>(hi[c]);
+    if (dbeta) dbeta[c] += static_cast<float>(A);
+    if (dgamma) dgamma[c] += static_cast<float>(invstd[c] * (B - lo * A));
+  }
+}
+
+// The checks of cpu::bn_combine, on the summed message.
+SBN_HD BnStatus bn_forward_status(const double* msg, int group_size, double tag) {
+  if (!bn_tags_agree(msg[kMsgTag], msg[kMsgTag2], group_size, tag)) return kBnTagMismatch;
+  if (msg[kMsgCount] < 1) return kBnEmptyBatch;
+  if (msg[kMsgCount] < 2) return kBnSingleSample;
+  return kBnOk;
+}
+
+// One channel of cpu::bn_combine's loop; `factor` < 0: no running-stat update.
+SBN_HD void bn_combine_channel(const double* msg, const BnCombineArgs& args, std::int64_t c, double factor) {
+  const double n = msg[kMsgCount];
+  const double* S1 = msg + kMsgHeader;
+  const double* S2 = S1 + args.channels;
+  double mean = 0, var = 0;
+  bn_moments(S1[c], S2[c], n, args.pivot ? args.pivot[c] : 0.0, &mean, &var);
+  const double invstd = 1.0 / sqrt(var + args.eps);
+  args.mean[c] = mean;
+  args.var[c] = var;
+  args.invstd[c] = invstd;
+  if (args.pivot) args.pivot[c] = mean;
+  if (factor >= 0 && args.running_mean)
+    bn_running_update(&args.running_mean[c], &args.running_var[c], mean, var, n, factor);
+  bn_forward_coefs(mean, invstd, args.gamma ? args.gamma[c] : 1.0, args.beta ? args.beta[c] : 0.0, &args.hi[c],
+                   &args.a[c], &args.b[c]);
+}
+
+// The checks of cpu::bn_backward_combine.
+SBN_HD BnStatus bn_backward_status(const double* msg, int group_size, double tag, double expected_count) {
+  if (!bn_tags_agree(msg[kMsgTag], msg[kMsgTag2], group_size, tag)) return kBnTagMismatch;
+  if (msg[kMsgCount] != expected_count) return kBnCountMismatch;
+  return kBnOk;
+}
+
+// One channel of cpu::bn_backward_combine's loop.
+SBN_HD void bn_backward_combine_channel(const double* msg, const BnBackwardCombineArgs& args, std::int64_t c) {
+  const double n = msg[kMsgCount];
+  const double* A = msg + kMsgHeader;
+  const double* B = A + args.channels;
+  const double scale = (args.gamma ? args.gamma[c] : 1.0) * args.invstd[c];
+  bn_backward_coefs(A[c], B[c], n, args.mean[c], args.hi[c], args.invstd[c], scale, &args.k1[c], &args.k0[c]);
+}
+
+// Eval-mode coefficients from the running statistics (the CPU layer's eval branch).
+SBN_HD void bn_running_coefs_channel(const float* running_mean, const float* running_var, double eps,
+                                     const float* gamma, const float* beta, std::int64_t c, double* mean,
+                                     double* var, double* invstd, float* hi, float* a, float* b) {
+  const double m = running_mean[c];
+  const double is = 1.0 / sqrt(static_cast<double>(running_var[c]) + eps);
+  mean[c] = m;
+  var[c] = running_var[c];
+  invstd[c] = is;
+  bn_forward_coefs(m, is, gamma ? gamma[c] : 1.0, beta ? beta[c] : 0.0, &hi[c], &a[c], &b[c]);
+}
+
+}  // namespace syncbn::cuda

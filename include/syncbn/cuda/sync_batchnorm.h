@@ -1,0 +1,141 @@
+// CudaSyncBatchNorm: the device twin of syncbn::SyncBatchNorm (sync_batchnorm.h) — same modes (through
+// SyncGroup), same semantics, same tags and messages — on device tensors and a CUDA stream.
+//
+//  - Training forward does exactly ONE all-reduce (count, shifted sums, tags) and backward exactly ONE,
+//    both stream-ordered NCCL collectives on the layer's stream; eval uses running statistics and never
+//    communicates. Uneven and empty local batches are exact (counts travel in the message).
+//  - Nothing in forward() or backward() synchronises the host or copies device → host: the tag, count
+//    and batch checks are made on the device (bn_combine, bn_backward_combine) into a status word, and
+//    check() — called by the trainer at the end of the step, its natural sync point — reads it and throws
+//    the same errors as the CPU layer (throw_bn_status). So a step can be captured in a CUDA graph (after
+//    one eager step with the same shapes: that is when buffers are allocated).
+//  - Activations x, y, dy, dx are fp32, bf16 or fp16 (one dtype per call; outputs take the input's);
+//    parameters, running statistics and saved statistics are fp32 / double, as on the CPU.
+//  - Host-side input errors (wrong shape or channel count) are detected on the host before any launch;
+//    the layer then still takes part in its group's all-reduce with tag 0 so that the peers' tag checks
+//    fail (at their check()) instead of their collective hanging, and throws the precise cause.
+//
+// Gradients: dgamma/dbeta accumulate (+=) this rank's LOCAL contribution (the trainer all-reduces them);
+// dx is the exact gradient of the group-batch normalization.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "syncbn/cuda/bn_kernels.h"
+#include "syncbn/cuda/device.h"
+#include "syncbn/cuda/nccl_communicator.h"
+#include "syncbn/sync_batchnorm.h"
+
+namespace syncbn::cuda {
+
+// Host copy of a layer's trainable and running state (for checkpoints and tests).
+struct CudaBnState {
+  std::vector<float> gamma, beta, dgamma, dbeta, running_mean, running_var;  // (C) each
+  std::vector<double> pivot;                                                // (C)
+  std::int64_t num_batches_tracked = 0;
+};
+
+class CudaSyncBatchNorm {
+ public:
+  // `group`: the layer's sync group (null or local mode: local statistics); a group communicator must
+  // be an NcclCommunicator (device memory). `stream`: where every kernel and collective of the layer is
+  // enqueued (the current device must be the communicator's). Allocates the parameters (γ = 1, β = 0,
+  // running mean 0, running var 1) synchronously.
+  CudaSyncBatchNorm(std::string name, const BatchNormOptions& options, SyncGroup* group, cudaStream_t stream);
+  ~CudaSyncBatchNorm();
+  CudaSyncBatchNorm(const CudaSyncBatchNorm&) = delete;
+  CudaSyncBatchNorm& operator=(const CudaSyncBatchNorm&) = delete;
+
+  // y = BN(x) for x of shape (N, C), (N, C, L) or (N, C, H, W); y is resized to x's shape, layout, dtype.
+  void forward(const DeviceTensor& x, DeviceTensor& y, bool training);
+  // dx from dy (x must be the forward's input; dy in x's dtype). Accumulates dgamma/dbeta.
+  void backward(const DeviceTensor& x, const DeviceTensor& dy, DeviceTensor& dx);
+
+  // End of step: waits for the layer's stream (through the communicator's watchdog, so a hung collective
+  // is reported instead of waiting forever), then throws syncbn::Error if a forward or backward of this
+  // step failed a device-side check, with the CPU layer's message. Clears the status. Also accumulates
+  // comm_seconds().
+  void check();
+
+  const std::string& name() const { return name_; }
+  const BatchNormOptions& options() const { return opt_; }
+  Communicator* group() const { return group_; }
+  cudaStream_t stream() const { return stream_; }
+
+  // Device parameters and buffers, (C) each.
+  float* gamma() { return gamma_.data(); }
+  float* beta() { return beta_.data(); }
+  float* dgamma() { return dgamma_.data(); }
+  float* dbeta() { return dbeta_.data(); }
+  float* running_mean() { return running_mean_.data(); }
+  float* running_var() { return running_var_.data(); }
+  double* pivot() { return pivot_.data(); }
+
+  // Synchronous host copies (outside a step).
+  CudaBnState state();
+  void set_state(const CudaBnState& state);
+  // Statistics of the last training forward's first (or only) batch: group mean, biased variance, count.
+  std::vector<double> batch_mean();
+  std::vector<double> batch_var();
+  double last_group_count();
+
+  // Device seconds spent in this layer's collectives (from stream reaching the all-reduce to its end:
+  // includes waiting for the slowest peer), accumulated by check(); not measured inside graph captures.
+  double comm_seconds() const { return comm_seconds_; }
+  void reset_comm_seconds() { comm_seconds_ = 0; }
+
+ private:
+  // The device status word(s) of a step.
+  struct StepStatus {
+    int forward = 0;           // BnStatus of the forward combines (first error sticks)
+    int backward = 0;          // BnStatus of the backward combines
+    double backward_count = 0;     // the group count the failing backward saw
+    double backward_expected = 0;  // the forward's count it expected
+  };
+
+  BnGeometry validate(const DeviceTensor& x, const char* phase) const;
+  void fail_collectively(const char* phase, const std::string& why);
+  void size_buffers(const BnGeometry& g, std::int64_t chunks);
+  void reduce(const char* phase);
+  BnWorkspace workspace();
+
+  std::string name_;
+  BatchNormOptions opt_;
+  SyncGroup* sync_group_;
+  Communicator* group_;
+  NcclCommunicator* nccl_;  // group_ as the NCCL communicator it must be (null: local)
+  int group_size_;
+  cudaStream_t stream_;
+  int sm_count_;
+  double fwd_tag_, bwd_tag_;
+  std::string fwd_label_, bwd_label_;
+
+  DeviceArray<float> gamma_, beta_, dgamma_, dbeta_, running_mean_, running_var_;  // (C)
+  DeviceArray<double> pivot_;                                                      // (C)
+  DeviceArray<std::int64_t> batches_tracked_;                                      // (1)
+
+  // Saved by forward for backward, one block of C per chunk (ghost batches; 1 chunk otherwise).
+  std::int64_t chunks_ = 0;
+  std::int64_t chunk_samples_ = 0;
+  bool saved_batch_stats_ = false;
+  Communicator* saved_comm_ = nullptr;
+  std::int64_t saved_samples_ = -1;
+  DeviceArray<double> mean_, var_, invstd_;  // (chunks·C)
+  DeviceArray<double> counts_;               // (chunks) group count per chunk, from the forward combine
+  DeviceArray<float> hi_, a_, b_, k1_, k0_;  // (chunks·C)
+  DeviceArray<double> msg_;                  // the all-reduce buffer: SyncGroup::message_size() doubles
+  DeviceArray<double> ws_;                   // reduction partials
+  DeviceArray<StepStatus> status_;           // (1)
+  PinnedBuffer status_host_;                 // StepStatus, copied back by check()
+
+  // Timing of the collectives of the current step (event pairs around each), folded in by check().
+  std::vector<cudaEvent_t> events_;
+  std::size_t events_used_ = 0;
+  double comm_seconds_ = 0;
+};
+
+}  // namespace syncbn::cuda

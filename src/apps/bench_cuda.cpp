@@ -1,0 +1,346 @@
+// syncbn-bench --device cuda: the GPU half of the benchmark (CUDA builds only).
+//  1. Kernels: each SyncBN kernel's effective bandwidth (bytes that must move ÷ median device time, CUDA
+//     events) beside a device-to-device copy of the same tensor measured in the same run, interleaved rep
+//     by rep; L2 is flushed before every timed launch so the numbers are HBM numbers.
+//  2. NCCL all-reduce latency at SyncBN's message sizes (3 + 2C doubles, C = 64 … 2048).
+//  3. One CudaSyncBatchNorm layer (mode sync over the world) forward+backward: device time split into
+//     compute and communication (the layer's own events around its two all-reduces), per rank.
+// Without a usable device every rank agrees and rank 0 prints one "error: ..." line (exit 1).
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <memory>
+#include <random>
+
+#include "bench.h"
+#include "syncbn/app.h"
+#include "syncbn/bench_util.h"
+#include "syncbn/config.h"
+#include "syncbn/cuda/bn_kernels.h"
+#include "syncbn/cuda/device.h"
+#include "syncbn/cuda/nccl_communicator.h"
+#include "syncbn/cuda/sync_batchnorm.h"
+
+namespace syncbn::bench {
+namespace {
+
+using cuda::DeviceArray;
+using cuda::DeviceTensor;
+using cuda::DType;
+
+std::string fmt(const char* f, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, v);
+  return buf;
+}
+
+// A pair of events per repetition, so reps run back to back without host waits.
+class EventTimer {
+ public:
+  explicit EventTimer(int reps) : start_(static_cast<std::size_t>(reps)), stop_(static_cast<std::size_t>(reps)) {
+    for (std::size_t i = 0; i < start_.size(); ++i) {
+      SBN_CUDA_CHECK(cudaEventCreate(&start_[i]), "bench events");
+      SBN_CUDA_CHECK(cudaEventCreate(&stop_[i]), "bench events");
+    }
+  }
+  ~EventTimer() {
+    for (std::size_t i = 0; i < start_.size(); ++i) {
+      cudaEventDestroy(start_[i]);
+      cudaEventDestroy(stop_[i]);
+    }
+  }
+  EventTimer(const EventTimer&) = delete;
+  EventTimer& operator=(const EventTimer&) = delete;
+  void begin(int rep, cudaStream_t s) { SBN_CUDA_CHECK(cudaEventRecord(start_[static_cast<std::size_t>(rep)], s), "bench"); }
+  void end(int rep, cudaStream_t s) { SBN_CUDA_CHECK(cudaEventRecord(stop_[static_cast<std::size_t>(rep)], s), "bench"); }
+  // Seconds of every rep (call after the stream is synchronized).
+  std::vector<double> seconds() const {
+    std::vector<double> out;
+    for (std::size_t i = 0; i < start_.size(); ++i) {
+      float ms = 0;
+      SBN_CUDA_CHECK(cudaEventElapsedTime(&ms, start_[i], stop_[i]), "bench events");
+      out.push_back(1e-3 * ms);
+    }
+    return out;
+  }
+
+ private:
+  std::vector<cudaEvent_t> start_, stop_;
+};
+
+void fill_random(Tensor& t, std::uint32_t seed, float mean, float std) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> dist(mean, std);
+  for (std::int64_t i = 0; i < t.numel(); ++i) t[i] = dist(gen);
+}
+
+// ---- 1. kernels ---------------------------------------------------------------------------------
+
+void kernel_bench(const BenchOptions& opt, cudaStream_t s, BenchReport& report, const Log0& log) {
+  int dev = 0, l2 = 0;
+  SBN_CUDA_CHECK(cudaGetDevice(&dev), "bench");
+  cudaDeviceProp prop{};
+  SBN_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev), "bench");
+  SBN_CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev), "bench");
+  const int sms = cuda::current_sm_count();
+  log("# CUDA kernels on device %d (%s, %d SMs, L2 %.0f MB, sm_%d%d), built for %s; median of %d reps after %d "
+      "warm-up; relu %s\n",
+      dev, prop.name, sms, l2 / 1048576.0, prop.major, prop.minor, SBN_CUDA_ARCHITECTURES, opt.reps, opt.warmup,
+      opt.relu ? "fused" : "off");
+  log("# bytes that must move per element (E = element size): stats E (read x), normalize 2E (read x, write y),\n"
+      "# bwd_reduce 2E (read x, dy), bwd_elemt 3E (read x, dy, write dx); copy 2E (read + write). L2 is\n"
+      "# flushed before every timed launch. GB/s = 1e9 bytes/s; %% = of the copy's bandwidth.\n");
+  log("%-20s %5s %9s %9s %9s %9s %9s %6s %6s %6s %6s\n", "#shape", "dtype", "stats", "normalize", "bwd_red",
+      "bwd_elemt", "copy", "st%", "no%", "br%", "be%");
+  DeviceArray<char> flush;
+  flush.resize(static_cast<std::size_t>(std::max(l2, 1 << 20)) * 2, "bench L2 flush");
+  for (const BenchShape& shape : opt.shapes) {
+    for (DType dt : {DType::kF32, DType::kBF16, DType::kF16}) {
+      Tensor xh(shape.dims, shape.layout), dyh(shape.dims, shape.layout);
+      fill_random(xh, 1, 0.5f, 2.0f);
+      fill_random(dyh, 2, 0.0f, 1.0f);
+      DeviceTensor x, dy, y, dx, copy_dst;
+      cuda::copy_to_device(xh, dt, x, s);
+      cuda::copy_to_device(dyh, dt, dy, s);
+      y.resize(x.shape(), x.layout(), dt);
+      dx.resize(x.shape(), x.layout(), dt);
+      copy_dst.resize(x.shape(), x.layout(), dt);
+      const BnGeometry g = bn_geometry(shape.dims, shape.layout, "bench");
+      const std::int64_t C = g.channels;
+      const auto CC = static_cast<std::size_t>(C);
+      DeviceArray<double> msg, ws, pivot, mean, var, invstd, count;
+      DeviceArray<float> gamma, beta, rm, rv, hi, a, b, k1, k0, dgamma, dbeta;
+      DeviceArray<int> status;
+      msg.resize(static_cast<std::size_t>(bn_msg_size(C)), "bench");
+      ws.resize(std::max<std::size_t>(cuda::bn_workspace_doubles(g, sms), 1), "bench");
+      for (auto* d : {&pivot, &mean, &var, &invstd}) d->resize(CC, "bench");
+      for (auto* d : {&gamma, &beta, &rm, &rv, &hi, &a, &b, &k1, &k0, &dgamma, &dbeta}) d->resize(CC, "bench");
+      count.resize(1, "bench");
+      status.resize(1, "bench");
+      cuda::copy_to_device(std::vector<double>(CC, 0.0), pivot.data(), s);
+      cuda::copy_to_device(std::vector<float>(CC, 1.0f), gamma.data(), s);
+      for (auto* d : {&beta, &rm, &dgamma, &dbeta}) cuda::copy_to_device(std::vector<float>(CC, 0.0f), d->data(), s);
+      cuda::copy_to_device(std::vector<float>(CC, 1.0f), rv.data(), s);
+      SBN_CUDA_CHECK(cudaMemsetAsync(status.data(), 0, sizeof(int), s), "bench");
+      cuda::BnWorkspace w;
+      w.data = ws.data();
+      w.doubles = ws.size();
+      w.sm_count = sms;
+      BnCombineArgs ca;
+      ca.channels = C;
+      ca.tag = 1;
+      ca.factor = 0.1;
+      ca.gamma = gamma.data();
+      ca.beta = beta.data();
+      ca.running_mean = rm.data();
+      ca.running_var = rv.data();
+      ca.pivot = pivot.data();
+      ca.mean = mean.data();
+      ca.var = var.data();
+      ca.invstd = invstd.data();
+      ca.hi = hi.data();
+      ca.a = a.data();
+      ca.b = b.data();
+      BnBackwardCombineArgs ba;
+      ba.channels = C;
+      ba.tag = 2;
+      ba.gamma = gamma.data();
+      ba.mean = mean.data();
+      ba.invstd = invstd.data();
+      ba.hi = hi.data();
+      ba.k1 = k1.data();
+      ba.k0 = k0.data();
+      cuda::BnDeviceReport rep;
+      rep.status = status.data();
+      rep.count = count.data();
+      // Valid coefficients for the elementwise passes (one forward + backward, untimed).
+      cuda::bn_stats(x.data(), dt, g, pivot.data(), 1, msg.data(), w, s);
+      cuda::bn_combine(msg.data(), ca, cuda::BnRunningCounter{}, rep, s);
+      cuda::bn_backward_reduce(dy.data(), x.data(), dt, g, hi.data(), a.data(), b.data(), opt.relu, mean.data(),
+                               invstd.data(), 2, msg.data(), dgamma.data(), dbeta.data(), w, s);
+      cuda::bn_backward_combine(msg.data(), ba, count.data(), rep, s);
+
+      const int reps = opt.reps;
+      EventTimer t_copy(reps), t_stats(reps), t_norm(reps), t_red(reps), t_elemt(reps);
+      auto timed = [&](EventTimer* t, int r, const std::function<void()>& fn) {
+        // Evict x, dy from L2 (untimed): the kernels must read HBM, as in a real step of a large model.
+        SBN_CUDA_CHECK(cudaMemsetAsync(flush.data(), r & 0xff, flush.size(), s), "bench L2 flush");
+        if (t) t->begin(r, s);
+        fn();
+        if (t) t->end(r, s);
+      };
+      for (int r = -opt.warmup; r < reps; ++r) {
+        const bool keep = r >= 0;
+        timed(keep ? &t_copy : nullptr, r, [&] {
+          SBN_CUDA_CHECK(cudaMemcpyAsync(copy_dst.data(), x.data(), x.bytes(), cudaMemcpyDeviceToDevice, s), "bench copy");
+        });
+        timed(keep ? &t_stats : nullptr, r, [&] { cuda::bn_stats(x.data(), dt, g, pivot.data(), 1, msg.data(), w, s); });
+        timed(keep ? &t_norm : nullptr, r, [&] {
+          cuda::bn_normalize(x.data(), dt, g, hi.data(), a.data(), b.data(), opt.relu, y.data(), sms, s);
+        });
+        timed(keep ? &t_red : nullptr, r, [&] {
+          cuda::bn_backward_reduce(dy.data(), x.data(), dt, g, hi.data(), a.data(), b.data(), opt.relu, mean.data(),
+                                   invstd.data(), 2, msg.data(), dgamma.data(), dbeta.data(), w, s);
+        });
+        timed(keep ? &t_elemt : nullptr, r, [&] {
+          cuda::bn_backward_elemt(dy.data(), x.data(), dt, g, hi.data(), a.data(), b.data(), opt.relu, k1.data(),
+                                  k0.data(), dx.data(), sms, s);
+        });
+      }
+      SBN_CUDA_CHECK(cudaStreamSynchronize(s), "bench");
+      auto med = [](const EventTimer& t) {
+        std::vector<double> v = t.seconds();
+        return median(v);
+      };
+      const double n_bytes = static_cast<double>(x.bytes());
+      const double copy_bw = 2 * n_bytes / med(t_copy) * 1e-9;
+      const double stats_bw = n_bytes / med(t_stats) * 1e-9;
+      const double norm_bw = 2 * n_bytes / med(t_norm) * 1e-9;
+      const double red_bw = 2 * n_bytes / med(t_red) * 1e-9;
+      const double elemt_bw = 3 * n_bytes / med(t_elemt) * 1e-9;
+      log("%-20s %5s %9.1f %9.1f %9.1f %9.1f %9.1f %5.0f%% %5.0f%% %5.0f%% %5.0f%%\n", shape.str().c_str(),
+          cuda::dtype_name(dt), stats_bw, norm_bw, red_bw, elemt_bw, copy_bw, 100 * stats_bw / copy_bw,
+          100 * norm_bw / copy_bw, 100 * red_bw / copy_bw, 100 * elemt_bw / copy_bw);
+      report.json.push_back(
+          "{\"kind\":\"kernel\",\"device\":\"cuda\",\"shape\":\"" + shape.str() + "\",\"dtype\":\"" +
+          cuda::dtype_name(dt) + "\",\"relu\":" + (opt.relu ? "true" : "false") + ",\"stats_gbs\":" +
+          fmt("%.2f", stats_bw) + ",\"normalize_gbs\":" + fmt("%.2f", norm_bw) + ",\"bwd_reduce_gbs\":" +
+          fmt("%.2f", red_bw) + ",\"bwd_elemt_gbs\":" + fmt("%.2f", elemt_bw) + ",\"copy_gbs\":" + fmt("%.2f", copy_bw) +
+          ",\"stats_ms\":" + fmt("%.4f", med(t_stats) * 1e3) + ",\"normalize_ms\":" + fmt("%.4f", med(t_norm) * 1e3) +
+          ",\"bwd_reduce_ms\":" + fmt("%.4f", med(t_red) * 1e3) + ",\"bwd_elemt_ms\":" +
+          fmt("%.4f", med(t_elemt) * 1e3) + ",\"reps\":" + std::to_string(reps) + "}");
+    }
+  }
+}
+
+// ---- 2. all-reduce latency ----------------------------------------------------------------------
+
+void allreduce_bench(const BenchOptions& opt, cuda::NcclCommunicator& nccl, Communicator& world, BenchReport& report,
+                     const Log0& log) {
+  const int P = nccl.size();
+  log("# NCCL all-reduce of SyncBN messages (3 + 2C doubles) over %d rank(s): device time per call (stream\n"
+      "# reaches the call -> call done, includes waiting for the slowest rank), median of %d back-to-back calls\n",
+      P, opt.reps);
+  log("%-8s %9s %10s %10s\n", "#C", "bytes", "median_us", "max_rank_us");
+  DeviceArray<double> buf;
+  buf.resize(static_cast<std::size_t>(bn_msg_size(2048)), "bench all-reduce buffer");
+  SBN_CUDA_CHECK(cudaMemsetAsync(buf.data(), 0, buf.size() * sizeof(double), nccl.stream()), "bench");
+  for (std::int64_t C = 64; C <= 2048; C *= 2) {
+    const auto count = static_cast<std::size_t>(bn_msg_size(C));
+    EventTimer t(opt.reps);
+    nccl.synchronize("bench.allreduce");
+    world.barrier("bench.allreduce");
+    for (int r = -opt.warmup; r < opt.reps; ++r) {
+      if (r >= 0) t.begin(r, nccl.stream());
+      nccl.allreduce_sum(buf.data(), count, "bench.allreduce", nccl.stream());
+      if (r >= 0) t.end(r, nccl.stream());
+    }
+    nccl.synchronize("bench.allreduce");
+    std::vector<double> secs = t.seconds();
+    const double mine = median(secs);
+    std::vector<double> all(static_cast<std::size_t>(P), 0.0);
+    all[static_cast<std::size_t>(world.rank())] = mine;
+    world.allreduce_sum(all.data(), all.size(), "bench.allreduce.gather");
+    const double worst = *std::max_element(all.begin(), all.end());
+    log("%-8lld %9zu %10.1f %10.1f\n", static_cast<long long>(C), count * sizeof(double), mine * 1e6, worst * 1e6);
+    report.json.push_back("{\"kind\":\"allreduce\",\"device\":\"cuda\",\"channels\":" + std::to_string(C) +
+                          ",\"bytes\":" + std::to_string(count * sizeof(double)) + ",\"world_size\":" +
+                          std::to_string(P) + ",\"median_us\":" + fmt("%.2f", mine * 1e6) + ",\"max_rank_us\":" +
+                          fmt("%.2f", worst * 1e6) + "}");
+  }
+}
+
+// ---- 3. layer -----------------------------------------------------------------------------------
+
+void layer_bench(const BenchOptions& opt, cuda::NcclCommunicator& nccl, Communicator& world, cudaStream_t s,
+                 BenchReport& report, const Log0& log) {
+  const int P = world.size();
+  log("# CudaSyncBatchNorm, mode sync over %d rank(s), fp32, training forward+backward, device time, median of %d\n"
+      "# reps; comm = inside the layer's two all-reduces (includes waiting for the slowest rank);\n"
+      "# local = the same layer without communication\n",
+      P, opt.reps);
+  log("%-20s %6s %9s %10s %9s %9s %9s\n", "#shape(per rank)", "ranks", "total_ms", "compute_ms", "comm_ms", "comm_max",
+      "local_ms");
+  for (const BenchShape& shape : opt.shapes) {
+    Tensor xh(shape.dims, shape.layout), dyh(shape.dims, shape.layout);
+    fill_random(xh, 10 + static_cast<std::uint32_t>(world.rank()), 0.5f, 2.0f);
+    fill_random(dyh, 20 + static_cast<std::uint32_t>(world.rank()), 0.0f, 1.0f);
+    DeviceTensor x, dy, y, dx;
+    cuda::copy_to_device(xh, DType::kF32, x, s);
+    cuda::copy_to_device(dyh, DType::kF32, dy, s);
+    BatchNormOptions bo;
+    bo.channels = shape.dims[1];
+    bo.fuse_relu = opt.relu;
+    SyncGroup group(nccl, parse_sync_mode("sync"));
+    cuda::CudaSyncBatchNorm synced("bench.sync", bo, &group, s);
+    cuda::CudaSyncBatchNorm local("bench.local", bo, nullptr, s);
+    EventTimer t_sync(opt.reps), t_local(opt.reps);
+    std::vector<double> comm;
+    for (int r = -opt.warmup; r < opt.reps; ++r) {
+      nccl.synchronize(s, "bench.layer");
+      world.barrier("bench.layer");
+      synced.reset_comm_seconds();
+      if (r >= 0) t_sync.begin(r, s);
+      synced.forward(x, y, true);
+      synced.backward(x, dy, dx);
+      if (r >= 0) t_sync.end(r, s);
+      if (r >= 0) t_local.begin(r, s);
+      local.forward(x, y, true);
+      local.backward(x, dy, dx);
+      if (r >= 0) t_local.end(r, s);
+      synced.check();
+      local.check();
+      if (r >= 0) comm.push_back(synced.comm_seconds());
+    }
+    std::vector<double> tot = t_sync.seconds(), loc = t_local.seconds();
+    const double mt = median(tot), mc = median(comm), ml = median(loc);
+    std::vector<double> per_rank(static_cast<std::size_t>(3 * P), 0.0);
+    per_rank[static_cast<std::size_t>(3 * world.rank())] = mt;
+    per_rank[static_cast<std::size_t>(3 * world.rank() + 1)] = mc;
+    per_rank[static_cast<std::size_t>(3 * world.rank() + 2)] = ml;
+    world.allreduce_sum(per_rank.data(), per_rank.size(), "bench.layer.gather");
+    double comm_max = 0;
+    for (int q = 0; q < P; ++q) comm_max = std::max(comm_max, per_rank[static_cast<std::size_t>(3 * q + 1)]);
+    log("%-20s %6d %9.3f %10.3f %9.3f %9.3f %9.3f\n", shape.str().c_str(), P, mt * 1e3, (mt - mc) * 1e3, mc * 1e3,
+        comm_max * 1e3, ml * 1e3);
+    for (int q = 0; q < P; ++q) {
+      const double t = per_rank[static_cast<std::size_t>(3 * q)], c = per_rank[static_cast<std::size_t>(3 * q + 1)];
+      report.json.push_back("{\"kind\":\"layer\",\"device\":\"cuda\",\"shape\":\"" + shape.str() +
+                            "\",\"world_size\":" + std::to_string(P) + ",\"rank\":" + std::to_string(q) +
+                            ",\"total_ms\":" + fmt("%.4f", t * 1e3) + ",\"compute_ms\":" + fmt("%.4f", (t - c) * 1e3) +
+                            ",\"comm_ms\":" + fmt("%.4f", c * 1e3) + ",\"local_ms\":" +
+                            fmt("%.4f", per_rank[static_cast<std::size_t>(3 * q + 2)] * 1e3) + "}");
+    }
+  }
+}
+
+}  // namespace
+
+void run_cuda_bench(const BenchOptions& opt, Communicator& world, BenchReport& report) {
+  const Log0 log(world);
+  auto* mpi = dynamic_cast<MpiCommunicator*>(&world);
+  SBN_CHECK(mpi != nullptr, "--device cuda: the benchmark needs the MPI world communicator to bootstrap NCCL");
+  // Agree first, so that without a device rank 0 prints one clear line and every rank exits 1.
+  run_agreed(world, "bench.cuda.device", [&] {
+    std::string why;
+    const int n = cuda::visible_devices(&why);
+    SBN_CHECK(n > 0, "--device cuda: no CUDA device visible (" + why + ")");
+    SBN_CHECK(world.local_size() <= n, "--device cuda: " + std::to_string(world.local_size()) + " ranks on " +
+                                           world.host() + " but " + std::to_string(n) +
+                                           " CUDA device(s): start at most one rank per device");
+  });
+  cuda::NcclCommunicator nccl(*mpi);
+  cudaStream_t s = nullptr;
+  SBN_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "bench stream");
+  std::unique_ptr<CUstream_st, decltype(&cudaStreamDestroy)> stream_guard(s, &cudaStreamDestroy);
+  if (opt.kernels) kernel_bench(opt, s, report, log);
+  if (opt.layer) {
+    if (opt.kernels) log("\n");
+    allreduce_bench(opt, nccl, world, report, log);
+    log("\n");
+    layer_bench(opt, nccl, world, s, report, log);
+  }
+}
+
+}  // namespace syncbn::bench
