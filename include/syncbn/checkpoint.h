@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "syncbn/communicator.h"
-#include "syncbn/model.h"
+#include "syncbn/train_model.h"
 
 namespace syncbn {
 
@@ -27,14 +27,15 @@ struct CheckpointMeta {
   std::string config_ini;   // the whole configuration, for the record
 };
 
-// Serializes and writes atomically (temp file + fsync + rename). Call on one rank.
-void save_checkpoint(const std::string& path, Model& model, const std::vector<float>& momentum,
-                     const TrainPosition& pos, const CheckpointMeta& meta);
+// Serializes model.state() and the position and writes atomically (temp file + fsync + rename). Call on
+// one rank, after model.state_to_host().
+void save_checkpoint(const std::string& path, TrainModel& model, const TrainPosition& pos, const CheckpointMeta& meta);
 
 // Reads `path` on every rank of `comm`, checks that all ranks read the same bytes and that the
-// checkpoint matches this run (signature and fingerprint), then restores the model, the momentum
-// buffer and returns the position. Errors are agreed: every rank throws the same AgreedError.
-TrainPosition load_checkpoint(const std::string& path, Communicator& comm, Model& model, std::vector<float>& momentum,
+// checkpoint matches this run (signature and fingerprint), then fills model.state() (the caller then
+// calls model.state_from_host()) and returns the position. Errors are agreed: every rank throws the
+// same AgreedError.
+TrainPosition load_checkpoint(const std::string& path, Communicator& comm, TrainModel& model,
                               const CheckpointMeta& expected);
 
 // "<run_dir>/checkpoint-<step, 8 digits>.ckpt"

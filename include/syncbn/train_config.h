@@ -56,7 +56,8 @@ struct TrainConfig {
   std::uint64_t seed = 1;
   std::int64_t threads = 1;
   double comm_timeout = 600;
-  std::string device = "cpu";
+  std::string device = "auto";      // auto (cuda when built with it and a device is visible) | cpu | cuda
+  std::string precision = "fp32";  // fp32 | bf16 | fp16 (activations on the GPU; fp16 with loss scaling)
 };
 
 // One flag: name, group, help text (with units and allowed values), and its current value as text.

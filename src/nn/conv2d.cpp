@@ -4,9 +4,11 @@
 // Activations are NHWC, so convolutions, SyncBN and pooling exchange tensors without reorders. The
 // weights stay OIHW in the ParamStore (canonical for the optimizer, the gradient all-reduce across
 // possibly different CPUs, and checkpoints) and are reordered to oneDNN's preferred blocked format each
-// step (a few hundred KB at most). For the network's first convolution (1 or 3 input channels) oneDNN has
-// no fast NHWC-output kernel (it falls back to a reference kernel, ~1000x slower), so there the output is
-// computed in oneDNN's blocked format and reordered to NHWC; the same check applies to every plan.
+// step (a few hundred KB at most). Convolutions with fewer than kGemmMaxIn input channels (the network's
+// input layer: 1 or 3) have no fast NHWC-output kernel in oneDNN (its reference kernel is ~1000x slower;
+// its jit kernel writes a blocked layout whose reorders to and from NHWC cost more than the convolution),
+// so they are computed as im2col + oneDNN's sgemm, which writes NHWC directly. Any other plan whose
+// NHWC output would take the reference kernel computes in the blocked layout and reorders.
 #include <cblas.h>
 
 #include <omp.h>
@@ -25,6 +27,9 @@ using tag = dnnl::memory::format_tag;
 using dt = dnnl::memory::data_type;
 
 bool is_reference_impl(const char* impl) { return std::strncmp(impl, "ref", 3) == 0; }
+
+// Convolutions with fewer input channels than this take the im2col + sgemm path (see above).
+constexpr std::int64_t kGemmMaxIn = 8;
 
 // Every primitive owns its scratchpad (scratchpad_mode::user) instead of sharing the library's: the
 // memory each layer needs is explicit and allocated once, with its plan.
@@ -59,7 +64,7 @@ memory scratch_of(const Pd& pd, const dnnl::engine& eng) {
 class Conv2d final : public Module {
  public:
   Conv2d(std::string name, const ConvSpec& spec, ParamStore& store, CpuContext& ctx)
-      : name_(std::move(name)), spec_(spec), store_(store), ctx_(ctx) {
+      : name_(std::move(name)), spec_(spec), store_(store), ctx_(ctx), gemm_(spec.in < kGemmMaxIn) {
     weight_ = store.add(name_ + ".weight", {spec.out, spec.in, spec.kernel, spec.kernel}, true, ParamInit::kKaiming,
                         spec.in * spec.kernel * spec.kernel);
     if (spec.bias) bias_ = store.add(name_ + ".bias", {spec.out}, false, ParamInit::kZeros);
@@ -68,6 +73,10 @@ class Conv2d final : public Module {
   void forward(const Tensor& x, Tensor& y, bool) override {
     SBN_CHECK(x.rank() == 4 && x.dim(1) == spec_.in,
               name_ + ": expects (N, " + std::to_string(spec_.in) + ", H, W), got " + syncbn::describe(x.shape(), x.layout()));
+    if (gemm_) {
+      gemm_forward(x, y);
+      return;
+    }
     Plan& p = plan_for(x);
     const std::int64_t N = x.dim(0);
     y.resize({N, spec_.out, p.ho, p.wo}, Layout::kChannelsLast);
@@ -89,6 +98,10 @@ class Conv2d final : public Module {
   }
 
   void backward(const Tensor& x, const Tensor&, const Tensor& dy, Tensor* dx) override {
+    if (gemm_) {
+      gemm_backward(x, dy, dx);
+      return;
+    }
     Plan& p = plan_for(x);
     if (x.dim(0) == 0) {
       if (dx) dx->resize(x.shape(), x.layout());
@@ -101,7 +114,7 @@ class Conv2d final : public Module {
       diff_dst = p.dst_blocked;
     }
     if (store_.fp64_grads()) {
-      weight_grad_fp64(x, dy, p);
+      weight_grad_fp64(x, dy, p.ho, p.wo);
     } else {
       weight_grad_fp32(x, diff_dst, p);
     }
@@ -123,6 +136,117 @@ class Conv2d final : public Module {
   }
 
  private:
+  // ---- the im2col + sgemm path (few input channels) ----
+
+  std::int64_t out_size(std::int64_t n) const { return (n + 2 * spec_.pad - spec_.kernel) / spec_.stride + 1; }
+
+  // colT (C·K·K, N·Ho·Wo): row (c, kh, kw) holds that tap's input value at every output position (0 in
+  // the padding), matching OIHW weights. Transposed, so each row fills with contiguous spans of the input
+  // (one per output row), not 9 strided scalars per output position.
+  void im2col(const Tensor& x, std::int64_t ho, std::int64_t wo) {
+    const std::int64_t N = x.dim(0), C = spec_.in, H = x.dim(2), W = x.dim(3), K = spec_.kernel, s = spec_.stride;
+    const std::int64_t rows = N * ho * wo;
+    const bool nhwc = x.layout() == Layout::kChannelsLast && C > 1;
+    col_.resize(static_cast<std::size_t>(C * K * K * rows));
+    for (std::int64_t c = 0; c < C; ++c)
+      for (std::int64_t kh = 0; kh < K; ++kh)
+        for (std::int64_t kw = 0; kw < K; ++kw) {
+          float* row = col_.data() + ((c * K + kh) * K + kw) * rows;
+          // Output columns j whose input column j·s + kw − pad is inside [0, W).
+          const std::int64_t j0 = std::max<std::int64_t>(0, (spec_.pad - kw + s - 1) / s);
+          const std::int64_t j1 = std::min<std::int64_t>(wo, (W - 1 + spec_.pad - kw) / s + 1);
+          for (std::int64_t n = 0; n < N; ++n)
+            for (std::int64_t i = 0; i < ho; ++i) {
+              float* out = row + (n * ho + i) * wo;
+              const std::int64_t h = i * s + kh - spec_.pad;
+              if (h < 0 || h >= H || j1 <= j0) {
+                std::fill_n(out, wo, 0.0f);
+                continue;
+              }
+              std::fill_n(out, j0, 0.0f);
+              const std::int64_t w0 = j0 * s + kw - spec_.pad;
+              if (nhwc) {
+                const float* in = x.data() + ((n * H + h) * W + w0) * C + c;
+                for (std::int64_t j = j0; j < j1; ++j) out[j] = in[(j - j0) * s * C];
+              } else {
+                const float* in = x.data() + ((n * C + c) * H + h) * W + w0;
+                for (std::int64_t j = j0; j < j1; ++j) out[j] = in[(j - j0) * s];
+              }
+              std::fill(out + j1, out + wo, 0.0f);
+            }
+        }
+  }
+
+  void gemm_forward(const Tensor& x, Tensor& y) {
+    SBN_CHECK(x.rank() == 4 && x.dim(1) == spec_.in,
+              name_ + ": expects (N, " + std::to_string(spec_.in) + ", H, W), got " + syncbn::describe(x.shape(), x.layout()));
+    const std::int64_t N = x.dim(0), ho = out_size(x.dim(2)), wo = out_size(x.dim(3)), O = spec_.out;
+    SBN_CHECK(ho > 0 && wo > 0, name_ + ": input " + syncbn::describe(x.shape(), x.layout()) + " too small");
+    y.resize({N, O, ho, wo}, Layout::kChannelsLast);
+    if (N == 0) return;
+    const std::int64_t rows = N * ho * wo, kkc = spec_.in * spec_.kernel * spec_.kernel;
+    im2col(x, ho, wo);  // kept for backward
+    // y (rows, O) = colTᵀ · Wᵀ
+    SBN_CHECK(dnnl::sgemm('T', 'T', rows, O, kkc, 1.0f, col_.data(), rows, store_.value(weight_), kkc, 0.0f, y.data(), O) ==
+                  dnnl::status::success,
+              name_ + ": oneDNN sgemm failed");
+    if (bias_ >= 0) {
+      const float* b = store_.value(bias_);
+      for (std::int64_t r = 0; r < rows; ++r)
+        for (std::int64_t o = 0; o < O; ++o) y.data()[r * O + o] += b[o];
+    }
+  }
+
+  void gemm_backward(const Tensor& x, const Tensor& dy, Tensor* dx) {
+    const std::int64_t N = x.dim(0), ho = out_size(x.dim(2)), wo = out_size(x.dim(3)), O = spec_.out;
+    if (dx) dx->resize(x.shape(), x.layout());
+    if (N == 0) return;
+    const std::int64_t rows = N * ho * wo, K = spec_.kernel, C = spec_.in, kkc = C * K * K, s = spec_.stride;
+    if (store_.fp64_grads()) {
+      weight_grad_fp64(x, dy, ho, wo);
+    } else {
+      // dW (O, kkc) += dyᵀ · colTᵀ, accumulated by the GEMM (beta = 1) straight into the store.
+      SBN_CHECK(dnnl::sgemm('T', 'T', O, kkc, rows, 1.0f, dy.data(), O, col_.data(), rows, 1.0f, store_.grad(weight_),
+                            kkc) == dnnl::status::success,
+                name_ + ": oneDNN sgemm failed");
+      if (bias_ >= 0) {
+        float* db = store_.grad(bias_);
+        for (std::int64_t r = 0; r < rows; ++r)
+          for (std::int64_t o = 0; o < O; ++o) db[o] += dy.data()[r * O + o];
+      }
+    }
+    if (!dx) return;
+    // dcolT (kkc, rows) = Wᵀ · dyᵀ, then col2im: every tap adds its row back onto the input positions.
+    dcol_.resize(static_cast<std::size_t>(kkc * rows));
+    SBN_CHECK(dnnl::sgemm('T', 'T', kkc, rows, O, 1.0f, store_.value(weight_), kkc, dy.data(), O, 0.0f, dcol_.data(),
+                          rows) == dnnl::status::success,
+              name_ + ": oneDNN sgemm failed");
+    dx->zero();
+    const std::int64_t H = x.dim(2), W = x.dim(3);
+    const bool nhwc = x.layout() == Layout::kChannelsLast && C > 1;
+    for (std::int64_t c = 0; c < C; ++c)
+      for (std::int64_t kh = 0; kh < K; ++kh)
+        for (std::int64_t kw = 0; kw < K; ++kw) {
+          const float* row = dcol_.data() + ((c * K + kh) * K + kw) * rows;
+          const std::int64_t j0 = std::max<std::int64_t>(0, (spec_.pad - kw + s - 1) / s);
+          const std::int64_t j1 = std::min<std::int64_t>(wo, (W - 1 + spec_.pad - kw) / s + 1);
+          for (std::int64_t n = 0; n < N; ++n)
+            for (std::int64_t i = 0; i < ho; ++i) {
+              const std::int64_t h = i * s + kh - spec_.pad;
+              if (h < 0 || h >= H) continue;
+              const float* g = row + (n * ho + i) * wo;
+              const std::int64_t w0 = j0 * s + kw - spec_.pad;
+              if (nhwc) {
+                float* out = dx->data() + ((n * H + h) * W + w0) * C + c;
+                for (std::int64_t j = j0; j < j1; ++j) out[(j - j0) * s * C] += g[j];
+              } else {
+                float* out = dx->data() + ((n * C + c) * H + h) * W + w0;
+                for (std::int64_t j = j0; j < j1; ++j) out[(j - j0) * s] += g[j];
+              }
+            }
+        }
+  }
+
   // Everything oneDNN needs for one input shape and layout; built on first use and cached (a training
   // run sees a handful of batch sizes: the slices, the last eval batch).
   struct Plan {
@@ -157,15 +281,15 @@ class Conv2d final : public Module {
 
   // --grad-accum fp64: dW = dyᵀ·im2col(x) with OpenBLAS DGEMM over all N·Ho·Wo output positions (the
   // float products are exact in double; see ParamStore::enable_fp64_grads for why).
-  void weight_grad_fp64(const Tensor& x, const Tensor& dy, const Plan& p) {
+  void weight_grad_fp64(const Tensor& x, const Tensor& dy, std::int64_t ho, std::int64_t wo) {
     const std::int64_t N = x.dim(0), C = spec_.in, H = x.dim(2), W = x.dim(3), K = spec_.kernel;
-    const std::int64_t rows = N * p.ho * p.wo, kkc = K * K * C, O = spec_.out;
+    const std::int64_t rows = N * ho * wo, kkc = K * K * C, O = spec_.out;
     const bool nhwc = x.layout() == Layout::kChannelsLast || C == 1;
     col64_.assign(static_cast<std::size_t>(rows * kkc), 0.0);  // (rows, kh, kw, c), zero padding
     for (std::int64_t n = 0; n < N; ++n)
-      for (std::int64_t i = 0; i < p.ho; ++i)
-        for (std::int64_t j = 0; j < p.wo; ++j) {
-          double* row = col64_.data() + ((n * p.ho + i) * p.wo + j) * kkc;
+      for (std::int64_t i = 0; i < ho; ++i)
+        for (std::int64_t j = 0; j < wo; ++j) {
+          double* row = col64_.data() + ((n * ho + i) * wo + j) * kkc;
           for (std::int64_t kh = 0; kh < K; ++kh) {
             const std::int64_t h = i * spec_.stride + kh - spec_.pad;
             if (h < 0 || h >= H) continue;
@@ -293,6 +417,8 @@ class Conv2d final : public Module {
   std::map<std::tuple<std::int64_t, std::int64_t, std::int64_t, bool>, Plan> plans_;
   std::vector<float> dw_scratch_, db_scratch_;
   std::vector<double> col64_, dy64_, dw64_;  // fp64 gradient mode scratch
+  bool gemm_;                                 // the im2col + sgemm path
+  std::vector<float> col_, dcol_;             // its im2col of the last forward's input, and dcol
 };
 
 }  // namespace

@@ -2,6 +2,7 @@
 // written as plain loops the compiler vectorizes across channels; they are memory-bound and small next
 // to the convolutions).
 #include <algorithm>
+#include <cstdint>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -149,51 +150,91 @@ class ReLU final : public Module {
 
 // ---- MaxPool (NHWC, k×k, stride k) ------------------------------------------------------------------
 
+// Each output keeps the index of its maximum within the window (first maximum on ties); backward writes
+// every input position of every window (gradient or 0), so dx needs no clearing pass and no scatter. The
+// 2×2 case is branch-free across channels with a 32-bit index, the width of the float compares, so it
+// vectorizes (with a byte index GCC fell back to branchy scalar code that mispredicted on every
+// other comparison: 3x slower); other window sizes take the general loop.
 class MaxPool final : public Module {
  public:
-  explicit MaxPool(std::int64_t k) : k_(k) {}
+  explicit MaxPool(std::int64_t k) : k_(k) {
+    SBN_CHECK(k >= 1 && k <= 15, "maxpool: window " + std::to_string(k) + " outside [1, 15]");
+  }
   void forward(const Tensor& x, Tensor& y, bool) override {
     SBN_CHECK(x.rank() == 4 && x.layout() == Layout::kChannelsLast,
-              "maxpool: expects an NHWC tensor, got " + describe_shape(x));
+              "maxpool: expects an NHWC tensor, got " + syncbn::describe(x.shape(), x.layout()));
     const std::int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3), Ho = H / k_, Wo = W / k_;
-    SBN_CHECK(Ho > 0 && Wo > 0, "maxpool: input " + describe_shape(x) + " smaller than the window");
+    SBN_CHECK(Ho > 0 && Wo > 0, "maxpool: input " + syncbn::describe(x.shape(), x.layout()) + " smaller than the window");
     y.resize({N, C, Ho, Wo}, Layout::kChannelsLast);
-    argmax_.resize(static_cast<std::size_t>(y.numel()));
+    arg_.resize(static_cast<std::size_t>(y.numel()));
     for (std::int64_t n = 0; n < N; ++n)
       for (std::int64_t ho = 0; ho < Ho; ++ho)
         for (std::int64_t wo = 0; wo < Wo; ++wo) {
-          float* out = y.data() + ((n * Ho + ho) * Wo + wo) * C;
-          std::int32_t* arg = argmax_.data() + ((n * Ho + ho) * Wo + wo) * C;
-          std::fill(out, out + C, -std::numeric_limits<float>::infinity());
-          for (std::int64_t i = 0; i < k_; ++i)
-            for (std::int64_t j = 0; j < k_; ++j) {
-              const std::int64_t pos = (n * H + ho * k_ + i) * W + wo * k_ + j;
-              const float* in = x.data() + pos * C;
-              for (std::int64_t c = 0; c < C; ++c)
-                if (in[c] > out[c] || (i == 0 && j == 0)) {
-                  out[c] = in[c];
-                  arg[c] = static_cast<std::int32_t>(pos);
-                }
+          const std::int64_t cell = (n * Ho + ho) * Wo + wo;
+          float* out = y.data() + cell * C;
+          std::int32_t* arg = arg_.data() + cell * C;
+          const float* base = x.data() + ((n * H + ho * k_) * W + wo * k_) * C;
+          if (k_ == 2) {
+            const float* p0 = base;
+            const float* p1 = base + C;
+            const float* p2 = base + W * C;
+            const float* p3 = p2 + C;
+#pragma omp simd
+            for (std::int64_t c = 0; c < C; ++c) {
+              // Arithmetic instead of branches or selects on bools, which GCC does not vectorize.
+              const float a = p0[c], b = p1[c], d = p2[c], e = p3[c];
+              const float top = std::max(a, b), bottom = std::max(d, e);  // std::max keeps the first on ties
+              const std::int32_t top_arg = static_cast<std::int32_t>(b > a);
+              const std::int32_t bottom_arg = 2 + static_cast<std::int32_t>(e > d);
+              const std::int32_t second = static_cast<std::int32_t>(bottom > top);
+              out[c] = std::max(top, bottom);
+              arg[c] = top_arg + second * (bottom_arg - top_arg);
             }
+            continue;
+          }
+          for (std::int64_t c = 0; c < C; ++c) {
+            float m = base[c];
+            std::int32_t best = 0;
+            for (std::int64_t i = 0; i < k_; ++i)
+              for (std::int64_t j = 0; j < k_; ++j) {
+                const float v = base[(i * W + j) * C + c];
+                if (v > m) m = v, best = static_cast<std::int32_t>(i * k_ + j);
+              }
+            out[c] = m;
+            arg[c] = best;
+          }
         }
   }
   void backward(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor* dx) override {
     if (!dx) return;
     dx->resize(x.shape(), x.layout());
-    dx->zero();
-    const std::int64_t C = x.dim(1), cells = y.numel() / C;
-    for (std::int64_t p = 0; p < cells; ++p) {
-      const float* g = dy.data() + p * C;
-      const std::int32_t* arg = argmax_.data() + p * C;
-      for (std::int64_t c = 0; c < C; ++c) dx->data()[static_cast<std::int64_t>(arg[c]) * C + c] += g[c];
+    const std::int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3), Ho = y.dim(2), Wo = y.dim(3);
+    for (std::int64_t n = 0; n < N; ++n) {
+      for (std::int64_t ho = 0; ho < Ho; ++ho)
+        for (std::int64_t wo = 0; wo < Wo; ++wo) {
+          const std::int64_t cell = (n * Ho + ho) * Wo + wo;
+          const float* g = dy.data() + cell * C;
+          const std::int32_t* arg = arg_.data() + cell * C;
+          float* base = dx->data() + ((n * H + ho * k_) * W + wo * k_) * C;
+          for (std::int64_t i = 0; i < k_; ++i)
+            for (std::int64_t j = 0; j < k_; ++j) {
+              float* d = base + (i * W + j) * C;
+              const auto here = static_cast<std::int32_t>(i * k_ + j);
+#pragma omp simd
+              for (std::int64_t c = 0; c < C; ++c) d[c] = arg[c] == here ? g[c] : 0.0f;
+            }
+        }
+      // Rows and columns left over by the floor division get no gradient.
+      for (std::int64_t h = 0; h < H; ++h)
+        for (std::int64_t w = (h < Ho * k_ ? Wo * k_ : 0); w < W; ++w)
+          std::fill_n(dx->data() + ((n * H + h) * W + w) * C, C, 0.0f);
     }
   }
   std::string describe() const override { return "maxpool" + std::to_string(k_); }
 
  private:
-  static std::string describe_shape(const Tensor& t) { return syncbn::describe(t.shape(), t.layout()); }
   std::int64_t k_;
-  std::vector<std::int32_t> argmax_;  // input position (n·H·W index) of each output's max
+  std::vector<std::int32_t> arg_;  // per output element: index of the maximum in its window
 };
 
 // ---- Global average pool (NHWC → (N, C)) ----------------------------------------------------------------

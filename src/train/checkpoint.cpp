@@ -1,8 +1,8 @@
 // Checkpoint file format (little-endian, as written by the machines we run on):
 //   "SBNCKPT1"
 //   sections: u32 name length, name, u64 payload length, payload
-//     signature, fingerprint, config (text); position (3 × i64); params, momentum (f32 arrays);
-//     buffer:<name> (the buffer's raw values)
+//     signature, fingerprint, config (text); position (3 × i64); then TrainModel::state() in its order
+//     (params, momentum, buffer:<name>, ...: raw host bytes)
 //   last section "checksum": FNV-1a 64 of every byte before it.
 #include "syncbn/checkpoint.h"
 
@@ -40,13 +40,6 @@ void put_section(std::string& out, const std::string& name, const void* data, st
   out.append(static_cast<const char*>(data), bytes);
 }
 
-std::size_t buffer_bytes(const BufferRef& b) {
-  return static_cast<std::size_t>(b.size) * (b.f32 ? sizeof(float) : b.f64 ? sizeof(double) : sizeof(std::int64_t));
-}
-void* buffer_data(const BufferRef& b) {
-  return b.f32 ? static_cast<void*>(b.f32) : b.f64 ? static_cast<void*>(b.f64) : static_cast<void*>(b.i64);
-}
-
 // The first ';'-separated item where two signatures differ, for the refusal message.
 std::string first_difference(const std::string& a, const std::string& b, char sep) {
   std::stringstream sa(a), sb(b);
@@ -62,23 +55,20 @@ std::string first_difference(const std::string& a, const std::string& b, char se
 
 }  // namespace
 
-void save_checkpoint(const std::string& path, Model& model, const std::vector<float>& momentum,
-                     const TrainPosition& pos, const CheckpointMeta& meta) {
+void save_checkpoint(const std::string& path, TrainModel& model, const TrainPosition& pos, const CheckpointMeta& meta) {
   std::string out(kMagic, 8);
   put_section(out, "signature", meta.signature.data(), meta.signature.size());
   put_section(out, "fingerprint", meta.fingerprint.data(), meta.fingerprint.size());
   put_section(out, "config", meta.config_ini.data(), meta.config_ini.size());
   const std::int64_t p[3] = {pos.step, pos.epoch, pos.step_in_epoch};
   put_section(out, "position", p, sizeof p);
-  put_section(out, "params", model.params.values().data(), model.params.values().size() * sizeof(float));
-  put_section(out, "momentum", momentum.data(), momentum.size() * sizeof(float));
-  for (const BufferRef& b : model.buffers) put_section(out, "buffer:" + b.name, buffer_data(b), buffer_bytes(b));
+  for (const StateArray& a : model.state()) put_section(out, a.name, a.data, a.bytes);
   const std::uint64_t sum = fnv1a(out.data(), out.size());
   put_section(out, "checksum", &sum, sizeof sum);
   write_file_atomic(path, out);
 }
 
-TrainPosition load_checkpoint(const std::string& path, Communicator& comm, Model& model, std::vector<float>& momentum,
+TrainPosition load_checkpoint(const std::string& path, Communicator& comm, TrainModel& model,
                               const CheckpointMeta& expected) {
   std::string bytes;
   run_agreed(comm, "checkpoint.read", [&] {
@@ -144,9 +134,7 @@ TrainPosition load_checkpoint(const std::string& path, Communicator& comm, Model
     std::int64_t p[3];
     blob("position", p, sizeof p);
     pos = {p[0], p[1], p[2]};
-    blob("params", model.params.values().data(), model.params.values().size() * sizeof(float));
-    blob("momentum", momentum.data(), momentum.size() * sizeof(float));
-    for (const BufferRef& b : model.buffers) blob("buffer:" + b.name, buffer_data(b), buffer_bytes(b));
+    for (const StateArray& a : model.state()) blob(a.name, a.data, a.bytes);
   });
   return pos;
 }

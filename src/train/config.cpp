@@ -116,7 +116,10 @@ ParseResult TrainOptions::parse(int argc, char** argv) {
   reg.add("Runtime", "seed", &c.seed, "seed of the initialization, the sampler, augmentation and synthetic data");
   reg.add("Runtime", "threads", &c.threads, "oneDNN threads per rank", true);
   reg.add("Runtime", "comm-timeout", &c.comm_timeout, "seconds a collective may take before the job is aborted as hung (0: never)", true);
-  reg.add("Runtime", "device", &c.device, "cpu | cuda", true);
+  reg.add("Runtime", "device", &c.device,
+          "auto | cpu | cuda: auto = cuda when this build has the CUDA path and every rank sees a GPU", true);
+  reg.add("Runtime", "precision", &c.precision,
+          "fp32 | bf16 | fp16: activation precision on the GPU (fp16 with dynamic loss scaling); the CPU path is fp32");
 
   po::options_description all("syncbn-train: data-parallel training with Synchronized BatchNorm");
   for (auto& g : reg.groups) all.add(g.second);
@@ -258,7 +261,10 @@ void TrainOptions::validate(int world_size) const {
   // Runtime.
   positive(c.threads, "threads");
   SBN_CHECK(c.comm_timeout >= 0, "--comm-timeout must be >= 0 seconds");
-  SBN_CHECK(c.device == "cpu" || c.device == "cuda", "--device must be cpu or cuda, got '" + c.device + "'");
+  SBN_CHECK(c.device == "auto" || c.device == "cpu" || c.device == "cuda",
+            "--device must be auto, cpu or cuda, got '" + c.device + "'");
+  SBN_CHECK(c.precision == "fp32" || c.precision == "bf16" || c.precision == "fp16",
+            "--precision must be fp32, bf16 or fp16, got '" + c.precision + "'");
 }
 
 std::string TrainOptions::to_ini() const {

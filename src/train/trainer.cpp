@@ -1,8 +1,5 @@
 #include "syncbn/trainer.h"
 
-#include <omp.h>
-
-extern "C" void openblas_set_num_threads(int num_threads);  // OpenBLAS (the BLAS syncbn links)
 
 #include <chrono>
 #include <cmath>
@@ -17,15 +14,16 @@ extern "C" void openblas_set_num_threads(int num_threads);  // OpenBLAS (the BLA
 #include "syncbn/data.h"
 #include "syncbn/error.h"
 #include "syncbn/metrics.h"
-#include "syncbn/model.h"
+#include "syncbn/cpu_train_model.h"
 #include "syncbn/optimizer.h"
 #include "syncbn/sampler.h"
+#if SBN_HAS_CUDA
+#include "syncbn/cuda/train_model.h"
+#endif
 
 namespace syncbn {
 namespace {
 
-// Gradients are summed in buckets of at most this many floats (8 MB): few collectives, bounded memory.
-constexpr std::int64_t kBucketFloats = 2 << 20;
 // Evaluation runs the test shard in batches of this many samples (eval mode: no communication).
 constexpr std::int64_t kEvalBatch = 500;
 
@@ -41,68 +39,67 @@ std::string hms(double seconds) {
   return buf;
 }
 
-// The rank → host table: every rank's host name and node-local rank, gathered with one all-reduce
-// (each rank fills its own row; the rest are zeros).
-void print_rank_table(Communicator& world, const Log0& log) {
-  constexpr int kLen = 64;
+// The rank → host/device table: every rank's host name, node-local rank and device, gathered with one
+// all-reduce (each rank fills its own row; the rest are zeros).
+void print_rank_table(Communicator& world, const Log0& log, const std::string& device) {
+  constexpr int kHost = 48, kDev = 80, kRow = kHost + kDev + 1;
   const int P = world.size();
-  std::vector<double> rows(static_cast<std::size_t>(P * (kLen + 1)), 0.0);
-  double* mine = rows.data() + static_cast<std::size_t>(world.rank() * (kLen + 1));
-  for (int i = 0; i < kLen - 1 && i < static_cast<int>(world.host().size()); ++i)
+  std::vector<double> rows(static_cast<std::size_t>(P * kRow), 0.0);
+  double* mine = rows.data() + static_cast<std::size_t>(world.rank() * kRow);
+  for (int i = 0; i < kHost - 1 && i < static_cast<int>(world.host().size()); ++i)
     mine[i] = static_cast<unsigned char>(world.host()[static_cast<std::size_t>(i)]);
-  mine[kLen] = world.local_rank();
+  for (int i = 0; i < kDev - 1 && i < static_cast<int>(device.size()); ++i)
+    mine[kHost + i] = static_cast<unsigned char>(device[static_cast<std::size_t>(i)]);
+  mine[kRow - 1] = world.local_rank();
   world.allreduce_sum(rows.data(), rows.size(), "rank table");
-  log("# rank  host                            local_rank\n");
-  for (int r = 0; r < P; ++r) {
-    std::string host;
-    for (int i = 0; i < kLen && rows[static_cast<std::size_t>(r * (kLen + 1) + i)] != 0; ++i)
-      host += static_cast<char>(rows[static_cast<std::size_t>(r * (kLen + 1) + i)]);
-    log("# %4d  %-31s %d\n", r, host.c_str(), static_cast<int>(rows[static_cast<std::size_t>(r * (kLen + 1) + kLen)]));
-  }
-}
-
-// In local BN mode every rank has its own running statistics; evaluation (and checkpoints) use their
-// average over ranks, which every rank adopts (README "Normalization modes"). Running statistics never
-// affect training steps, which normalize with batch statistics.
-void average_running_stats(Model& model, Communicator& world) {
-  std::vector<double> acc;
-  for (SyncBatchNorm* bn : model.bns) {
-    acc.insert(acc.end(), bn->running_mean().begin(), bn->running_mean().end());
-    acc.insert(acc.end(), bn->running_var().begin(), bn->running_var().end());
-  }
-  if (acc.empty()) return;
-  world.allreduce_sum(acc.data(), acc.size(), "local BN running-stat average");
-  std::size_t i = 0;
-  for (SyncBatchNorm* bn : model.bns) {
-    for (float& v : bn->running_mean()) v = static_cast<float>(acc[i++] / world.size());
-    for (float& v : bn->running_var()) v = static_cast<float>(acc[i++] / world.size());
-  }
+  auto text = [&](int r, int from, int len) {
+    std::string out;
+    for (int i = 0; i < len && rows[static_cast<std::size_t>(r * kRow + from + i)] != 0; ++i)
+      out += static_cast<char>(rows[static_cast<std::size_t>(r * kRow + from + i)]);
+    return out;
+  };
+  log("# rank  host                            local_rank  device\n");
+  for (int r = 0; r < P; ++r)
+    log("# %4d  %-31s %-11d %s\n", r, text(r, 0, kHost).c_str(),
+        static_cast<int>(rows[static_cast<std::size_t>(r * kRow + kRow - 1)]), text(r, kHost, kDev).c_str());
 }
 
 struct EvalResult {
   double loss = 0, acc = 0;
 };
 
-EvalResult evaluate(Model& model, const Dataset& test, Communicator& world) {
+EvalResult evaluate(TrainModel& model, const Dataset& test, Communicator& world) {
   const Slice shard = rank_slice(test.size(), world.size(), world.rank());
-  Tensor x, logits, dlogits;
   std::vector<std::int64_t> idx;
+  std::vector<float> images;
   std::vector<std::int32_t> labels;
   double sums[2] = {0, 0};  // loss, correct
   for (std::int64_t b = 0; b < shard.count; b += kEvalBatch) {
     const std::int64_t n = std::min(kEvalBatch, shard.count - b);
     idx.resize(static_cast<std::size_t>(n));
     for (std::int64_t i = 0; i < n; ++i) idx[static_cast<std::size_t>(i)] = shard.first + b + i;
-    x.resize({n, test.channels, test.height, test.width}, Layout::kPlanar);
+    images.resize(static_cast<std::size_t>(n * test.sample_floats()));
     labels.resize(static_cast<std::size_t>(n));
-    gather_batch(test, idx.data(), n, nullptr, x.data(), labels.data());
-    model.net->forward(x, logits, false);
+    gather_batch(test, idx.data(), n, nullptr, images.data(), labels.data());
     std::int64_t correct = 0;
-    sums[0] += softmax_cross_entropy(logits, labels.data(), 1.0f, dlogits, &correct);
+    model.evaluate(images.data(), labels.data(), n, &sums[0], &correct);
     sums[1] += static_cast<double>(correct);
   }
+  model.check();
   world.allreduce_sum(sums, 2, "eval sums");
   return {sums[0] / static_cast<double>(test.size()), sums[1] / static_cast<double>(test.size())};
+}
+
+// --device auto: cuda when this build has the CUDA path and every rank sees a device, else cpu.
+std::string resolve_device(const std::string& requested, Communicator& world) {
+  if (requested != "auto") return requested;
+#if SBN_HAS_CUDA
+  const bool mine = cuda_device_available();
+  return world.any(!mine, "device selection") ? "cpu" : "cuda";
+#else
+  (void)world;
+  return "cpu";
+#endif
 }
 
 }  // namespace
@@ -112,10 +109,12 @@ int run_training(const TrainOptions& options, MpiCommunicator& world) {
   const Log0 log(world);
   const int P = world.size(), rank = world.rank();
   world.set_timeout(cfg.comm_timeout);
-  omp_set_num_threads(static_cast<int>(cfg.threads));
-  openblas_set_num_threads(static_cast<int>(cfg.threads));
-  SBN_CHECK(cfg.device == "cpu", "--device cuda: GPU training is not available in this build yet; use --device cpu");
   const auto t_start = std::chrono::steady_clock::now();
+  const std::string device = resolve_device(cfg.device, world);
+  run_agreed(world, "device", [&] {
+    SBN_CHECK(device == "cpu" || SBN_HAS_CUDA, "--device cuda: this syncbn was built without CUDA (configure with nvcc available)");
+    SBN_CHECK(device == "cuda" || cfg.precision == "fp32", "--precision " + cfg.precision + " needs --device cuda; the CPU path computes in fp32");
+  });
 
   // Run directory (rank 0 writes; every rank agrees it worked).
   run_agreed(world, "run dir", [&] {
@@ -126,10 +125,9 @@ int run_training(const TrainOptions& options, MpiCommunicator& world) {
       write_file_atomic((std::filesystem::path(cfg.run_dir) / "config.ini").string(), options.to_ini());
     }
   });
-  log("# syncbn-train %s | %d rank(s) | --norm %s | device cpu, %lld oneDNN thread(s) per rank | %s build\n",
-      SBN_VERSION, P, cfg.norm.c_str(), static_cast<long long>(cfg.threads), SBN_BUILD_TYPE);
+  log("# syncbn-train %s | %d rank(s) | --norm %s | device %s, %lld thread(s) per rank | %s build\n", SBN_VERSION, P,
+      cfg.norm.c_str(), device.c_str(), static_cast<long long>(cfg.threads), SBN_BUILD_TYPE);
   log("# configuration\n%s", options.table().c_str());
-  print_rank_table(world, log);
 
   // Data: every rank loads the files and validates them; a problem is reported once.
   DataSplits data;
@@ -150,10 +148,9 @@ int run_training(const TrainOptions& options, MpiCommunicator& world) {
   const Dataset& train = data.train;
   const bool augment = cfg.augment == "on" || (cfg.augment == "auto" && cfg.dataset == "cifar10");
 
-  // Model and sync group.
+  // Model (and, for the synced BN modes, its sync group, made by the model over its communicator).
   const bool batchnorm = cfg.norm != "groupnorm" && cfg.norm != "none";
-  std::unique_ptr<SyncGroup> group;
-  if (batchnorm) group = std::make_unique<SyncGroup>(world, parse_sync_mode(cfg.norm));
+  const bool communicating_norm = batchnorm && cfg.norm != "local";
   ModelSpec spec;
   spec.arch = cfg.model;
   spec.width = cfg.width;
@@ -163,29 +160,34 @@ int run_training(const TrainOptions& options, MpiCommunicator& world) {
   spec.width_px = train.width;
   spec.classes = train.num_classes;
   spec.norm.kind = !batchnorm ? cfg.norm : cfg.norm == "local" ? "local" : "sync";
-  spec.norm.group = group.get();
   spec.norm.gn_groups = cfg.gn_groups;
   spec.norm.ghost_batch = cfg.ghost_batch;
   spec.norm.momentum = cfg.bn_momentum == "none" ? -1.0 : std::stod(cfg.bn_momentum);
   spec.norm.eps = cfg.bn_eps;
-  CpuContext ctx;
-  std::unique_ptr<Model> model;
-  run_agreed(world, "model", [&] { model = build_model(spec, ctx, cfg.seed); });
-  const bool communicating_norm = batchnorm && cfg.norm != "local";
-  log("# model %s: %s\n# %.3f M parameters, %zu SyncBN layers\n", cfg.model.c_str(), model->net->describe().c_str(),
-      static_cast<double>(model->params.total()) / 1e6, model->bns.size());
+  std::unique_ptr<TrainModel> model;
+  run_agreed(world, "model", [&] {
+#if SBN_HAS_CUDA
+    if (device == "cuda") {
+      model = make_cuda_train_model(spec, cfg, world);
+      return;
+    }
+#endif
+    model = make_cpu_train_model(spec, cfg, world);
+  });
+  print_rank_table(world, log, model->device());
+  log("# model %s\n# %.3f M parameters, %d SyncBN layers\n", model->describe().c_str(),
+      static_cast<double>(model->num_params()) / 1e6, model->num_syncbn_layers());
 
-  if (cfg.grad_accum == "fp64") model->params.enable_fp64_grads();
-  Sgd sgd(model->params, cfg.momentum, cfg.weight_decay, cfg.nesterov, cfg.decay_norm_bias);
   Sampler sampler(train.size(), cfg.global_batch, cfg.seed);
   const std::int64_t steps_per_epoch = sampler.steps_per_epoch();
   const std::int64_t total_steps = cfg.max_steps > 0 ? cfg.max_steps : cfg.epochs * steps_per_epoch;
   const std::int64_t micro = cfg.global_batch / cfg.accum_steps;
   const Slice my = rank_slice(micro, P, rank);
+  const SyncMode mode = batchnorm ? parse_sync_mode(cfg.norm) : SyncMode{};
   const std::int64_t bn_batch = !batchnorm ? 0
                                 : cfg.norm == "local" ? (cfg.ghost_batch ? cfg.ghost_batch : rank_slice(micro, P, 0).count)
-                                : cfg.norm == "sync"  ? micro
-                                                      : micro * group->mode().group_size / P;
+                                : mode.kind == SyncMode::kSync ? micro
+                                                               : micro * mode.group_size / P;
   log("# %lld steps/epoch, %lld steps; global batch %lld = %lld micro-batch(es) of %lld; rank %d takes %lld; "
       "BN batch %lld\n",
       static_cast<long long>(steps_per_epoch), static_cast<long long>(total_steps),
@@ -195,13 +197,14 @@ int run_training(const TrainOptions& options, MpiCommunicator& world) {
   // Resume.
   TrainPosition pos;
   std::int64_t resume_step = -1;
-  CheckpointMeta meta{model->signature, options.resume_fingerprint(), options.to_ini()};
+  const CheckpointMeta meta{model->signature(), options.resume_fingerprint(), options.to_ini()};
   if (!cfg.resume.empty()) {
     const std::string path = cfg.resume == "latest" ? latest_checkpoint(cfg.run_dir) : cfg.resume;
     if (path.empty()) {
       log("# --resume latest: no checkpoint in %s, starting from scratch\n", cfg.run_dir.c_str());
     } else {
-      pos = load_checkpoint(path, world, *model, sgd.momentum_buffer(), meta);
+      pos = load_checkpoint(path, world, *model, meta);
+      model->state_from_host();
       resume_step = pos.step;
       log("# resumed from %s at step %lld (epoch %lld)\n", path.c_str(), static_cast<long long>(pos.step),
           static_cast<long long>(pos.epoch + 1));
@@ -211,17 +214,18 @@ int run_training(const TrainOptions& options, MpiCommunicator& world) {
 
   auto save = [&](std::int64_t step) {
     if (cfg.run_dir.empty()) return;
-    if (!communicating_norm && batchnorm) average_running_stats(*model, world);
+    if (batchnorm && !communicating_norm) model->average_running_stats(world);
     const std::string path = checkpoint_path(cfg.run_dir, step);
+    model->state_to_host();
     run_agreed(world, "checkpoint save", [&] {
-      if (rank == 0) save_checkpoint(path, *model, sgd.momentum_buffer(), pos, meta);
+      if (rank == 0) save_checkpoint(path, *model, pos, meta);
     });
     log("# checkpoint %s\n", path.c_str());
   };
   // The 1-based epoch an optimizer step (1-based) belongs to.
   auto epoch_of = [&](std::int64_t step) { return step > 0 ? (step - 1) / steps_per_epoch + 1 : 1; };
   auto run_eval = [&](std::int64_t step) {
-    if (batchnorm && !communicating_norm) average_running_stats(*model, world);
+    if (batchnorm && !communicating_norm) model->average_running_stats(world);
     const EvalResult e = evaluate(*model, data.test, world);
     log("eval  epoch %lld step %lld: test loss %.4f acc %.2f%%\n", static_cast<long long>(epoch_of(step)),
         static_cast<long long>(step), e.loss, 100 * e.acc);
@@ -241,8 +245,8 @@ int run_training(const TrainOptions& options, MpiCommunicator& world) {
   };
 
   // ---- the loop ----
-  Tensor x, logits, dlogits;
-  std::vector<std::int32_t> labels;
+  std::vector<float> images(static_cast<std::size_t>(std::max<std::int64_t>(my.count, 1) * train.sample_floats()));
+  std::vector<std::int32_t> labels(static_cast<std::size_t>(std::max<std::int64_t>(my.count, 1)));
   double window_start = now_seconds();
   std::int64_t window_steps = 0;
   double window_comm = 0, window_grad = 0;
@@ -251,46 +255,23 @@ int run_training(const TrainOptions& options, MpiCommunicator& world) {
   const std::int64_t end_step = cfg.stop_after > 0 ? std::min(cfg.stop_after, total_steps) : total_steps;
   while (pos.step < end_step) {
     const std::int64_t* batch = sampler.batch(pos.epoch, pos.step_in_epoch);
-    Augment aug{augment, cfg.seed, pos.epoch};
+    const Augment aug{augment, cfg.seed, pos.epoch};
     double sums[2] = {0, 0};  // Σ loss, Σ correct over this rank's samples
-    for (SyncBatchNorm* bn : model->bns) bn->reset_comm_seconds();
     for (std::int64_t m = 0; m < cfg.accum_steps; ++m) {
-      const std::int64_t* idx = batch + m * micro + my.first;
       if (my.count == 0 && !communicating_norm) continue;  // nothing to compute, nobody waits for us here
-      x.resize({my.count, train.channels, train.height, train.width}, Layout::kPlanar);
-      labels.resize(static_cast<std::size_t>(my.count));
-      gather_batch(train, idx, my.count, augment ? &aug : nullptr, x.data(), labels.data());
-      model->net->forward(x, logits, true);
+      gather_batch(train, batch + m * micro + my.first, my.count, augment ? &aug : nullptr, images.data(), labels.data());
       std::int64_t correct = 0;
-      sums[0] += softmax_cross_entropy(logits, labels.data(), 1.0f / static_cast<float>(cfg.global_batch), dlogits,
-                                       &correct);
+      model->train_micro(images.data(), labels.data(), my.count, 1.0f / static_cast<float>(cfg.global_batch), &sums[0],
+                         &correct);
       sums[1] += static_cast<double>(correct);
-      model->net->backward(x, logits, dlogits, nullptr);
     }
     // Sum gradients over ranks: each rank's loss is its share of the global mean, so the sum is the
     // gradient of the global batch's mean loss.
-    const double tg = now_seconds();
-    const std::int64_t total = model->params.total();
-    if (model->params.fp64_grads()) {
-      double* g64 = model->params.grads64().data();
-      for (std::int64_t off = 0; off < total; off += kBucketFloats / 2)
-        world.allreduce_sum(g64 + off, static_cast<std::size_t>(std::min(kBucketFloats / 2, total - off)),
-                            "gradient bucket (fp64)");
-      float* g = model->params.grads().data();
-      for (std::int64_t i = 0; i < total; ++i) g[i] = static_cast<float>(g64[i]);
-    } else {
-      float* grads = model->params.grads().data();
-      for (std::int64_t off = 0; off < total; off += kBucketFloats)
-        world.allreduce_sum(grads + off, static_cast<std::size_t>(std::min(kBucketFloats, total - off)),
-                            "gradient bucket");
-    }
-    world.allreduce_sum(sums, 2, "step loss");
-    const double grad_s = now_seconds() - tg;
     const double lr = learning_rate(cfg, pos.step, steps_per_epoch, total_steps);
-    sgd.step(lr);
-    model->params.zero_grads();
-    double comm_s = 0;
-    for (SyncBatchNorm* bn : model->bns) comm_s += bn->comm_seconds();
+    const double grad_s = model->reduce_and_update(world, lr);
+    world.allreduce_sum(sums, 2, "step loss");
+    model->check();
+    const double comm_s = model->take_syncbn_comm_seconds();
     ++pos.step;
     if (++pos.step_in_epoch == steps_per_epoch) {
       pos.step_in_epoch = 0;

@@ -143,6 +143,11 @@ struct ConvCase {
 
 TEST(Conv2d, ForwardMatchesDirectConvolutionAndGradientsMatchFiniteDifferences) {
   const ConvCase cases[] = {
+      // oneDNN path (8+ input channels)
+      {{8, 5, 3, 1, 1, true}, 2, 5, 6, Layout::kChannelsLast},    // 3x3 same, bias
+      {{16, 8, 3, 2, 1, false}, 2, 7, 7, Layout::kChannelsLast},  // stride 2
+      {{8, 16, 1, 2, 0, false}, 3, 6, 6, Layout::kChannelsLast},  // 1x1 projection shortcut
+      // im2col + sgemm path (fewer than 8 input channels)
       {{3, 5, 3, 1, 1, true}, 2, 5, 6, Layout::kChannelsLast},    // 3x3 same, bias
       {{4, 6, 3, 2, 1, false}, 2, 7, 7, Layout::kChannelsLast},   // stride 2
       {{4, 6, 1, 2, 0, false}, 2, 6, 6, Layout::kChannelsLast},   // 1x1 projection shortcut

@@ -1,0 +1,17 @@
+// The CPU implementation of TrainModel: the network of model.h on oneDNN and our CPU SyncBN kernels,
+// parameters in one flat store, SGD (optimizer.h), float or double gradient accumulation.
+#pragma once
+
+#include <memory>
+
+#include "syncbn/model.h"
+#include "syncbn/train_config.h"
+#include "syncbn/train_model.h"
+
+namespace syncbn {
+
+// Builds the network for `spec` and the optimizer from `cfg`, parameters initialized from cfg.seed. For
+// the synced BN modes the model creates its sync group over `world` (collective over it).
+std::unique_ptr<TrainModel> make_cpu_train_model(const ModelSpec& spec, const TrainConfig& cfg, Communicator& world);
+
+}  // namespace syncbn

@@ -1,0 +1,23 @@
+// Training on the GPU (--device cuda): the CUDA implementation of TrainModel (train_model.h). The model
+// of model.h with activations on the device (cuDNN convolutions, cuBLAS GEMMs, our CUDA SyncBN kernels
+// and elementwise kernels), an NcclCommunicator for SyncBN and the gradient all-reduce, --precision
+// fp32/bf16/fp16 activations (fp16 with dynamic loss scaling), parameters and optimizer in fp32.
+#pragma once
+
+#include <memory>
+
+#include "syncbn/communicator.h"
+#include "syncbn/model.h"
+#include "syncbn/train_config.h"
+#include "syncbn/train_model.h"
+
+namespace syncbn {
+
+// True when this process sees at least one CUDA device (no error: false).
+bool cuda_device_available();
+
+// Builds the GPU model on this rank's device (local rank), its NCCL communicator bootstrapped over
+// `world` (collective over it), the sync group for the synced BN modes, and the optimizer.
+std::unique_ptr<TrainModel> make_cuda_train_model(const ModelSpec& spec, const TrainConfig& cfg, Communicator& world);
+
+}  // namespace syncbn

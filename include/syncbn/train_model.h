@@ -1,0 +1,70 @@
+// TrainModel: what the training loop (src/train/trainer.cpp) needs from a network, whatever device runs
+// it. The loop owns the data, the sampler, the schedule, evaluation sharding, logging and checkpoint
+// files; a TrainModel owns the parameters, the optimizer state, the layers and where they compute.
+// Implementations: CpuTrainModel (src/train/cpu_train_model.cpp, oneDNN + our CPU kernels) and the CUDA
+// one (src/cuda/train/, cuDNN/cuBLAS + our CUDA kernels), chosen at run time by --device.
+//
+// Invariants the loop relies on (DESIGN.md §4):
+//  - train_micro() accumulates parameter gradients; reduce_and_update() SUM-all-reduces them over the
+//    world in a few large buckets, applies the optimizer and zeroes them. Each sample's loss gradient is
+//    scaled by grad_scale = 1/B (global batch), so the sum over ranks is the global batch's gradient.
+//  - A rank with no samples still calls train_micro() (n = 0) when the normalization communicates, so
+//    its peers are never left waiting in a SyncBN all-reduce.
+//  - state() lists every array a bitwise resume needs, as host memory, in a fixed order.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "syncbn/communicator.h"
+
+namespace syncbn {
+
+// One array of the checkpointed state, in host memory (valid between state_to_host() and the next
+// training call, or before state_from_host()).
+struct StateArray {
+  std::string name;  // "param:conv1.weight", "momentum", "buffer:conv1.bn.running_mean", ...
+  void* data = nullptr;
+  std::size_t bytes = 0;
+};
+
+class TrainModel {
+ public:
+  virtual ~TrainModel() = default;
+
+  // "convnet: conv3x3(1->32) -> bn[sync]+relu -> ...", the device it runs on, parameter count.
+  virtual std::string describe() const = 0;
+  virtual std::string device() const = 0;
+  virtual std::int64_t num_params() const = 0;
+  virtual int num_syncbn_layers() const = 0;
+  // Architecture plus the names and shapes of every parameter and buffer: equal iff checkpoints fit.
+  virtual std::string signature() const = 0;
+
+  // Forward, softmax cross-entropy and backward of n samples: images host (n, C, H, W) fp32 planar,
+  // labels host (n). Accumulates parameter gradients; adds Σ loss to *loss_sum and the number of
+  // correct predictions to *correct.
+  virtual void train_micro(const float* images, const std::int32_t* labels, std::int64_t n, float grad_scale,
+                           double* loss_sum, std::int64_t* correct) = 0;
+  // Gradient all-reduce over `world`, optimizer update with learning rate lr, gradients zeroed.
+  // Returns the seconds spent in the gradient all-reduce.
+  virtual double reduce_and_update(Communicator& world, double lr) = 0;
+  // Eval-mode forward (running statistics, no communication) of n samples: adds Σ loss and #correct.
+  virtual void evaluate(const float* images, const std::int32_t* labels, std::int64_t n, double* loss_sum,
+                        std::int64_t* correct) = 0;
+  // Seconds spent in SyncBN collectives since the last call.
+  virtual double take_syncbn_comm_seconds() = 0;
+  // Local BN: every rank adopts the average over ranks of the running statistics (README).
+  virtual void average_running_stats(Communicator& world) = 0;
+  // Raises deferred errors (a device layer's status words) at the end of a step; nothing on the CPU.
+  virtual void check() {}
+
+  // Checkpointed state as host arrays; state_to_host() before reading them (save), state_from_host()
+  // after writing them (load).
+  virtual std::vector<StateArray> state() = 0;
+  virtual void state_to_host() {}
+  virtual void state_from_host() {}
+};
+
+}  // namespace syncbn
