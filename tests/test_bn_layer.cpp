@@ -129,24 +129,39 @@ std::vector<Case> all_cases() {
 
 INSTANTIATE_TEST_SUITE_P(Layouts, LayerVsReference, ::testing::ValuesIn(all_cases()), case_name);
 
-// Large tensors take the non-temporal store path; same numbers.
-TEST(LayerVsReferenceLarge, StreamingStoresMatch) {
+// Large tensors: non-temporal stores, and (local statistics) several L2-sized channel blocks in forward
+// and backward (1.6 MB: blocks of 16-20 channels forward, 10-16 backward); same numbers.
+TEST(LayerVsReferenceLarge, StreamingStoresAndChannelBlocksMatch) {
   for (Layout layout : {Layout::kPlanar, Layout::kChannelsLast}) {
-    const std::vector<std::int64_t> shape = {4, 32, 30, 30};
-    BatchNormOptions opt;
-    opt.channels = 32;
-    opt.stream_threshold_bytes = 1024;  // force streaming
-    SyncBatchNorm bn("bn", opt, nullptr);
-    const auto xl = round_to_float(make_data(3, 0, 4, 32, 900, -0.5, 2.0));
-    const auto dyl = round_to_float(make_data(4, 0, 4, 32, 900, 0.0, 1.0));
-    const Tensor x = to_tensor(xl, shape, layout), dy = to_tensor(dyl, shape, layout);
-    Tensor y, dx;
-    bn.forward(x, y, true);
-    bn.backward(x, dy, dx);
-    const std::vector<double> ones(32, 1.0), zeros(32, 0.0);
-    const RefResult r = reference_bn(xl, dyl, 4, 32, 900, ones, zeros, zeros, ones, RefConfig{});
-    EXPECT_TRUE(near(from_tensor(y), r.y, 1e-5, 1e-6, "y"));
-    EXPECT_TRUE(near(from_tensor(dx), r.dx, 1e-5, 1e-6, "dx"));
+    for (bool relu : {false, true}) {
+      const std::vector<std::int64_t> shape = {8, 32, 40, 40};
+      BatchNormOptions opt;
+      opt.channels = 32;
+      opt.fuse_relu = relu;
+      opt.stream_threshold_bytes = 1024;  // force streaming
+      SyncBatchNorm bn("bn", opt, nullptr);
+      for (int c = 0; c < 32; ++c) {
+        bn.gamma()[c] = 0.5f + 0.05f * static_cast<float>(c);
+        bn.beta()[c] = 0.1f * static_cast<float>(c % 5) - 0.2f;
+      }
+      const auto xl = round_to_float(make_data(3, 0, 8, 32, 1600, -0.5, 2.0));
+      const auto dyl = round_to_float(make_data(4, 0, 8, 32, 1600, 0.0, 1.0));
+      const Tensor x = to_tensor(xl, shape, layout), dy = to_tensor(dyl, shape, layout);
+      Tensor y, dx;
+      bn.forward(x, y, true);
+      bn.backward(x, dy, dx);
+      std::vector<double> gamma(32), beta(32);
+      for (int c = 0; c < 32; ++c) gamma[c] = bn.gamma()[c], beta[c] = bn.beta()[c];
+      const std::vector<double> ones(32, 1.0), zeros(32, 0.0);
+      RefConfig cfg;
+      cfg.relu = relu;
+      const RefResult r = reference_bn(xl, dyl, 8, 32, 1600, gamma, beta, zeros, ones, cfg);
+      const std::string at = std::string(layout == Layout::kPlanar ? " NCHW" : " NHWC") + (relu ? " relu" : "");
+      EXPECT_TRUE(near(from_tensor(y), r.y, 1e-5, 1e-6, "y" + at));
+      EXPECT_TRUE(near(from_tensor(dx), r.dx, 1e-5, 1e-6, "dx" + at));
+      EXPECT_TRUE(near(to_double(bn.running_var()), r.running_var, 1e-5, 1e-6, "running var" + at));
+      EXPECT_TRUE(near(to_double(bn.dgamma()), r.dgamma, 1e-5, 1e-6, "dgamma" + at));
+    }
   }
 }
 

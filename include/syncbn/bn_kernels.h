@@ -68,38 +68,48 @@ struct BnBackwardCombineArgs {
 
 namespace cpu {
 
+// The channels [begin, end) a CPU kernel call covers (end < 0: to C). With local statistics the layer
+// runs stats → combine → normalize on one L2-sized block of channels at a time, so the second pass
+// reads the block from cache instead of memory (see SyncBatchNorm). Message layout and per-channel
+// arithmetic are the same for every range: a blocked call computes exactly what a whole call computes.
+struct ChannelRange {
+  std::int64_t begin = 0, end = -1;
+  std::int64_t stop(std::int64_t channels) const { return end < 0 ? channels : end; }
+};
+
 // This rank's first value of every channel (the local shift bn_stats uses), as doubles: with local
 // statistics it is the best pivot (no cross-rank combination, so the move to a pivot is skipped) and it
 // makes the statistics independent of what the layer saw before. Empty input: zeros.
-void bn_first_values(const float* x, const BnGeometry& g, double* out);
+void bn_first_values(const float* x, const BnGeometry& g, double* out, ChannelRange r = {});
 
 // Local sums of x around the pivot into msg (bn_msg_size(C) doubles), tagged with `tag`.
 // pivot: (C) or null for K = 0.
-void bn_stats(const float* x, const BnGeometry& g, const double* pivot, double tag, double* msg);
+void bn_stats(const float* x, const BnGeometry& g, const double* pivot, double tag, double* msg, ChannelRange r = {});
 
 // Group statistics from the summed message: checks tags and count, fills mean/var/invstd and the
 // forward coefficients, updates running stats and the pivot. Returns kBnOk or the error found.
-BnStatus bn_combine(const double* msg, const BnCombineArgs& args);
+BnStatus bn_combine(const double* msg, const BnCombineArgs& args, ChannelRange r = {});
 
 // y = a·(x − hi) + b per channel, then max(y, 0) if relu. `stream` uses non-temporal stores for y (for
 // outputs much larger than the cache, which would only evict useful lines).
 void bn_normalize(const float* x, const BnGeometry& g, const float* hi, const float* a, const float* b,
-                  bool relu, bool stream, float* y);
+                  bool relu, bool stream, float* y, ChannelRange r = {});
 
 // Local sums Σdy' and Σdy'·(x − hi) into msg; dy' = dy·[a·(x − hi) + b > 0] if relu (the forward
 // output's sign recomputed from x, so y need not be kept or re-read). Accumulates (+=) the local
 // parameter gradients dβ = Σdy' and dγ = invstd·Σdy'·(x − mean) when dgamma/dbeta are not null.
 void bn_backward_reduce(const float* dy, const float* x, const BnGeometry& g, const float* hi,
                         const float* a, const float* b, bool relu, const double* mean,
-                        const double* invstd, double tag, double* msg, float* dgamma, float* dbeta);
+                        const double* invstd, double tag, double* msg, float* dgamma, float* dbeta,
+                        ChannelRange r = {});
 
 // Per-channel input-gradient coefficients from the summed backward message.
-BnStatus bn_backward_combine(const double* msg, const BnBackwardCombineArgs& args);
+BnStatus bn_backward_combine(const double* msg, const BnBackwardCombineArgs& args, ChannelRange r = {});
 
 // dx = a·dy' + k1·(x − hi) + k0.
 void bn_backward_elemt(const float* dy, const float* x, const BnGeometry& g, const float* hi,
                        const float* a, const float* b, bool relu, const float* k1, const float* k0,
-                       bool stream, float* dx);
+                       bool stream, float* dx, ChannelRange r = {});
 
 }  // namespace cpu
 }  // namespace syncbn

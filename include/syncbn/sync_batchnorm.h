@@ -133,6 +133,8 @@ class SyncBatchNorm {
   void size_message();
   void reduce(const char* phase);
   void resize_chunks(std::int64_t chunks);
+  // Channels per block for local statistics (see forward); `arrays` inputs are re-read per block.
+  std::int64_t local_block_channels(const BnGeometry& g, int arrays) const;
 
   std::string name_;
   BatchNormOptions opt_;

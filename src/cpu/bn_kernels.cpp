@@ -143,6 +143,9 @@ inline void backward_plane(const float* dy, const float* x, std::int64_t len, fl
   }
 }
 
+// Planar reductions walk this many channels at a time through each sample (see bn_stats).
+constexpr std::int64_t kPlaneGroup = 16;
+
 // Channels-last reductions fold kRows rows at a time into per-channel sums that stay in L1 (S1, S2 or
 // A, B: 2·C doubles), so each sum is loaded and stored once per kRows rows instead of once per row.
 constexpr std::int64_t kRows = 4;
@@ -218,25 +221,29 @@ inline void backward_rows(const float* dy, const float* x, std::int64_t rows, st
 
 template <bool kRelu>
 void backward_sums(const float* dy, const float* x, const BnGeometry& g, const float* hi, const float* a,
-                   const float* b, double* A, double* B) {
+                   const float* b, double* A, double* B, std::int64_t c0, std::int64_t c1) {
   const std::int64_t C = g.channels;
   if (!g.channels_last) {
-    for (std::int64_t c = 0; c < C; ++c) {
-      PlaneAcc<Native> acc;
-      for (std::int64_t o = 0; o < g.outer; ++o) {
-        const std::int64_t off = (o * C + c) * g.inner;
-        backward_plane<Native, kRelu>(dy + off, x + off, g.inner, hi[c], a[c], b[c], acc);
+    for (std::int64_t cb = c0; cb < c1; cb += kPlaneGroup) {  // as in bn_stats
+      const std::int64_t ce = std::min(c1, cb + kPlaneGroup);
+      PlaneAcc<Native> acc[kPlaneGroup];
+      for (std::int64_t o = 0; o < g.outer; ++o)
+        for (std::int64_t c = cb; c < ce; ++c) {
+          const std::int64_t off = (o * C + c) * g.inner;
+          backward_plane<Native, kRelu>(dy + off, x + off, g.inner, hi[c], a[c], b[c], acc[c - cb]);
+        }
+      for (std::int64_t c = cb; c < ce; ++c) {
+        A[c] = acc[c - cb].sum_a();
+        B[c] = acc[c - cb].sum_b();
       }
-      A[c] = acc.sum_a();
-      B[c] = acc.sum_b();
     }
     return;
   }
-  std::fill(A, A + C, 0.0);
-  std::fill(B, B + C, 0.0);
-  const std::int64_t cv = C - C % Native::kW;
-  backward_rows<Native, kRelu>(dy, x, g.outer, C, 0, cv, hi, a, b, A, B);
-  backward_rows<Scalar, kRelu>(dy, x, g.outer, C, cv, C, hi, a, b, A, B);
+  std::fill(A + c0, A + c1, 0.0);
+  std::fill(B + c0, B + c1, 0.0);
+  const std::int64_t cv = c0 + (c1 - c0) - (c1 - c0) % Native::kW;
+  backward_rows<Native, kRelu>(dy, x, g.outer, C, c0, cv, hi, a, b, A, B);
+  backward_rows<Scalar, kRelu>(dy, x, g.outer, C, cv, c1, hi, a, b, A, B);
 }
 
 inline float relu_if(float y, bool relu) { return relu ? std::max(y, 0.0f) : y; }
@@ -254,13 +261,13 @@ inline bool rows_streamable(const float* dst, std::int64_t channels) {
 
 // ---- forward ----------------------------------------------------------------------------------
 
-void bn_first_values(const float* x, const BnGeometry& g, double* out) {
-  for (std::int64_t c = 0; c < g.channels; ++c)
+void bn_first_values(const float* x, const BnGeometry& g, double* out, ChannelRange r) {
+  for (std::int64_t c = r.begin; c < r.stop(g.channels); ++c)
     out[c] = g.per_channel() == 0 ? 0.0 : static_cast<double>(g.channels_last ? x[c] : x[c * g.inner]);
 }
 
-void bn_stats(const float* x, const BnGeometry& g, const double* pivot, double tag, double* msg) {
-  const std::int64_t C = g.channels;
+void bn_stats(const float* x, const BnGeometry& g, const double* pivot, double tag, double* msg, ChannelRange r) {
+  const std::int64_t C = g.channels, c0 = r.begin, c1 = r.stop(C);
   const std::int64_t n = g.per_channel();
   msg[kMsgTag] = tag;
   msg[kMsgTag2] = tag * tag;
@@ -268,28 +275,35 @@ void bn_stats(const float* x, const BnGeometry& g, const double* pivot, double t
   double* S1 = msg + kMsgHeader;
   double* S2 = S1 + C;
   if (n == 0) {
-    std::fill(S1, S1 + 2 * C, 0.0);
+    std::fill(S1 + c0, S1 + c1, 0.0);
+    std::fill(S2 + c0, S2 + c1, 0.0);
     return;
   }
   if (!g.channels_last) {
-    for (std::int64_t c = 0; c < C; ++c) {
-      const double k = x[c * g.inner];  // local shift: this rank's first value of channel c
-      PlaneAcc<Native> acc;
-      for (std::int64_t o = 0; o < g.outer; ++o) stats_plane(x + (o * C + c) * g.inner, g.inner, k, acc);
-      bn_shift_to_pivot(acc.sum_a(), acc.sum_b(), static_cast<double>(n), k, pivot ? pivot[c] : 0.0,
-                        &S1[c], &S2[c]);
+    // kPlaneGroup channels at a time, sample by sample: each sample's planes of the group are one
+    // contiguous run for the prefetchers; every channel still adds its planes in sample order.
+    for (std::int64_t cb = c0; cb < c1; cb += kPlaneGroup) {
+      const std::int64_t ce = std::min(c1, cb + kPlaneGroup);
+      PlaneAcc<Native> acc[kPlaneGroup];
+      for (std::int64_t o = 0; o < g.outer; ++o)
+        for (std::int64_t c = cb; c < ce; ++c)  // local shift: this rank's first value of channel c
+          stats_plane(x + (o * C + c) * g.inner, g.inner, static_cast<double>(x[c * g.inner]), acc[c - cb]);
+      for (std::int64_t c = cb; c < ce; ++c)
+        bn_shift_to_pivot(acc[c - cb].sum_a(), acc[c - cb].sum_b(), static_cast<double>(n), x[c * g.inner],
+                          pivot ? pivot[c] : 0.0, &S1[c], &S2[c]);
     }
     return;
   }
-  std::fill(S1, S1 + 2 * C, 0.0);
-  const std::int64_t cv = C - C % Native::kW;
-  stats_rows<Native>(x, g.outer, C, 0, cv, S1, S2);
-  stats_rows<Scalar>(x, g.outer, C, cv, C, S1, S2);
-  for (std::int64_t c = 0; c < C; ++c)  // local shift: the first row
+  std::fill(S1 + c0, S1 + c1, 0.0);
+  std::fill(S2 + c0, S2 + c1, 0.0);
+  const std::int64_t cv = c0 + (c1 - c0) - (c1 - c0) % Native::kW;
+  stats_rows<Native>(x, g.outer, C, c0, cv, S1, S2);
+  stats_rows<Scalar>(x, g.outer, C, cv, c1, S1, S2);
+  for (std::int64_t c = c0; c < c1; ++c)  // local shift: the first row
     bn_shift_to_pivot(S1[c], S2[c], static_cast<double>(n), x[c], pivot ? pivot[c] : 0.0, &S1[c], &S2[c]);
 }
 
-BnStatus bn_combine(const double* msg, const BnCombineArgs& args) {
+BnStatus bn_combine(const double* msg, const BnCombineArgs& args, ChannelRange r) {
   if (!bn_tags_agree(msg[kMsgTag], msg[kMsgTag2], args.group_size, args.tag)) return kBnTagMismatch;
   const double n = msg[kMsgCount];
   if (n < 1) return kBnEmptyBatch;
@@ -297,7 +311,7 @@ BnStatus bn_combine(const double* msg, const BnCombineArgs& args) {
   const std::int64_t C = args.channels;
   const double* S1 = msg + kMsgHeader;
   const double* S2 = S1 + C;
-  for (std::int64_t c = 0; c < C; ++c) {
+  for (std::int64_t c = r.begin; c < r.stop(C); ++c) {
     double mean = 0, var = 0;
     bn_moments(S1[c], S2[c], n, args.pivot ? args.pivot[c] : 0.0, &mean, &var);
     const double invstd = 1.0 / std::sqrt(var + args.eps);
@@ -314,13 +328,13 @@ BnStatus bn_combine(const double* msg, const BnCombineArgs& args) {
 }
 
 void bn_normalize(const float* x, const BnGeometry& g, const float* hi, const float* a, const float* b,
-                  bool relu, bool stream, float* y) {
+                  bool relu, bool stream, float* y, ChannelRange r) {
   // Memory order. (Walking in reverse, to start on the lines bn_stats left in L2, measured slower:
   // the hardware prefetchers follow ascending streams better.)
-  const std::int64_t C = g.channels;
+  const std::int64_t C = g.channels, c0 = r.begin, c1 = r.stop(C);
   if (!g.channels_last) {
     for (std::int64_t o = 0; o < g.outer; ++o) {
-      for (std::int64_t c = 0; c < C; ++c) {
+      for (std::int64_t c = c0; c < c1; ++c) {
         const float h = hi[c], ac = a[c], bc = b[c];
         const std::int64_t off = (o * C + c) * g.inner;
         const float* xp = x + off;
@@ -329,11 +343,14 @@ void bn_normalize(const float* x, const BnGeometry& g, const float* hi, const fl
       }
     }
   } else {
-    const bool nt = stream && rows_streamable(y, C);
-    for (std::int64_t r = 0; r < g.outer; ++r) {
-      const float* xp = x + r * C;
-      write_elements(y + r * C, C, nt,
-                     [=](std::int64_t c) { return relu_if(std::fma(a[c], xp[c] - hi[c], b[c]), relu); });
+    const bool nt = stream && rows_streamable(y + c0, C) && (c1 - c0) % kLineFloats == 0;
+    const float* hr = hi + c0;
+    const float* ar = a + c0;
+    const float* br = b + c0;
+    for (std::int64_t row = 0; row < g.outer; ++row) {
+      const float* xp = x + row * C + c0;
+      write_elements(y + row * C + c0, c1 - c0, nt,
+                     [=](std::int64_t c) { return relu_if(std::fma(ar[c], xp[c] - hr[c], br[c]), relu); });
     }
   }
   if (stream) stream_fence();
@@ -343,20 +360,21 @@ void bn_normalize(const float* x, const BnGeometry& g, const float* hi, const fl
 
 void bn_backward_reduce(const float* dy, const float* x, const BnGeometry& g, const float* hi,
                         const float* a, const float* b, bool relu, const double* mean,
-                        const double* invstd, double tag, double* msg, float* dgamma, float* dbeta) {
-  const std::int64_t C = g.channels;
+                        const double* invstd, double tag, double* msg, float* dgamma, float* dbeta,
+                        ChannelRange r) {
+  const std::int64_t C = g.channels, c0 = r.begin, c1 = r.stop(C);
   msg[kMsgTag] = tag;
   msg[kMsgTag2] = tag * tag;
   msg[kMsgCount] = static_cast<double>(g.per_channel());
   double* A = msg + kMsgHeader;
   double* B = A + C;
   if (relu) {
-    backward_sums<true>(dy, x, g, hi, a, b, A, B);
+    backward_sums<true>(dy, x, g, hi, a, b, A, B, c0, c1);
   } else {
-    backward_sums<false>(dy, x, g, hi, a, b, A, B);
+    backward_sums<false>(dy, x, g, hi, a, b, A, B, c0, c1);
   }
   if (dgamma || dbeta) {
-    for (std::int64_t c = 0; c < C; ++c) {
+    for (std::int64_t c = c0; c < c1; ++c) {
       const double lo = mean[c] - static_cast<double>(hi[c]);
       if (dbeta) dbeta[c] += static_cast<float>(A[c]);
       if (dgamma) dgamma[c] += static_cast<float>(invstd[c] * (B[c] - lo * A[c]));
@@ -364,14 +382,14 @@ void bn_backward_reduce(const float* dy, const float* x, const BnGeometry& g, co
   }
 }
 
-BnStatus bn_backward_combine(const double* msg, const BnBackwardCombineArgs& args) {
+BnStatus bn_backward_combine(const double* msg, const BnBackwardCombineArgs& args, ChannelRange r) {
   if (!bn_tags_agree(msg[kMsgTag], msg[kMsgTag2], args.group_size, args.tag)) return kBnTagMismatch;
   const double n = msg[kMsgCount];
   if (n != args.expected_count) return kBnCountMismatch;
   const std::int64_t C = args.channels;
   const double* A = msg + kMsgHeader;
   const double* B = A + C;
-  for (std::int64_t c = 0; c < C; ++c) {
+  for (std::int64_t c = r.begin; c < r.stop(C); ++c) {
     const double scale = (args.gamma ? args.gamma[c] : 1.0) * args.invstd[c];
     bn_backward_coefs(A[c], B[c], n, args.mean[c], args.hi[c], args.invstd[c], scale, &args.k1[c],
                       &args.k0[c]);
@@ -381,29 +399,34 @@ BnStatus bn_backward_combine(const double* msg, const BnBackwardCombineArgs& arg
 
 void bn_backward_elemt(const float* dy, const float* x, const BnGeometry& g, const float* hi,
                        const float* a, const float* b, bool relu, const float* k1, const float* k0,
-                       bool stream, float* dx) {
-  const std::int64_t C = g.channels;
+                       bool stream, float* dx, ChannelRange r) {
+  const std::int64_t C = g.channels, c0 = r.begin, c1 = r.stop(C);
   if (!g.channels_last) {
     for (std::int64_t o = 0; o < g.outer; ++o) {
-      for (std::int64_t c = 0; c < C; ++c) {
-        const float h = hi[c], ac = a[c], bc = b[c], c1 = k1[c], c0 = k0[c];
+      for (std::int64_t c = c0; c < c1; ++c) {
+        const float h = hi[c], ac = a[c], bc = b[c], q1 = k1[c], q0 = k0[c];
         const std::int64_t off = (o * C + c) * g.inner;
         const float* xp = x + off;
         const float* dp = dy + off;
         write_elements(dx + off, g.inner, stream, [=](std::int64_t i) {
           const float xh = xp[i] - h;
-          return std::fma(ac, gate(dp[i], xh, ac, bc, relu), std::fma(c1, xh, c0));
+          return std::fma(ac, gate(dp[i], xh, ac, bc, relu), std::fma(q1, xh, q0));
         });
       }
     }
   } else {
-    const bool nt = stream && rows_streamable(dx, C);
-    for (std::int64_t r = 0; r < g.outer; ++r) {
-      const float* xp = x + r * C;
-      const float* dp = dy + r * C;
-      write_elements(dx + r * C, C, nt, [=](std::int64_t c) {
-        const float xh = xp[c] - hi[c];
-        return std::fma(a[c], gate(dp[c], xh, a[c], b[c], relu), std::fma(k1[c], xh, k0[c]));
+    const bool nt = stream && rows_streamable(dx + c0, C) && (c1 - c0) % kLineFloats == 0;
+    const float* hr = hi + c0;
+    const float* ar = a + c0;
+    const float* br = b + c0;
+    const float* k1r = k1 + c0;
+    const float* k0r = k0 + c0;
+    for (std::int64_t row = 0; row < g.outer; ++row) {
+      const float* xp = x + row * C + c0;
+      const float* dp = dy + row * C + c0;
+      write_elements(dx + row * C + c0, c1 - c0, nt, [=](std::int64_t c) {
+        const float xh = xp[c] - hr[c];
+        return std::fma(ar[c], gate(dp[c], xh, ar[c], br[c], relu), std::fma(k1r[c], xh, k0r[c]));
       });
     }
   }

@@ -86,7 +86,10 @@ class BatchNormModule final : public Module {
   std::string mode_;
 };
 
-// GroupNorm over NHWC (N, C, H, W) or (N, C) activations.
+// GroupNorm over NHWC (N, C, H, W) or (N, C) activations. Per sample, the loops run over positions with
+// all C channels innermost (contiguous in NHWC, so they vectorize): per-channel double sums around the
+// sample's first values, combined into group sums with the same shift algebra as SyncBN (bn_math.h);
+// then per-channel coefficients make the output and the input gradient one fma pass each.
 class GroupNorm final : public Module {
  public:
   GroupNorm(const std::string& name, std::int64_t channels, std::int64_t groups, double eps, bool relu,
@@ -97,6 +100,12 @@ class GroupNorm final : public Module {
                   std::to_string(channels));
     gamma_ = store.add(name + ".weight", {channels}, false, ParamInit::kOnes);
     beta_ = store.add(name + ".bias", {channels}, false, ParamInit::kZeros);
+    const auto C = static_cast<std::size_t>(channels);
+    s1_.resize(C);
+    s2_.resize(C);
+    ca_.resize(C);
+    cb_.resize(C);
+    cd_.resize(C);
   }
 
   void forward(const Tensor& x, Tensor& y, bool) override {
@@ -107,30 +116,47 @@ class GroupNorm final : public Module {
     invstd_.resize(static_cast<std::size_t>(N * G_));
     const float* gamma = store_.value(gamma_);
     const float* beta = store_.value(beta_);
-    for (std::int64_t n = 0; n < N; ++n)
+    const double M = static_cast<double>(S * Cg);
+    for (std::int64_t n = 0; n < N; ++n) {
+      const float* xs = x.data() + n * S * C_;
+      channel_sums(xs, S, nullptr, nullptr);
       for (std::int64_t g = 0; g < G_; ++g) {
-        const float* base = x.data() + n * S * C_ + g * Cg;
-        const double k = base[0];
-        double s1 = 0, s2 = 0;
-        for (std::int64_t s = 0; s < S; ++s)
-          for (std::int64_t c = 0; c < Cg; ++c) {
-            const double d = base[s * C_ + c] - k;
-            s1 += d;
-            s2 += d * d;
-          }
-        const double M = static_cast<double>(S * Cg), m1 = s1 / M;
-        const double var = std::max(s2 / M - m1 * m1, 0.0);
-        const double mean = k + m1, invstd = 1.0 / std::sqrt(var + eps_);
+        // Move every channel's sums (around its own first value) to the group's first channel's.
+        const double K = xs[g * Cg];
+        double S1 = 0, S2 = 0;
+        for (std::int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+          double t1 = 0, t2 = 0;
+          bn_shift_to_pivot(s1_[static_cast<std::size_t>(c)], s2_[static_cast<std::size_t>(c)], static_cast<double>(S),
+                            xs[c], K, &t1, &t2);
+          S1 += t1;
+          S2 += t2;
+        }
+        double mean = 0, var = 0;
+        bn_moments(S1, S2, M, K, &mean, &var);
+        const double invstd = 1.0 / std::sqrt(var + eps_);
         mean_[static_cast<std::size_t>(n * G_ + g)] = mean;
         invstd_[static_cast<std::size_t>(n * G_ + g)] = invstd;
-        float* out = y.data() + n * S * C_ + g * Cg;
-        for (std::int64_t s = 0; s < S; ++s)
-          for (std::int64_t c = 0; c < Cg; ++c) {
-            const std::int64_t ch = g * Cg + c;
-            const float v = static_cast<float>((base[s * C_ + c] - mean) * invstd) * gamma[ch] + beta[ch];
-            out[s * C_ + c] = relu_ ? std::max(v, 0.0f) : v;
-          }
+        for (std::int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {  // y = a·x + b per channel
+          const double a = gamma[c] * invstd;
+          ca_[static_cast<std::size_t>(c)] = static_cast<float>(a);
+          cb_[static_cast<std::size_t>(c)] = static_cast<float>(beta[c] - a * mean);
+        }
       }
+      float* ys = y.data() + n * S * C_;
+      const float* a = ca_.data();
+      const float* b = cb_.data();
+      for (std::int64_t s = 0; s < S; ++s) {
+        const float* xp = xs + s * C_;
+        float* yp = ys + s * C_;
+        if (relu_) {
+#pragma omp simd
+          for (std::int64_t c = 0; c < C_; ++c) yp[c] = std::max(std::fma(a[c], xp[c], b[c]), 0.0f);
+        } else {
+#pragma omp simd
+          for (std::int64_t c = 0; c < C_; ++c) yp[c] = std::fma(a[c], xp[c], b[c]);
+        }
+      }
+    }
   }
 
   void backward(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor* dx) override {
@@ -139,33 +165,52 @@ class GroupNorm final : public Module {
     const float* gamma = store_.value(gamma_);
     dgamma_acc_.assign(static_cast<std::size_t>(C_), 0.0);
     dbeta_acc_.assign(static_cast<std::size_t>(C_), 0.0);
-    for (std::int64_t n = 0; n < N; ++n)
+    const double M = static_cast<double>(S * Cg);
+    for (std::int64_t n = 0; n < N; ++n) {
+      const float* xs = x.data() + n * S * C_;
+      const float* ys = y.data() + n * S * C_;
+      const float* gs = dy.data() + n * S * C_;
+      // Per channel: A_c = Σdy', B_c = Σdy'·(x − k_c) (dy' = dy gated by the fused ReLU).
+      channel_sums(xs, S, gs, relu_ ? ys : nullptr);
       for (std::int64_t g = 0; g < G_; ++g) {
-        const std::size_t i = static_cast<std::size_t>(n * G_ + g);
-        const double mean = mean_[i], invstd = invstd_[i];
-        const std::int64_t off = n * S * C_ + g * Cg;
-        // g' = dy (gated by the fused ReLU) · γ; dx = invstd·(g' − mean(g') − x̂·mean(g'·x̂)).
-        double sum_g = 0, sum_gx = 0;
-        for (std::int64_t s = 0; s < S; ++s)
-          for (std::int64_t c = 0; c < Cg; ++c) {
-            const std::int64_t j = off + s * C_ + c, ch = g * Cg + c;
-            const double d = (relu_ && y.data()[j] <= 0.0f) ? 0.0 : dy.data()[j];
-            const double xhat = (x.data()[j] - mean) * invstd;
-            dgamma_acc_[static_cast<std::size_t>(ch)] += d * xhat;
-            dbeta_acc_[static_cast<std::size_t>(ch)] += d;
-            sum_g += d * gamma[ch];
-            sum_gx += d * gamma[ch] * xhat;
-          }
-        if (!dx) continue;
-        const double M = static_cast<double>(S * Cg);
-        for (std::int64_t s = 0; s < S; ++s)
-          for (std::int64_t c = 0; c < Cg; ++c) {
-            const std::int64_t j = off + s * C_ + c, ch = g * Cg + c;
-            const double d = (relu_ && y.data()[j] <= 0.0f) ? 0.0 : dy.data()[j];
-            const double xhat = (x.data()[j] - mean) * invstd;
-            dx->data()[j] = static_cast<float>(invstd * (d * gamma[ch] - sum_g / M - xhat * sum_gx / M));
-          }
+        const double mean = mean_[static_cast<std::size_t>(n * G_ + g)];
+        const double invstd = invstd_[static_cast<std::size_t>(n * G_ + g)];
+        double sum_g = 0, sum_gx = 0;  // Σ g'·γ and Σ g'·γ·x̂ over the group
+        for (std::int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+          const auto i = static_cast<std::size_t>(c);
+          const double A = s1_[i];
+          const double Bx = (s2_[i] + (static_cast<double>(xs[c]) - mean) * A) * invstd;  // Σdy'·x̂
+          dgamma_acc_[i] += Bx;
+          dbeta_acc_[i] += A;
+          sum_g += gamma[c] * A;
+          sum_gx += gamma[c] * Bx;
+        }
+        // dx = invstd·(γ·dy' − sum_g/M − x̂·sum_gx/M) = a·dy' + b·x + d per channel.
+        for (std::int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
+          const auto i = static_cast<std::size_t>(c);
+          const double b = -invstd * invstd * sum_gx / M;
+          ca_[i] = static_cast<float>(invstd * gamma[c]);
+          cb_[i] = static_cast<float>(b);
+          cd_[i] = static_cast<float>(-invstd * sum_g / M - b * mean);
+        }
       }
+      if (!dx) continue;
+      float* ds = dx->data() + n * S * C_;
+      const float* a = ca_.data();
+      const float* b = cb_.data();
+      const float* d = cd_.data();
+      for (std::int64_t s = 0; s < S; ++s) {
+        const float* xp = xs + s * C_;
+        const float* gp = gs + s * C_;
+        const float* yp = ys + s * C_;
+        float* out = ds + s * C_;
+#pragma omp simd
+        for (std::int64_t c = 0; c < C_; ++c) {
+          const float g = (!relu_ || yp[c] > 0.0f) ? gp[c] : 0.0f;
+          out[c] = std::fma(a[c], g, std::fma(b[c], xp[c], d[c]));
+        }
+      }
+    }
     for (std::int64_t c = 0; c < C_; ++c) {
       const std::size_t i = static_cast<std::size_t>(c);
       if (store_.fp64_grads()) {
@@ -181,6 +226,37 @@ class GroupNorm final : public Module {
   std::string describe() const override { return "gn" + std::to_string(G_) + (relu_ ? "+relu" : ""); }
 
  private:
+  // One sample's per-channel sums over its S positions, in double, vectorized across channels:
+  //  - forward (dy null): s1_ = Σ(x − k), s2_ = Σ(x − k)², k = the sample's first position;
+  //  - backward: s1_ = Σdy', s2_ = Σdy'·(x − k) with dy' = dy where y > 0 (relu_ is passed as y).
+  void channel_sums(const float* xs, std::int64_t S, const float* dy, const float* y) {
+    double* s1 = s1_.data();
+    double* s2 = s2_.data();
+    std::fill(s1_.begin(), s1_.end(), 0.0);
+    std::fill(s2_.begin(), s2_.end(), 0.0);
+    const float* k = xs;
+    for (std::int64_t s = 0; s < S; ++s) {
+      const float* xp = xs + s * C_;
+      if (!dy) {
+#pragma omp simd
+        for (std::int64_t c = 0; c < C_; ++c) {
+          const double d = static_cast<double>(xp[c]) - static_cast<double>(k[c]);
+          s1[c] += d;
+          s2[c] += d * d;
+        }
+      } else {
+        const float* gp = dy + s * C_;
+        const float* yp = y ? y + s * C_ : nullptr;
+#pragma omp simd
+        for (std::int64_t c = 0; c < C_; ++c) {
+          const double g = (!yp || yp[c] > 0.0f) ? static_cast<double>(gp[c]) : 0.0;
+          s1[c] += g;
+          s2[c] += g * (static_cast<double>(xp[c]) - static_cast<double>(k[c]));
+        }
+      }
+    }
+  }
+
   void check(const Tensor& x) const {
     SBN_CHECK((x.rank() == 2 || (x.rank() == 4 && x.layout() == Layout::kChannelsLast)) && x.dim(1) == C_,
               name_ + ": expects (N, " + std::to_string(C_) + ") or NHWC (N, " + std::to_string(C_) +
@@ -192,8 +268,10 @@ class GroupNorm final : public Module {
   bool relu_;
   ParamStore& store_;
   int gamma_ = -1, beta_ = -1;
-  std::vector<double> mean_, invstd_;  // (N, G) of the last forward
-  std::vector<double> dgamma_acc_, dbeta_acc_;
+  std::vector<double> mean_, invstd_;          // (N, G) of the last forward
+  std::vector<double> dgamma_acc_, dbeta_acc_;  // (C) this backward's parameter gradients
+  std::vector<double> s1_, s2_;                 // (C) per-channel sums of one sample
+  std::vector<float> ca_, cb_, cd_;             // (C) per-channel coefficients of one sample
 };
 
 class Identity final : public Module {

@@ -1,4 +1,5 @@
 #include <boost/program_options.hpp>
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -125,7 +126,15 @@ ParseResult TrainOptions::parse(int argc, char** argv) {
   for (auto& g : reg.groups) all.add(g.second);
   po::variables_map vm;
   try {
-    po::store(po::parse_command_line(argc, argv, all), vm);
+    // A flag given twice keeps its last value (so a wrapper's default can be overridden by appending
+    // the flag): drop earlier occurrences before storing.
+    po::parsed_options parsed = po::command_line_parser(argc, argv).options(all).run();
+    std::vector<po::option> kept;
+    for (auto it = parsed.options.rbegin(); it != parsed.options.rend(); ++it)
+      if (std::none_of(kept.begin(), kept.end(), [&](const po::option& o) { return o.string_key == it->string_key; }))
+        kept.insert(kept.begin(), *it);
+    parsed.options = kept;
+    po::store(parsed, vm);
     if (vm.count("config")) {
       const std::string path = vm["config"].as<std::string>();
       std::ifstream in(path);

@@ -258,6 +258,50 @@ TEST(Norms, GradientsOfEveryNormalization) {
   }
 }
 
+// GroupNorm forward against a plain double computation: per sample and group of C/G channels, over H·W.
+TEST(Norms, GroupNormForwardMatchesReference) {
+  for (auto [N, C, G, H, W] : {std::tuple<int, int, int, int, int>{3, 12, 3, 4, 5}, {2, 8, 8, 3, 3}, {4, 6, 1, 1, 1}}) {
+    NormSpec spec;
+    spec.kind = "groupnorm";
+    spec.gn_groups = G;
+    ParamStore store;
+    auto gn = make_norm("gn", C, spec, false, store);
+    store.finalize();
+    store.init_params(3);
+    for (int c = 0; c < C; ++c) {
+      store.value(0)[c] = 0.5f + 0.1f * static_cast<float>(c);   // gamma
+      store.value(1)[c] = -0.2f + 0.05f * static_cast<float>(c);  // beta
+    }
+    Tensor x = H * W > 1 ? Tensor({N, C, H, W}, Layout::kChannelsLast) : Tensor({N, C});
+    fill(x, 17, 3.0f);
+    for (std::int64_t i = 0; i < x.numel(); ++i) x[i] += 10.0f;  // an offset: exercises the shifted sums
+    Tensor y;
+    gn->forward(x, y, true);
+    const auto xl = to_logical(x), yl = to_logical(y);
+    std::vector<double> ref(xl.size());
+    const int S = H * W, Cg = C / G;
+    for (int n = 0; n < N; ++n)
+      for (int g = 0; g < G; ++g) {
+        long double sum = 0, ss = 0;
+        for (int c = g * Cg; c < (g + 1) * Cg; ++c)
+          for (int p = 0; p < S; ++p) sum += xl[static_cast<std::size_t>((n * C + c) * S + p)];
+        const long double mean = sum / (S * Cg);
+        for (int c = g * Cg; c < (g + 1) * Cg; ++c)
+          for (int p = 0; p < S; ++p) {
+            const long double d = xl[static_cast<std::size_t>((n * C + c) * S + p)] - mean;
+            ss += d * d;
+          }
+        const long double invstd = 1.0L / std::sqrt(ss / (S * Cg) + 1e-5L);
+        for (int c = g * Cg; c < (g + 1) * Cg; ++c)
+          for (int p = 0; p < S; ++p) {
+            const std::size_t i = static_cast<std::size_t>((n * C + c) * S + p);
+            ref[i] = static_cast<double>((xl[i] - mean) * invstd * store.value(0)[c] + store.value(1)[c]);
+          }
+      }
+    EXPECT_TRUE(near(yl, ref, 1e-5, 1e-6, "groupnorm y, G=" + std::to_string(G)));
+  }
+}
+
 // Fused ReLU (BatchNorm's normalize pass, GroupNorm's) equals the norm followed by ReLU, forward and
 // backward, bit for bit up to rounding.
 TEST(Norms, FusedReluEqualsSeparateRelu) {
