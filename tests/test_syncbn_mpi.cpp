@@ -20,21 +20,6 @@ namespace {
 
 std::vector<double> to_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
 
-// Samples per rank for a world of P ranks: uneven, and with an empty rank where P ≥ 3.
-std::vector<std::int64_t> uneven_split(int P) {
-  switch (P) {
-    case 1: return {13};
-    case 2: return {9, 4};
-    case 3: return {4, 0, 3};
-    case 4: return {7, 1, 0, 5};
-    default: {
-      std::vector<std::int64_t> s(static_cast<std::size_t>(P), 2);
-      s[1] = 0;
-      return s;
-    }
-  }
-}
-
 std::vector<std::int64_t> even_split(int P) { return std::vector<std::int64_t>(static_cast<std::size_t>(P), 4); }
 
 struct Scenario {

@@ -150,6 +150,20 @@ RefResult reference_bn(const std::vector<double>& x, const std::vector<double>& 
   return ::testing::AssertionFailure() << buf;
 }
 
+std::vector<std::int64_t> uneven_split(int P) {
+  switch (P) {
+    case 1: return {13};
+    case 2: return {9, 4};
+    case 3: return {4, 0, 3};
+    case 4: return {7, 1, 0, 5};
+    default: {
+      std::vector<std::int64_t> s(static_cast<std::size_t>(P), 2);
+      s[1] = 0;
+      return s;
+    }
+  }
+}
+
 bool all_ranks(Communicator& comm, bool ok) { return !comm.any(!ok, "test.all_ranks"); }
 
 }  // namespace syncbn::test

@@ -57,6 +57,9 @@ RefResult reference_bn(const std::vector<double>& x, const std::vector<double>& 
 ::testing::AssertionResult near(const std::vector<double>& got, const std::vector<double>& ref, double rtol,
                                 double atol_scale, const std::string& what);
 
+// Samples per rank for a world of P ranks: uneven, and with an empty rank where P ≥ 3 (7/1/0/5 at 4).
+std::vector<std::int64_t> uneven_split(int P);
+
 // For MPI tests: never ASSERT before a collective. Combine each rank's verdict first; returns true on
 // every rank iff it held on every rank.
 bool all_ranks(Communicator& comm, bool ok);

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "syncbn/data.h"
+
 namespace syncbn {
 
 struct TrainConfig {
@@ -59,6 +61,9 @@ struct TrainConfig {
   std::string device = "auto";      // auto (cuda when built with it and a device is visible) | cpu | cuda
   std::string precision = "fp32";  // fp32 | bf16 | fp16 (activations on the GPU; fp16 with loss scaling)
 };
+
+// The data flags of a configuration as the data layer's options.
+DataOptions data_options(const TrainConfig& cfg);
 
 // One flag: name, group, help text (with units and allowed values), and its current value as text.
 struct OptionInfo {

@@ -56,6 +56,17 @@ struct Registry {
 
 }  // namespace
 
+DataOptions data_options(const TrainConfig& cfg) {
+  DataOptions d;
+  d.dataset = cfg.dataset;
+  d.dir = cfg.data_dir;
+  d.synthetic_train = cfg.synthetic_train;
+  d.synthetic_test = cfg.synthetic_test;
+  d.synthetic_shape = cfg.synthetic_shape;
+  d.seed = cfg.seed;
+  return d;
+}
+
 TrainOptions::TrainOptions() = default;
 
 ParseResult TrainOptions::parse(int argc, char** argv) {
@@ -172,13 +183,7 @@ void TrainOptions::validate(int world_size) const {
   auto non_negative = [](std::int64_t v, const char* flag) {
     SBN_CHECK(v >= 0, std::string("--") + flag + " must be >= 0, got " + std::to_string(v));
   };
-  DataOptions d;
-  d.dataset = c.dataset;
-  d.dir = c.data_dir;
-  d.synthetic_train = c.synthetic_train;
-  d.synthetic_test = c.synthetic_test;
-  d.synthetic_shape = c.synthetic_shape;
-  validate_data_options(d);
+  validate_data_options(data_options(c));
   SBN_CHECK(c.augment == "auto" || c.augment == "on" || c.augment == "off",
             "--augment must be auto, on or off, got '" + c.augment + "'");
   SBN_CHECK(c.model == "convnet" || c.model == "resnet", "unknown --model '" + c.model + "'; expected convnet or resnet");

@@ -132,14 +132,7 @@ int run_training(const TrainOptions& options, MpiCommunicator& world) {
   // Data: every rank loads the files and validates them; a problem is reported once.
   DataSplits data;
   run_agreed(world, "data", [&] {
-    DataOptions d;
-    d.dataset = cfg.dataset;
-    d.dir = cfg.data_dir;
-    d.synthetic_train = cfg.synthetic_train;
-    d.synthetic_test = cfg.synthetic_test;
-    d.synthetic_shape = cfg.synthetic_shape;
-    d.seed = cfg.seed;
-    data = load_dataset(d);
+    data = load_dataset(data_options(cfg));
     SBN_CHECK(data.train.size() >= cfg.global_batch,
               "--global-batch " + std::to_string(cfg.global_batch) + " exceeds the training set (" +
                   std::to_string(data.train.size()) + " samples)");

@@ -42,21 +42,6 @@ Tensor tensor_of(const std::vector<double>& values, const std::vector<std::int64
   return to_tensor(values, shape, layout);
 }
 
-// Samples per rank: uneven, with an empty rank where P ≥ 3 (as the CPU suite).
-std::vector<std::int64_t> uneven_split(int P) {
-  switch (P) {
-    case 1: return {13};
-    case 2: return {9, 4};
-    case 3: return {4, 0, 3};
-    case 4: return {7, 1, 0, 5};
-    default: {
-      std::vector<std::int64_t> s(static_cast<std::size_t>(P), 2);
-      s[1] = 0;
-      return s;
-    }
-  }
-}
-
 struct Scenario {
   Layout layout;
   bool relu;
