@@ -23,7 +23,8 @@ class BatchNormModule final : public Module {
     BatchNormOptions opt;
     opt.channels = channels;
     opt.eps = spec.eps;
-    opt.momentum = spec.momentum;
+    if (spec.momentum < 0) opt.momentum.reset();  // cumulative average
+    else opt.momentum = spec.momentum;
     opt.fuse_relu = relu;
     opt.ghost_batch = spec.ghost_batch;
     SyncGroup* group = spec.kind == "local" ? nullptr : spec.group;

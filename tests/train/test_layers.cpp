@@ -337,6 +337,33 @@ TEST(Norms, FusedReluEqualsSeparateRelu) {
   }
 }
 
+// --bn-momentum none reaches the layer as momentum < 0: running statistics are the cumulative average
+// of the batches' statistics (PyTorch's momentum=None), here after three batches of known means.
+TEST(Norms, NegativeMomentumIsTheCumulativeAverage) {
+  NormSpec spec;
+  spec.kind = "local";
+  spec.momentum = -1;
+  ParamStore store;
+  auto bn = make_norm("n", 2, spec, false, store);
+  store.finalize();
+  store.init_params(1);
+  double expected[2] = {0, 0};
+  for (int b = 0; b < 3; ++b) {
+    Tensor x({4, 2}), y;
+    for (int i = 0; i < 4; ++i)
+      for (int c = 0; c < 2; ++c) x[i * 2 + c] = static_cast<float>(10 * b + c + i);  // mean 10b + c + 1.5
+    bn->forward(x, y, true);
+    for (int c = 0; c < 2; ++c) expected[c] += (10.0 * b + c + 1.5) / 3;
+  }
+  std::vector<BufferRef> bufs;
+  bn->buffers(bufs);
+  const BufferRef* mean = nullptr;
+  for (const auto& b : bufs)
+    if (b.name.find("running_mean") != std::string::npos) mean = &b;
+  ASSERT_NE(mean, nullptr);
+  for (int c = 0; c < 2; ++c) EXPECT_NEAR(mean->f32[c], expected[c], 1e-5) << "channel " << c;
+}
+
 TEST(Residual, BlockGradients) {
   CpuContext ctx;
   for (const std::string kind : {"local", "groupnorm", "none"}) {
