@@ -441,6 +441,9 @@ void NcclCommunicator::synchronize(cudaStream_t stream, const char* label) {
       SBN_CUDA_CHECK(q == cudaErrorNotReady ? cudaSuccess : q, s_->origin + " synchronize '" + label + "'");
       check_usable("synchronize", label);  // throws the watchdog's failure
     }
+    // "Not ready" is a status, not an error; make sure no runtime leaves it behind as this thread's last
+    // error, where the next kernel-launch check (cudaGetLastError) would report it.
+    if (cudaPeekAtLastError() == cudaErrorNotReady) cudaGetLastError();
     backoff(round);
   }
   cudaEventDestroy(ev);

@@ -16,8 +16,10 @@ namespace syncbn {
 // True when this process sees at least one CUDA device (no error: false).
 bool cuda_device_available();
 
-// Builds the GPU model on this rank's device (local rank), its NCCL communicator bootstrapped over
-// `world` (collective over it), the sync group for the synced BN modes, and the optimizer.
+// Builds the GPU model (syncbn/cuda/train/cuda_train_model.h) on this rank's device (local rank), its NCCL
+// communicator bootstrapped over `world` (an MpiCommunicator; collective over it), the sync group for the
+// synced BN modes, and the optimizer. Refusals every rank agrees on first (AgreedError, one message): no
+// CUDA device, --grad-accum fp64 (the GPU path accumulates in fp32).
 std::unique_ptr<TrainModel> make_cuda_train_model(const ModelSpec& spec, const TrainConfig& cfg, Communicator& world);
 
 }  // namespace syncbn

@@ -1,10 +1,15 @@
-// GPU training entry points. cuda_device_available() is complete; the GPU TrainModel is not written yet,
-// so make_cuda_train_model() refuses with a clear message (README "Known limitations").
+// GPU training entry points (syncbn/cuda/train_model.h): device detection for --device auto, and the
+// factory of the CUDA TrainModel (cuda_train_model.h), with its refusals agreed over the world first so
+// that every rank fails alike, before any rank enters the NCCL start-up.
 #include "syncbn/cuda/train_model.h"
 
 #include <cuda_runtime.h>
 
+#include "syncbn/app.h"
+#include "syncbn/cuda/device.h"
+#include "syncbn/cuda/train/cuda_train_model.h"
 #include "syncbn/error.h"
+#include "syncbn/mpi_communicator.h"
 
 namespace syncbn {
 
@@ -13,9 +18,17 @@ bool cuda_device_available() {
   return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
 }
 
-std::unique_ptr<TrainModel> make_cuda_train_model(const ModelSpec&, const TrainConfig&, Communicator&) {
-  SBN_FAIL("--device cuda: training on the GPU is not implemented yet (the CUDA SyncBN kernels, NCCL communicator "
-           "and layer are; see README, GPU path); use --device cpu");
+std::unique_ptr<TrainModel> make_cuda_train_model(const ModelSpec& spec, const TrainConfig& cfg, Communicator& world) {
+  auto* mpi = dynamic_cast<MpiCommunicator*>(&world);
+  run_agreed(world, "cuda.model.checks", [&] {
+    SBN_CHECK(mpi != nullptr, "--device cuda: the GPU model bootstraps NCCL over MPI, and this communicator is not MPI");
+    SBN_CHECK(cfg.grad_accum == "fp32",
+              "--grad-accum " + cfg.grad_accum + " is not supported with --device cuda (the GPU path accumulates and "
+              "all-reduces gradients in fp32); use --grad-accum fp32, or --device cpu for fp64 accumulation");
+    std::string why;
+    SBN_CHECK(cuda::visible_devices(&why) > 0, "--device cuda: no CUDA device visible on " + world.host() + " (" + why + ")");
+  });
+  return std::make_unique<cuda::train::CudaTrainModel>(spec, cfg, *mpi);
 }
 
 }  // namespace syncbn

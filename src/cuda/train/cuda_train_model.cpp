@@ -1,0 +1,417 @@
+// CudaTrainModel (cuda_train_model.h): the loop's TrainModel on one GPU per rank.
+//
+// A step, as the loop drives it (src/train/trainer.cpp), all on one stream:
+//   train_micro × accum:  input H2D (pinned staging) → NHWC → forward → loss → backward (gradients +=)
+//                         → [read Σ loss, #correct]
+//   reduce_and_update:    BN γ/β gradients into the flat array → NCCL all-reduce buckets → (fp16: overflow
+//                         check) → SGD (+ unscale, + zero grads) → (fp16: scale update) → BN γ/β from the
+//                         flat array
+//   check:                [wait for the stream through the communicator's watchdog] → SyncBN status,
+//                         loss scale, all-reduce timing
+// The brackets are the only host waits of a step (see the header).
+#include "syncbn/cuda/train/cuda_train_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdio>
+#include <cstring>
+#include <map>
+
+#include "layers.h"
+#include "syncbn/error.h"
+
+namespace syncbn::cuda::train {
+
+// Device counters of one micro-batch (one D2H copy reads them all).
+struct CudaTrainModel::StepCounters {
+  double loss;       // Σ per-sample loss
+  double correct;    // #correct predictions
+  int status[3];     // cross_entropy: bad label flag, the label, the sample
+  int pad;
+};
+
+namespace {
+
+// Gradients are all-reduced in buckets of at most this many bytes: few collectives (one for the models
+// here), bounded message size; NCCL pipelines within a bucket.
+constexpr std::size_t kBucketBytes = std::size_t{32} << 20;
+// Most workspace a single cuDNN algorithm may use (the shared workspace grows to the largest choice).
+constexpr std::size_t kConvWorkspaceLimit = std::size_t{256} << 20;
+
+std::string device_text(int dev) {
+  cudaDeviceProp prop{};
+  SBN_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev), "querying CUDA device " + std::to_string(dev));
+  char bus[32] = {0};
+  SBN_CUDA_CHECK(cudaDeviceGetPCIBusId(bus, sizeof bus, dev), "querying the PCI bus id of device " + std::to_string(dev));
+  return "cuda:" + std::to_string(dev) + " " + prop.name + " (PCI " + bus + ")";
+}
+
+}  // namespace
+
+CudaTrainModel::CudaTrainModel(const ModelSpec& spec, const TrainConfig& cfg, MpiCommunicator& world)
+    : spec_(spec), cfg_(cfg), dtype_(parse_dtype(cfg.precision)) {
+  SBN_CHECK(cfg.grad_accum == "fp32", "--grad-accum " + cfg.grad_accum + " is not supported with --device cuda");
+  // ---- collectives (every rank, same order) ----
+  nccl_ = std::make_unique<NcclCommunicator>(world, NcclOptions::from_env());
+  if (spec_.norm.kind == "sync") group_ = std::make_unique<SyncGroup>(*nccl_, parse_sync_mode(cfg.norm));
+  // ---- local from here on ----
+  stream_ = nccl_->stream();
+  sm_count_ = current_sm_count();
+  device_ = device_text(nccl_->device());
+  check_cudnn_version();
+
+  // The definition of the parameters: the CPU model for the same spec and seed (net_plan.h). Built with a
+  // stand-in sync group (mode sync over `world`: no communication), which changes neither parameters,
+  // buffers nor the signature.
+  {
+    ModelSpec cpu_spec = spec_;
+    SyncGroup stand_in(world, SyncMode{});
+    if (cpu_spec.norm.kind == "sync") cpu_spec.norm.group = &stand_in;
+    CpuContext cpu_ctx;
+    const std::unique_ptr<Model> cpu = build_model(cpu_spec, cpu_ctx, cfg.seed);
+    params_ = cpu->params;
+    signature_ = cpu->signature;
+    for (const BufferRef& b : cpu->buffers) buffer_names_.emplace_back(b.name, b.size);
+  }
+  plan_ = plan_network(spec_, params_);
+  total_ = params_.total();
+  const auto total = static_cast<std::size_t>(total_);
+
+  // Flat device arrays (ParamStore layout); weight decay per element as Sgd (optimizer.cpp).
+  values_.resize(std::max<std::size_t>(total, 1), "parameters");
+  grads_.resize(std::max<std::size_t>(total, 1), "gradients");
+  momentum_.resize(std::max<std::size_t>(total, 1), "momentum");
+  decay_.resize(std::max<std::size_t>(total, 1), "weight decay");
+  std::vector<float> decay(total, 0.0f);
+  for (const ParamInfo& p : params_.all())
+    if (p.decay || cfg_.decay_norm_bias)
+      std::fill(decay.begin() + p.offset, decay.begin() + p.offset + p.size, static_cast<float>(cfg_.weight_decay));
+  copy_to_device(params_.values(), values_.data(), stream_);
+  copy_to_device(decay, decay_.data(), stream_);
+  SBN_CUDA_CHECK(cudaMemsetAsync(grads_.data(), 0, total * sizeof(float), stream_), "zeroing the gradients");
+  SBN_CUDA_CHECK(cudaMemsetAsync(momentum_.data(), 0, total * sizeof(float), stream_), "zeroing the momentum");
+
+  // Libraries and the network.
+  cudnn_ = std::make_unique<CudnnHandle>(stream_);
+  cublas_ = std::make_unique<CublasHandle>(stream_);
+  ctx_ = std::make_unique<NetContext>();
+  ctx_->launch = Launch{stream_, sm_count_};
+  ctx_->cudnn = cudnn_->get();
+  ctx_->cublas = cublas_->get();
+  ctx_->dtype = dtype_;
+  ctx_->values = values_.data();
+  ctx_->grads = grads_.data();
+  ctx_->workspace_limit = kConvWorkspaceLimit;
+  ctx_->bn_group = group_.get();
+  ctx_->norm = spec_.norm;
+  net_ = make_network(plan_, *ctx_);
+  net_->batchnorms(bns_);
+
+  // BatchNorm γ/β links, and the layers' γ/β from the store.
+  std::vector<BnParamLink> links;
+  for (BatchNormLayer* b : bns_) {
+    CudaSyncBatchNorm& bn = b->bn();
+    links.push_back({bn.gamma(), bn.beta(), bn.dgamma(), bn.dbeta(), b->plan().gamma.offset, b->plan().beta.offset,
+                     b->plan().channels});
+  }
+  bn_links_.resize(std::max<std::size_t>(links.size(), 1), "BatchNorm parameter links");
+  copy_to_device(links, bn_links_.data(), stream_);
+  scatter_bn_params();
+
+  // Checkpointed state: the CPU model's arrays, names and order ("params", "momentum", its buffers).
+  params_host_.assign(total, 0.0f);
+  momentum_host_.assign(total, 0.0f);
+  bn_host_.resize(bns_.size());
+  std::map<std::string, std::pair<std::size_t, int>> fields;  // buffer name → (layer, field)
+  for (std::size_t i = 0; i < bns_.size(); ++i) {
+    const std::string& n = bns_[i]->plan().name;
+    const auto C = static_cast<std::size_t>(bns_[i]->plan().channels);
+    bn_host_[i].running_mean.assign(C, 0.0f);
+    bn_host_[i].running_var.assign(C, 1.0f);
+    bn_host_[i].pivot.assign(C, 0.0);
+    fields[n + ".running_mean"] = {i, 0};
+    fields[n + ".running_var"] = {i, 1};
+    fields[n + ".pivot"] = {i, 2};
+    fields[n + ".num_batches_tracked"] = {i, 3};
+  }
+  state_.push_back({"params", params_host_.data(), total * sizeof(float)});
+  state_.push_back({"momentum", momentum_host_.data(), total * sizeof(float)});
+  for (const auto& [name, size] : buffer_names_) {
+    const auto it = fields.find(name);
+    SBN_CHECK(it != fields.end(), "GPU model: the CPU model's buffer '" + name + "' has no counterpart on the GPU");
+    BnStaging& s = bn_host_[it->second.first];
+    StateArray a{"buffer:" + name, nullptr, 0};
+    std::int64_t elems = 1;
+    auto point = [&](auto& v) {
+      a.data = v.data();
+      a.bytes = v.size() * sizeof(v[0]);
+      elems = static_cast<std::int64_t>(v.size());
+    };
+    switch (it->second.second) {
+      case 0: point(s.running_mean); break;
+      case 1: point(s.running_var); break;
+      case 2: point(s.pivot); break;
+      default:
+        a.data = &s.num_batches_tracked;
+        a.bytes = sizeof(std::int64_t);
+        break;
+    }
+    SBN_CHECK(elems == size, "GPU model: buffer '" + name + "' has " + std::to_string(elems) +
+                                 " elements, the CPU model's " + std::to_string(size));
+    state_.push_back(a);
+  }
+  SBN_CHECK(state_.size() == 2 + 4 * bns_.size(),
+            "GPU model: " + std::to_string(bns_.size()) + " BatchNorm layers but the CPU model lists " +
+                std::to_string(buffer_names_.size()) + " buffers");
+
+  // fp16: dynamic loss scaling.
+  loss_scaling_ = dtype_ == DType::kF16;
+  scale_.resize(1, "loss scale");
+  scale_pinned_.reserve(sizeof(LossScaleState), "loss scale");
+  if (loss_scaling_) {
+    scale_host_ = loss_scale_initial(scale_cfg_);
+    copy_to_device(std::vector<LossScaleState>{scale_host_}, scale_.data(), stream_);
+  }
+
+  counters_.resize(1, "step counters");
+  counters_pinned_.reserve(sizeof(StepCounters), "step counters");
+  SBN_CUDA_CHECK(cudaEventCreateWithFlags(&input_copied_, cudaEventDisableTiming), "input copy event");
+  SBN_CUDA_CHECK(cudaEventCreate(&grad_begin_), "gradient all-reduce timing event");
+  SBN_CUDA_CHECK(cudaEventCreate(&grad_end_), "gradient all-reduce timing event");
+  sync("GPU model set-up");
+}
+
+CudaTrainModel::~CudaTrainModel() {
+  // No throw from a destructor: failures here mean the context is gone anyway.
+  for (cudaEvent_t e : {input_copied_, grad_begin_, grad_end_})
+    if (e) cudaEventDestroy(e);
+}
+
+// ---- description --------------------------------------------------------------------------------------
+
+std::string CudaTrainModel::describe() const {
+  const std::string mode = group_ ? group_->mode().str() : "local";
+  std::string out = spec_.arch + ": " + plan_.describe(mode) + " | " + dtype_name(dtype_) + " activations";
+  if (dtype_ != DType::kF32) out += ", fp32 parameters";
+  if (loss_scaling_) {
+    char buf[160];
+    std::snprintf(buf, sizeof buf, ", dynamic loss scale %g (x%g after %d finite steps, x%g and step skipped on inf/NaN)",
+                  static_cast<double>(scale_host_.scale), static_cast<double>(scale_cfg_.growth), scale_cfg_.interval,
+                  static_cast<double>(scale_cfg_.backoff));
+    out += buf;
+    if (scale_host_.skipped) out += ", " + std::to_string(scale_host_.skipped) + " step(s) skipped so far";
+  }
+  return out;
+}
+
+// ---- steps ----------------------------------------------------------------------------------------------
+
+void CudaTrainModel::sync(const char* label) { nccl_->synchronize(stream_, label); }
+
+void CudaTrainModel::scatter_bn_params() {
+  bn_params_scatter(bn_links_.data(), static_cast<int>(bns_.size()), values_.data(), ctx_->launch);
+}
+
+void CudaTrainModel::load_input(const float* images, const std::int32_t* labels, std::int64_t n) {
+  const std::int64_t C = spec_.in_channels, H = spec_.height, W = spec_.width_px;
+  const auto floats = static_cast<std::size_t>(n * C * H * W), count = static_cast<std::size_t>(n);
+  // The staging buffers are reused: the previous micro-batch's copy out of them must be complete.
+  SBN_CUDA_CHECK(cudaEventSynchronize(input_copied_), "waiting for the previous input copy");
+  images_pinned_.reserve(std::max<std::size_t>(floats, 1) * sizeof(float), "input images (pinned)");
+  labels_pinned_.reserve(std::max<std::size_t>(count, 1) * sizeof(std::int32_t), "input labels (pinned)");
+  images_dev_.resize(std::max<std::size_t>(floats, 1), "input images", stream_);
+  labels_dev_.resize(std::max<std::size_t>(count, 1), "input labels", stream_);
+  if (n > 0) {
+    std::memcpy(images_pinned_.data(), images, floats * sizeof(float));
+    std::memcpy(labels_pinned_.data(), labels, count * sizeof(std::int32_t));
+    SBN_CUDA_CHECK(cudaMemcpyAsync(images_dev_.data(), images_pinned_.data(), floats * sizeof(float),
+                                   cudaMemcpyHostToDevice, stream_),
+                   "copying the input images");
+    SBN_CUDA_CHECK(cudaMemcpyAsync(labels_dev_.data(), labels_pinned_.data(), count * sizeof(std::int32_t),
+                                   cudaMemcpyHostToDevice, stream_),
+                   "copying the labels");
+    SBN_CUDA_CHECK(cudaEventRecord(input_copied_, stream_), "input copy event");
+  }
+  input_.resize({n, C, H, W}, Layout::kChannelsLast, dtype_, stream_);
+  input_to_nhwc(images_dev_.data(), n, C, H, W, dtype_, input_.data(), ctx_->launch);
+  SBN_CUDA_CHECK(cudaMemsetAsync(counters_.data(), 0, sizeof(StepCounters), stream_), "clearing the step counters");
+}
+
+void CudaTrainModel::run_loss(const DeviceTensor& logits, std::int64_t n, float grad_scale, bool training) {
+  SBN_CHECK(logits.rank() == 2 && logits.dim(0) == n && logits.dim(1) == spec_.classes,
+            "GPU model: logits " + syncbn::describe(logits.shape(), logits.layout()) + ", expected (" + std::to_string(n) +
+                ", " + std::to_string(spec_.classes) + ")");
+  per_sample_.resize(static_cast<std::size_t>(std::max<std::int64_t>(2 * n, 1)), "per-sample loss", stream_);
+  if (training) dlogits_.resize(logits.shape(), logits.layout(), dtype_, stream_);
+  auto* counters = reinterpret_cast<char*>(counters_.data());
+  cross_entropy(logits.data(), dtype_, n, spec_.classes, labels_dev_.data(), training ? grad_scale : 1.0f,
+                training && loss_scaling_ ? scale_.data() : nullptr, training ? dlogits_.data() : nullptr,
+                per_sample_.data(), reinterpret_cast<double*>(counters + offsetof(StepCounters, loss)),
+                reinterpret_cast<int*>(counters + offsetof(StepCounters, status)), ctx_->launch);
+}
+
+void CudaTrainModel::read_counters(const char* label, double* loss_sum, std::int64_t* correct) {
+  auto* host = static_cast<StepCounters*>(counters_pinned_.data());
+  SBN_CUDA_CHECK(cudaMemcpyAsync(host, counters_.data(), sizeof(StepCounters), cudaMemcpyDeviceToHost, stream_),
+                 std::string(label) + ": reading the loss");
+  sync(label);  // the one wait of a micro-batch: the interface returns Σ loss and #correct per call
+  const StepCounters c = *host;
+  if (c.status[0])
+    SBN_FAIL("cross-entropy: label " + std::to_string(c.status[1]) + " outside [0, " + std::to_string(spec_.classes) +
+             ") (sample " + std::to_string(c.status[2]) + " of this rank's batch)");
+  *loss_sum += c.loss;
+  *correct += static_cast<std::int64_t>(std::llround(c.correct));
+}
+
+void CudaTrainModel::train_micro(const float* images, const std::int32_t* labels, std::int64_t n, float grad_scale,
+                                 double* loss_sum, std::int64_t* correct) {
+  load_input(images, labels, n);
+  run_loss(net_->forward(input_, true), n, grad_scale, true);
+  net_->backward(dlogits_, false);
+  read_counters("train_micro", loss_sum, correct);
+}
+
+void CudaTrainModel::evaluate(const float* images, const std::int32_t* labels, std::int64_t n, double* loss_sum,
+                              std::int64_t* correct) {
+  load_input(images, labels, n);
+  run_loss(net_->forward(input_, false), n, 1.0f, false);
+  read_counters("evaluate", loss_sum, correct);
+}
+
+double CudaTrainModel::reduce_and_update(Communicator& world, double lr) {
+  (void)world;  // same ranks as nccl_, which works on device memory
+  const Launch& l = ctx_->launch;
+  const auto total = static_cast<std::size_t>(total_);
+  // Every BatchNorm layer's local γ/β gradients join the flat array, then one pass of buckets.
+  bn_grads_gather(bn_links_.data(), static_cast<int>(bns_.size()), grads_.data(), l);
+  if (nccl_->size() > 1) {
+    SBN_CUDA_CHECK(cudaEventRecord(grad_begin_, stream_), "gradient all-reduce timing");
+    constexpr std::size_t kBucket = kBucketBytes / sizeof(float);
+    for (std::size_t off = 0; off < total; off += kBucket)
+      nccl_->allreduce_sum(grads_.data() + off, std::min(kBucket, total - off), "gradient bucket", stream_);
+    SBN_CUDA_CHECK(cudaEventRecord(grad_end_, stream_), "gradient all-reduce timing");
+    grad_timed_ = true;
+  }
+  // fp16: every rank sees the same summed gradients, hence takes the same skip decision.
+  if (loss_scaling_) find_nonfinite(grads_.data(), total_, scale_.data(), l);
+  sgd_step(values_.data(), grads_.data(), momentum_.data(), decay_.data(), total_, static_cast<float>(cfg_.momentum),
+           static_cast<float>(lr), cfg_.nesterov, loss_scaling_ ? scale_.data() : nullptr, l);
+  if (loss_scaling_) loss_scale_step(scale_.data(), scale_cfg_, l);
+  ++ctx_->version;
+  scatter_bn_params();
+  return last_grad_seconds_;
+}
+
+void CudaTrainModel::check() {
+  if (loss_scaling_)
+    SBN_CUDA_CHECK(cudaMemcpyAsync(scale_pinned_.data(), scale_.data(), sizeof(LossScaleState), cudaMemcpyDeviceToHost,
+                                   stream_),
+                   "reading the loss scale");
+  sync("end of step");  // the step's wait; a hung collective surfaces here as the watchdog's error
+  for (BatchNormLayer* b : bns_) b->bn().check();  // the stream is idle: status copies only
+  if (grad_timed_) {
+    float ms = 0;
+    SBN_CUDA_CHECK(cudaEventElapsedTime(&ms, grad_begin_, grad_end_), "gradient all-reduce timing");
+    last_grad_seconds_ = 1e-3 * static_cast<double>(ms);
+    grad_timed_ = false;
+  }
+  if (loss_scaling_) scale_host_ = *static_cast<const LossScaleState*>(scale_pinned_.data());
+}
+
+double CudaTrainModel::take_syncbn_comm_seconds() {
+  double s = 0;
+  for (BatchNormLayer* b : bns_) {
+    s += b->bn().comm_seconds();
+    b->bn().reset_comm_seconds();
+  }
+  return s;
+}
+
+void CudaTrainModel::average_running_stats(Communicator& world) {
+  if (bns_.empty()) return;
+  sync("running-stat average");
+  std::vector<CudaBnState> st;
+  std::vector<double> acc;
+  for (BatchNormLayer* b : bns_) {
+    st.push_back(b->bn().state());
+    acc.insert(acc.end(), st.back().running_mean.begin(), st.back().running_mean.end());
+    acc.insert(acc.end(), st.back().running_var.begin(), st.back().running_var.end());
+  }
+  world.allreduce_sum(acc.data(), acc.size(), "local BN running-stat average");
+  std::size_t i = 0;
+  const double P = world.size();
+  for (std::size_t k = 0; k < bns_.size(); ++k) {
+    for (float& v : st[k].running_mean) v = static_cast<float>(acc[i++] / P);
+    for (float& v : st[k].running_var) v = static_cast<float>(acc[i++] / P);
+    bns_[k]->bn().set_state(st[k]);
+  }
+}
+
+// ---- state ----------------------------------------------------------------------------------------------
+
+std::vector<StateArray> CudaTrainModel::state() { return state_; }
+
+void CudaTrainModel::download(void* host, const void* dev, std::size_t bytes, const char* what) {
+  SBN_CUDA_CHECK(cudaMemcpyAsync(host, dev, bytes, cudaMemcpyDeviceToHost, stream_), what);
+  sync(what);
+}
+
+void CudaTrainModel::upload(void* dev, const void* host, std::size_t bytes, const char* what) {
+  SBN_CUDA_CHECK(cudaMemcpyAsync(dev, host, bytes, cudaMemcpyHostToDevice, stream_), what);
+  sync(what);  // pageable source: the copy has read it only once the stream got there
+}
+
+void CudaTrainModel::state_to_host() {
+  const auto bytes = static_cast<std::size_t>(total_) * sizeof(float);
+  download(params_host_.data(), values_.data(), bytes, "parameters to host");
+  download(momentum_host_.data(), momentum_.data(), bytes, "momentum to host");
+  for (std::size_t i = 0; i < bns_.size(); ++i) {
+    const CudaBnState s = bns_[i]->bn().state();
+    BnStaging& h = bn_host_[i];
+    std::copy(s.running_mean.begin(), s.running_mean.end(), h.running_mean.begin());
+    std::copy(s.running_var.begin(), s.running_var.end(), h.running_var.begin());
+    std::copy(s.pivot.begin(), s.pivot.end(), h.pivot.begin());
+    h.num_batches_tracked = s.num_batches_tracked;
+  }
+}
+
+void CudaTrainModel::state_from_host() {
+  const auto bytes = static_cast<std::size_t>(total_) * sizeof(float);
+  upload(values_.data(), params_host_.data(), bytes, "parameters to device");
+  upload(momentum_.data(), momentum_host_.data(), bytes, "momentum to device");
+  for (std::size_t i = 0; i < bns_.size(); ++i) {
+    CudaBnState s = bns_[i]->bn().state();
+    const BnStaging& h = bn_host_[i];
+    s.running_mean = h.running_mean;
+    s.running_var = h.running_var;
+    s.pivot = h.pivot;
+    s.num_batches_tracked = h.num_batches_tracked;
+    bns_[i]->bn().set_state(s);
+  }
+  scatter_bn_params();
+  ++ctx_->version;  // converted weight copies are stale
+  sync("state from host");
+}
+
+// ---- test hooks -----------------------------------------------------------------------------------------
+
+std::vector<float> CudaTrainModel::parameters_to_host() {
+  std::vector<float> out(static_cast<std::size_t>(total_));
+  download(out.data(), values_.data(), out.size() * sizeof(float), "parameters to host");
+  return out;
+}
+
+std::vector<float> CudaTrainModel::gradients_to_host() {
+  bn_grads_gather(bn_links_.data(), static_cast<int>(bns_.size()), grads_.data(), ctx_->launch);
+  std::vector<float> out(static_cast<std::size_t>(total_));
+  download(out.data(), grads_.data(), out.size() * sizeof(float), "gradients to host");
+  return out;
+}
+
+void CudaTrainModel::set_gradient(std::int64_t index, float value) {
+  SBN_CHECK(index >= 0 && index < total_, "set_gradient: index " + std::to_string(index) + " out of range");
+  upload(grads_.data() + index, &value, sizeof value, "set_gradient");
+}
+
+}  // namespace syncbn::cuda::train

@@ -1,0 +1,722 @@
+// Training on the GPU (src/cuda/train, docs/GPU.md "Training on the GPU").
+//
+// Host tests (no GPU needed: they never skip):
+//  - the parameter layout mapping: plan_network() over the CPU model's ParamStore claims every parameter
+//    by name and shape for convnet/resnet × every norm, describes the network as the CPU model does, and
+//    finds the CPU model's buffers; drift (a missing, extra or misshapen parameter) is refused;
+//  - the fp16 loss-scale state machine (loss_scale.h: the code the device runs);
+//  - the per-element code of the training kernels (train_thread.h), run on the CPU over every index and
+//    compared with the CPU layers: max pooling (bit-exact, ties, odd sizes, bf16), average pooling
+//    (bit-exact), GroupNorm forward/backward, cross-entropy, SGD (incl. unscaling), layout maps;
+//  - the refusals that need no device: --grad-accum fp64, and no device → one agreed, clear error.
+// GPU tests (skip without one device per rank; SBN_REQUIRE_GPU=1 makes that a failure), at np 1..4:
+//  - CudaTrainModel vs the CPU model on the same global batch (convnet width 4, resnet width 4 depth 1;
+//    norm sync, sync:2, local, groupnorm, none; fp32): signature, initial parameters, loss within 1e-4,
+//    gradients within 1e-3 after one train_micro, parameters after one reduce_and_update;
+//  - bf16 / fp16: loss close to the fp32 CPU loss; fp16: an injected inf skips the step on every rank,
+//    halves the scale, leaves the parameters alone; the next step trains;
+//  - checkpoints: the GPU state() has the CPU model's names and sizes, and a CPU state loaded into the
+//    GPU model evaluates to the CPU model's loss.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+
+#include "gpu_test_util.h"
+#include "syncbn/app.h"
+#include "syncbn/cpu_train_model.h"
+#include "syncbn/cuda/device.h"
+#include "syncbn/cuda/train/cuda_train_model.h"
+#include "syncbn/cuda/train/loss_scale.h"
+#include "syncbn/cuda/train/net_plan.h"
+#include "syncbn/cuda/train/train_thread.h"
+#include "syncbn/cuda/train_model.h"
+#include "syncbn/model.h"
+#include "syncbn/optimizer.h"
+#include "syncbn/sampler.h"
+#include "test_util.h"
+
+namespace syncbn::test {
+namespace {
+
+using cuda::DType;
+namespace tr = cuda::train;
+
+MpiCommunicator& mpi_world() { return dynamic_cast<MpiCommunicator&>(world()); }
+
+std::vector<double> as_double(const float* p, std::size_t n) { return std::vector<double>(p, p + n); }
+std::vector<double> as_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
+
+// ---- model specs ------------------------------------------------------------------------------------
+
+struct Case {
+  std::string arch, norm;  // norm: the --norm text (sync, sync:2, local, groupnorm, none)
+  std::string str() const { return arch + "/" + norm; }
+};
+
+ModelSpec spec_of(const Case& c) {
+  ModelSpec s;
+  s.arch = c.arch;
+  s.width = 4;
+  s.depth = 1;
+  if (c.arch == "resnet") {
+    s.in_channels = 3;
+    s.height = s.width_px = 32;
+  }
+  const bool bn = c.norm != "groupnorm" && c.norm != "none";
+  s.norm.kind = !bn ? c.norm : c.norm == "local" ? "local" : "sync";
+  s.norm.gn_groups = 2;
+  return s;
+}
+
+TrainConfig config_of(const Case& c, const std::string& precision) {
+  TrainConfig cfg;
+  cfg.model = c.arch;
+  cfg.width = 4;
+  cfg.depth = 1;
+  cfg.norm = c.norm;
+  cfg.gn_groups = 2;
+  cfg.precision = precision;
+  cfg.seed = 7;
+  return cfg;
+}
+
+// The CPU model of `spec` (its own sync group over the MPI world for the synced modes).
+struct CpuModel {
+  std::unique_ptr<SyncGroup> group;
+  CpuContext ctx;
+  std::unique_ptr<Model> model;
+  CpuModel(ModelSpec spec, const std::string& norm, std::uint64_t seed) {
+    if (spec.norm.kind == "sync") {
+      group = std::make_unique<SyncGroup>(world(), parse_sync_mode(norm));
+      spec.norm.group = group.get();
+    }
+    model = build_model(spec, ctx, seed);
+  }
+};
+
+// ---- host: the parameter layout mapping -----------------------------------------------------------
+
+TEST(GpuTrainPlan, ClaimsEveryCpuParameterAndDescribesTheSameNetwork) {
+  for (const std::string arch : {"convnet", "resnet"}) {
+    for (const std::string norm : {"sync", "local", "groupnorm", "none"}) {
+      for (std::int64_t depth : {1, 2}) {
+        ModelSpec spec = spec_of({arch, norm});
+        spec.depth = depth;
+        spec.width = 8;
+        CpuModel cpu(spec, norm, 3);
+        tr::NetPlan plan;
+        ASSERT_NO_THROW(plan = tr::plan_network(spec, cpu.model->params)) << arch << "/" << norm;
+        EXPECT_EQ(plan.describe("sync"), cpu.model->net->describe()) << arch << "/" << norm;
+        // Every slot is the CPU parameter of that name, at its offset.
+        std::vector<int> seen(cpu.model->params.all().size(), 0);
+        auto visit = [&](const tr::ParamSlot& s, const std::string& name) {
+          if (!s.present()) return;
+          const ParamInfo& p = cpu.model->params.info(s.index);
+          EXPECT_EQ(p.name, name);
+          EXPECT_EQ(p.offset, s.offset) << name;
+          EXPECT_EQ(p.size, s.size) << name;
+          ++seen[static_cast<std::size_t>(s.index)];
+        };
+        auto conv = [&](const tr::ConvPlan& c) {
+          visit(c.weight, c.name + ".weight");
+          visit(c.bias, c.name + ".bias");
+          EXPECT_EQ(c.bias.present(), norm == "none") << c.name;
+        };
+        auto nrm = [&](const tr::NormPlan& n) {
+          visit(n.gamma, n.name + ".weight");
+          visit(n.beta, n.name + ".bias");
+        };
+        for (const tr::OpPlan& o : plan.ops) {
+          if (o.kind == tr::OpKind::kConv) conv(o.conv);
+          if (o.kind == tr::OpKind::kNorm) nrm(o.norm);
+          if (o.kind == tr::OpKind::kLinear) {
+            visit(o.linear.weight, o.linear.name + ".weight");
+            visit(o.linear.bias, o.linear.name + ".bias");
+          }
+          if (o.kind == tr::OpKind::kBlock) {
+            conv(o.block.conv1), nrm(o.block.n1), conv(o.block.conv2), nrm(o.block.n2);
+            if (o.block.shortcut) conv(o.block.sc_conv), nrm(o.block.sc_norm);
+          }
+        }
+        for (std::size_t i = 0; i < seen.size(); ++i)
+          EXPECT_EQ(seen[i], 1) << arch << "/" << norm << ": " << cpu.model->params.all()[i].name;
+        // The CPU model's buffers are the BatchNorm layers' four arrays, in the plan's norm order.
+        std::vector<std::string> names;
+        for (const tr::NormPlan* n : tr::norm_layers(plan))
+          if (n->batchnorm())
+            for (const char* f : {".running_mean", ".running_var", ".pivot", ".num_batches_tracked"})
+              names.push_back(n->name + f);
+        std::vector<std::string> cpu_names;
+        for (const BufferRef& b : cpu.model->buffers) cpu_names.push_back(b.name);
+        EXPECT_EQ(names, cpu_names) << arch << "/" << norm;
+      }
+    }
+  }
+}
+
+TEST(GpuTrainPlan, RefusesAParameterStoreThatDriftedFromModelCpp) {
+  const ModelSpec spec = spec_of({"convnet", "sync"});
+  CpuModel cpu(spec, "sync", 1);
+  auto rebuilt = [&](const std::string& skip, const std::string& reshape, bool extra) {
+    ParamStore ps;
+    for (const ParamInfo& p : cpu.model->params.all()) {
+      if (p.name == skip) continue;
+      std::vector<std::int64_t> shape = p.shape;
+      if (p.name == reshape) shape.back() += 1;
+      ps.add(p.name, shape, p.decay, p.init, p.fan_in);
+    }
+    if (extra) ps.add("stray.weight", {3}, true, ParamInit::kZeros);
+    ps.finalize();
+    return ps;
+  };
+  auto message = [&](const ParamStore& ps) {
+    try {
+      tr::plan_network(spec, ps);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  EXPECT_NE(message(rebuilt("conv2.weight", "", false)).find("has no parameter 'conv2.weight'"), std::string::npos);
+  EXPECT_NE(message(rebuilt("", "fc1.weight", false)).find("parameter 'fc1.weight' is [32x"), std::string::npos);
+  EXPECT_NE(message(rebuilt("", "", true)).find("'stray.weight' [3] has no place in the GPU network"), std::string::npos);
+  EXPECT_EQ(message(rebuilt("", "", false)), "(no error)");
+}
+
+// ---- host: loss scaling -------------------------------------------------------------------------------
+
+TEST(GpuLossScale, HalvesAndSkipsOnOverflowGrowsAfterIntervalAndClamps) {
+  tr::LossScaleConfig c;
+  c.interval = 3;
+  tr::LossScaleState s = tr::loss_scale_initial(c);
+  EXPECT_EQ(s.scale, 65536.0f);
+  s.found_inf = 1;
+  tr::loss_scale_update(&s, c);
+  EXPECT_EQ(s.scale, 32768.0f);
+  EXPECT_EQ(s.skipped, 1);
+  EXPECT_EQ(s.found_inf, 0) << "the update clears the flag for the next step";
+  for (int i = 0; i < 2; ++i) tr::loss_scale_update(&s, c);
+  EXPECT_EQ(s.scale, 32768.0f) << "two good steps of an interval of three";
+  EXPECT_EQ(s.good_steps, 2);
+  s.found_inf = 1;
+  tr::loss_scale_update(&s, c);  // an overflow resets the run of good steps
+  EXPECT_EQ(s.scale, 16384.0f);
+  EXPECT_EQ(s.good_steps, 0);
+  for (int i = 0; i < 3; ++i) tr::loss_scale_update(&s, c);
+  EXPECT_EQ(s.scale, 32768.0f);
+  EXPECT_EQ(s.good_steps, 0);
+  EXPECT_EQ(s.steps, 7);
+  EXPECT_EQ(s.skipped, 2);
+  // Clamps.
+  tr::LossScaleState low = s;
+  low.scale = c.min_scale;
+  low.found_inf = 1;
+  tr::loss_scale_update(&low, c);
+  EXPECT_EQ(low.scale, c.min_scale);
+  tr::LossScaleState high = s;
+  high.scale = c.max_scale;
+  high.good_steps = c.interval - 1;
+  tr::loss_scale_update(&high, c);
+  EXPECT_EQ(high.scale, c.max_scale);
+}
+
+// ---- host: the kernels' per-element code vs the CPU layers ------------------------------------------
+
+Tensor random_nhwc(std::int64_t N, std::int64_t C, std::int64_t H, std::int64_t W, std::uint32_t seed, float quantum) {
+  Tensor t({N, C, H, W}, Layout::kChannelsLast);
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  for (std::int64_t i = 0; i < t.numel(); ++i) {
+    const float v = d(gen);
+    t[i] = quantum > 0 ? std::round(v / quantum) * quantum : v;  // quantized: many ties
+  }
+  return t;
+}
+
+template <class T>
+std::vector<T> to_dtype(const Tensor& t) {
+  std::vector<T> out(static_cast<std::size_t>(t.numel()));
+  for (std::int64_t i = 0; i < t.numel(); ++i) cuda::from_float(t[i], &out[static_cast<std::size_t>(i)]);
+  return out;
+}
+
+template <class T>
+std::vector<double> widen(const std::vector<T>& v) {
+  std::vector<double> out(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) out[i] = cuda::to_float(v[i]);
+  return out;
+}
+
+template <class T>
+void check_maxpool(std::int64_t N, std::int64_t C, std::int64_t H, std::int64_t W, float quantum) {
+  Tensor x = random_nhwc(N, C, H, W, 11, quantum);
+  std::vector<T> xt = to_dtype<T>(x);
+  for (std::int64_t i = 0; i < x.numel(); ++i) x[i] = cuda::to_float(xt[static_cast<std::size_t>(i)]);  // as the device holds it
+  ModulePtr pool = make_maxpool(2);
+  Tensor y, dx;
+  pool->forward(x, y, true);
+  Tensor dy = random_nhwc(N, C, H / 2, W / 2, 12, 0);
+  std::vector<T> dyt = to_dtype<T>(dy);
+  for (std::int64_t i = 0; i < dy.numel(); ++i) dy[i] = cuda::to_float(dyt[static_cast<std::size_t>(i)]);
+  pool->backward(x, y, dy, &dx);
+  const tr::PoolGeom g{N, C, H, W, H / 2, W / 2};
+  std::vector<T> ye(static_cast<std::size_t>(y.numel())), dxe(static_cast<std::size_t>(x.numel()));
+  std::vector<std::uint8_t> arg(ye.size());
+  for (std::int64_t e = 0; e < y.numel(); ++e) tr::maxpool2x2_forward_element(xt.data(), ye.data(), arg.data(), e, g);
+  for (std::int64_t e = 0; e < x.numel(); ++e) tr::maxpool2x2_backward_element(dyt.data(), arg.data(), dxe.data(), e, g);
+  EXPECT_EQ(widen(ye), as_double(y.data(), static_cast<std::size_t>(y.numel())));
+  EXPECT_EQ(widen(dxe), as_double(dx.data(), static_cast<std::size_t>(dx.numel())))
+      << "gradient routing (first maximum on ties) differs";
+}
+
+TEST(GpuTrainThread, MaxPoolMatchesCpuBitForBitIncludingTiesAndOddSizes) {
+  check_maxpool<float>(3, 5, 7, 9, 0.5f);   // quantized: ties everywhere; odd H, W: leftover rows/columns
+  check_maxpool<float>(2, 16, 8, 8, 0.0f);
+  check_maxpool<__nv_bfloat16>(2, 6, 6, 5, 0.25f);
+  check_maxpool<__half>(2, 6, 5, 6, 0.0f);
+}
+
+TEST(GpuTrainThread, GlobalAvgPoolMatchesCpuBitForBit) {
+  const std::int64_t N = 3, C = 7, H = 5, W = 6, S = H * W;
+  Tensor x = random_nhwc(N, C, H, W, 21, 0), y, dx;
+  ModulePtr pool = make_global_avgpool();
+  pool->forward(x, y, true);
+  Tensor dy({N, C});
+  for (std::int64_t i = 0; i < dy.numel(); ++i) dy[i] = 0.1f * static_cast<float>(i % 13) - 0.5f;
+  pool->backward(x, y, dy, &dx);
+  std::vector<float> ye(static_cast<std::size_t>(N * C)), dxe(static_cast<std::size_t>(x.numel()));
+  for (std::int64_t e = 0; e < N * C; ++e) tr::avgpool_forward_element(x.data(), ye.data(), e, S, C);
+  for (std::int64_t e = 0; e < x.numel(); ++e) tr::avgpool_backward_element(dy.data(), dxe.data(), e, S, C);
+  EXPECT_EQ(as_double(ye), as_double(y.data(), ye.size()));
+  EXPECT_EQ(as_double(dxe), as_double(dx.data(), dxe.size()));
+}
+
+// GroupNorm: the kernels' three steps with their own per-element code (column reductions emulated in
+// double, in row order), against the CPU layer.
+void check_group_norm(std::int64_t N, std::int64_t C, std::int64_t H, std::int64_t W, std::int64_t G, bool relu,
+                      float mean_offset) {
+  ParamStore ps;
+  NormSpec ns;
+  ns.kind = "groupnorm";
+  ns.gn_groups = G;
+  ModulePtr gn = make_norm("gn", C, ns, relu, ps);
+  ps.finalize();
+  std::mt19937 gen(5);
+  std::uniform_real_distribution<float> u(0.5f, 1.5f);
+  for (std::int64_t c = 0; c < C; ++c) {
+    ps.values()[static_cast<std::size_t>(ps.info(0).offset + c)] = u(gen);
+    ps.values()[static_cast<std::size_t>(ps.info(1).offset + c)] = u(gen) - 1.0f;
+  }
+  const float* gamma = ps.value(0);
+  const float* beta = ps.value(1);
+  const bool four_d = H > 0;
+  Tensor x = four_d ? random_nhwc(N, C, H, W, 31, 0) : Tensor({N, C});
+  if (!four_d)
+    for (std::int64_t i = 0; i < x.numel(); ++i) x[i] = std::sin(0.7f * static_cast<float>(i));
+  for (std::int64_t i = 0; i < x.numel(); ++i) x[i] += mean_offset;
+  Tensor y, dx, dy(x.shape(), x.layout());
+  for (std::int64_t i = 0; i < dy.numel(); ++i) dy[i] = std::cos(0.3f * static_cast<float>(i));
+  gn->forward(x, y, true);
+  gn->backward(x, y, dy, &dx);
+
+  const tr::GnGeom q{N, four_d ? H * W : 1, C, G};
+  const auto NC = static_cast<std::size_t>(N * C);
+  std::vector<double> sa(NC), sb(NC), mean(static_cast<std::size_t>(N * G)), invstd(mean.size());
+  std::vector<float> ca(NC), cb(NC), cd(NC), ye(static_cast<std::size_t>(x.numel())), dxe(ye.size());
+  auto channel_sums = [&](const float* dyp, const float* yp) {
+    for (std::int64_t j = 0; j < N * C; ++j) {
+      double a = 0, b = 0;
+      for (std::int64_t s = 0; s < q.S; ++s) tr::gn_channel_sums_term(x.data(), dyp, yp, q, s, j, &a, &b);
+      sa[static_cast<std::size_t>(j)] = a;
+      sb[static_cast<std::size_t>(j)] = b;
+    }
+  };
+  channel_sums(nullptr, nullptr);
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t g = 0; g < G; ++g)
+      tr::gn_group_forward(x.data(), sa.data(), sb.data(), gamma, beta, q, n, g, 1e-5, mean.data(), invstd.data(),
+                           ca.data(), cb.data());
+  for (std::int64_t e = 0; e < x.numel(); ++e) tr::gn_forward_element(x.data(), ca.data(), cb.data(), relu, q, e, ye.data());
+  channel_sums(dy.data(), relu ? ye.data() : nullptr);
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t g = 0; g < G; ++g)
+      tr::gn_group_backward(x.data(), sa.data(), sb.data(), gamma, mean.data(), invstd.data(), q, n, g, ca.data(),
+                            cb.data(), cd.data());
+  std::vector<double> dg(static_cast<std::size_t>(C), 0.0), db(dg.size(), 0.0);
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t c = 0; c < C; ++c) {
+      dg[static_cast<std::size_t>(c)] += sb[static_cast<std::size_t>(n * C + c)];
+      db[static_cast<std::size_t>(c)] += sa[static_cast<std::size_t>(n * C + c)];
+    }
+  for (std::int64_t e = 0; e < x.numel(); ++e)
+    tr::gn_backward_element(x.data(), ye.data(), dy.data(), ca.data(), cb.data(), cd.data(), relu, q, e, dxe.data());
+  const std::string what = "groupnorm N" + std::to_string(N) + " C" + std::to_string(C) + " G" + std::to_string(G) +
+                           (relu ? " relu" : "") + " offset " + std::to_string(mean_offset);
+  // y and dx come from fp32 coefficients a·x + b: an offset of |mean| ≫ std costs ~|a·mean|·2⁻²⁴ absolute
+  // in either formulation, hence the offset-scaled absolute tolerance.
+  const double atol = 1e-6 * (1.0 + std::fabs(mean_offset));
+  EXPECT_TRUE(near(as_double(ye), as_double(y.data(), ye.size()), 1e-6, atol, what + " y"));
+  EXPECT_TRUE(near(as_double(dxe), as_double(dx.data(), dxe.size()), 1e-5, atol, what + " dx"));
+  EXPECT_TRUE(near(dg, as_double(ps.grad(0), dg.size()), 1e-5, 1e-6, what + " dgamma"));
+  EXPECT_TRUE(near(db, as_double(ps.grad(1), db.size()), 1e-5, 1e-6, what + " dbeta"));
+}
+
+TEST(GpuTrainThread, GroupNormMatchesCpu) {
+  check_group_norm(3, 8, 5, 7, 2, true, 0.0f);
+  check_group_norm(2, 12, 4, 4, 4, false, 0.0f);   // Cg = 3
+  check_group_norm(2, 6, 9, 9, 3, true, 100.0f);   // |mean| ≫ std: shifted sums
+  check_group_norm(5, 32, 0, 0, 8, true, 0.0f);    // (N, C): after a fully connected layer
+  check_group_norm(1, 4, 3, 3, 1, false, 0.0f);    // one group
+}
+
+TEST(GpuTrainThread, CrossEntropyMatchesCpu) {
+  const std::int64_t N = 9, K = 10;
+  Tensor z({N, K}), dz;
+  for (std::int64_t i = 0; i < z.numel(); ++i) z[i] = 3.0f * std::sin(1.3f * static_cast<float>(i));
+  z[2 * K + 4] = z[2 * K + 7] = 50.0f;  // tie for the maximum: the first one is the prediction
+  std::vector<std::int32_t> labels(static_cast<std::size_t>(N));
+  for (std::int64_t n = 0; n < N; ++n) labels[static_cast<std::size_t>(n)] = static_cast<std::int32_t>((3 * n + 1) % K);
+  labels[2] = 4;
+  const float grad_scale = 1.0f / 64.0f;
+  std::int64_t correct = 0;
+  const double total = softmax_cross_entropy(z, labels.data(), grad_scale, dz, &correct);
+  std::vector<float> dze(static_cast<std::size_t>(N * K));
+  double sum = 0;
+  std::int64_t right = 0;
+  for (std::int64_t n = 0; n < N; ++n) {
+    std::int64_t arg = -1;
+    sum += tr::cross_entropy_sample(z.data() + n * K, K, labels[static_cast<std::size_t>(n)], grad_scale,
+                                    dze.data() + n * K, &arg);
+    right += arg == labels[static_cast<std::size_t>(n)];
+  }
+  EXPECT_EQ(sum, total);
+  EXPECT_EQ(right, correct);
+  EXPECT_EQ(as_double(dze), as_double(dz.data(), dze.size()));
+  // A loss scale multiplies the gradient exactly (powers of two).
+  std::int64_t arg = 0;
+  std::vector<float> scaled(static_cast<std::size_t>(K));
+  tr::cross_entropy_sample(z.data(), K, labels[0], grad_scale * 1024.0, scaled.data(), &arg);
+  for (std::int64_t k = 0; k < K; ++k) EXPECT_EQ(scaled[static_cast<std::size_t>(k)], 1024.0f * dz[k]);
+}
+
+TEST(GpuTrainThread, SgdMatchesCpuOptimizerAndUnscalesExactly) {
+  for (const bool nesterov : {true, false}) {
+    ParamStore ps;
+    ps.add("w", {37}, true, ParamInit::kKaiming, 37);
+    ps.add("b", {5}, false, ParamInit::kZeros);
+    ps.finalize();
+    ps.init_params(3);
+    std::mt19937 gen(9);
+    std::normal_distribution<float> d(0.0f, 0.1f);
+    for (float& g : ps.grads()) g = d(gen);
+    const std::vector<float> w0 = ps.values(), g0 = ps.grads();
+    Sgd sgd(ps, 0.9, 5e-4, nesterov, false);
+    for (float& b : sgd.momentum_buffer()) b = d(gen);
+    const std::vector<float> b0 = sgd.momentum_buffer();
+    sgd.step(0.05);
+    // Per-element decay as Sgd builds it (0 on the alignment padding between parameters, too).
+    std::vector<float> decay(ps.values().size(), 0.0f);
+    for (const ParamInfo& p : ps.all())
+      if (p.decay) std::fill(decay.begin() + p.offset, decay.begin() + p.offset + p.size, 5e-4f);
+    for (const float scale : {1.0f, 4096.0f}) {
+      std::vector<float> w = w0, g = g0, b = b0;
+      for (float& v : g) v *= scale;  // as a loss-scaled gradient arrives
+      for (std::size_t j = 0; j < w.size(); ++j)
+        tr::sgd_element(&w[j], &g[j], &b[j], decay[j], 0.9f, 0.05f, nesterov, 1.0f / scale);
+      const std::string what = std::string(nesterov ? "nesterov" : "momentum") + " scale " + std::to_string(scale);
+      EXPECT_TRUE(near(as_double(w), as_double(ps.values()), 1e-6, 1e-7, what + " weights"));
+      EXPECT_TRUE(near(as_double(b), as_double(sgd.momentum_buffer()), 1e-6, 1e-7, what + " momentum"));
+      for (float v : g) EXPECT_EQ(v, 0.0f) << "the gradient is zeroed for the next step";
+    }
+  }
+}
+
+TEST(GpuTrainThread, LayoutMapsAreTheNhwcAndKrscBijections) {
+  const std::int64_t N = 2, C = 3, H = 4, W = 5;
+  std::vector<int> hit(static_cast<std::size_t>(N * C * H * W), 0);
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t h = 0; h < H; ++h)
+      for (std::int64_t w = 0; w < W; ++w)
+        for (std::int64_t c = 0; c < C; ++c) {
+          const std::int64_t e = ((n * H + h) * W + w) * C + c;
+          const std::int64_t p = tr::nchw_index_of_nhwc(e, C, H, W);
+          EXPECT_EQ(p, ((n * C + c) * H + h) * W + w);
+          ++hit[static_cast<std::size_t>(p)];
+        }
+  for (int v : hit) EXPECT_EQ(v, 1);
+  const std::int64_t O = 4, I = 3, K = 3;
+  std::vector<int> taken(static_cast<std::size_t>(O * I * K * K), 0);
+  for (std::int64_t o = 0; o < O; ++o)
+    for (std::int64_t r = 0; r < K; ++r)
+      for (std::int64_t s = 0; s < K; ++s)
+        for (std::int64_t c = 0; c < I; ++c) {
+          const std::int64_t e = ((o * K + r) * K + s) * I + c;
+          const std::int64_t p = tr::oihw_index_of_krsc(e, I, K);
+          EXPECT_EQ(p, ((o * I + c) * K + r) * K + s);
+          ++taken[static_cast<std::size_t>(p)];
+        }
+  for (int v : taken) EXPECT_EQ(v, 1);
+}
+
+// ---- refusals that need no device ---------------------------------------------------------------------
+
+std::string agreed_error(const std::function<void()>& fn, bool* agreed) {
+  *agreed = false;
+  try {
+    fn();
+  } catch (const AgreedError& e) {
+    *agreed = true;
+    return e.what();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+TEST(GpuTrainModel, RefusesFp64GradientAccumulationWithOneAgreedError) {
+  const Case c{"convnet", "sync"};
+  TrainConfig cfg = config_of(c, "fp32");
+  cfg.grad_accum = "fp64";
+  bool agreed = false;
+  const std::string msg = agreed_error([&] { make_cuda_train_model(spec_of(c), cfg, world()); }, &agreed);
+  EXPECT_TRUE(agreed) << msg;
+  EXPECT_NE(msg.find("--grad-accum fp64 is not supported with --device cuda"), std::string::npos) << msg;
+  EXPECT_TRUE(all_ranks(world(), agreed));
+}
+
+TEST(GpuTrainModel, WithoutDeviceEveryRankGetsTheSameClearError) {
+  const bool has_device = cuda::visible_devices(nullptr) > 0;
+  if (world().any(has_device, "test.has_device")) GTEST_SKIP() << "a CUDA device is visible: start-up is covered below";
+  const Case c{"convnet", "sync"};
+  bool agreed = false;
+  const std::string msg = agreed_error([&] { make_cuda_train_model(spec_of(c), config_of(c, "fp32"), world()); }, &agreed);
+  EXPECT_TRUE(agreed) << "not an agreed error: " << msg;
+  EXPECT_NE(msg.find("--device cuda: no CUDA device visible on " + world().host()), std::string::npos) << msg;
+  EXPECT_TRUE(all_ranks(world(), agreed));
+}
+
+// ---- GPU: the model against the CPU model ------------------------------------------------------------
+
+constexpr std::int64_t kGlobalBatch = 12;
+
+// This rank's slice of a deterministic global batch.
+struct Batch {
+  std::vector<float> images;
+  std::vector<std::int32_t> labels;
+  std::int64_t n = 0;
+};
+
+Batch batch_of(const ModelSpec& spec, std::uint32_t seed) {
+  const Slice my = rank_slice(kGlobalBatch, world().size(), world().rank());
+  const std::int64_t per = spec.in_channels * spec.height * spec.width_px;
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  Batch b;
+  b.n = my.count;
+  for (std::int64_t i = 0; i < kGlobalBatch; ++i) {
+    const bool mine = i >= my.first && i < my.first + my.count;
+    for (std::int64_t j = 0; j < per; ++j) {
+      const float v = u(gen);
+      if (mine) b.images.push_back(v);
+    }
+    const auto label = static_cast<std::int32_t>(gen() % static_cast<std::uint32_t>(spec.classes));
+    if (mine) b.labels.push_back(label);
+  }
+  return b;
+}
+
+// The CPU side of a comparison: CpuTrainModel's steps on the nn layers, so the gradients are visible.
+struct CpuRef {
+  CpuModel m;
+  Tensor x, logits, dlogits;
+  std::unique_ptr<Sgd> sgd;
+  CpuRef(const ModelSpec& spec, const TrainConfig& cfg) : m(spec, cfg.norm, cfg.seed) {
+    sgd = std::make_unique<Sgd>(m.model->params, cfg.momentum, cfg.weight_decay, cfg.nesterov, cfg.decay_norm_bias);
+  }
+  double micro(const ModelSpec& spec, const Batch& b, float grad_scale, std::int64_t* correct) {
+    x.resize({b.n, spec.in_channels, spec.height, spec.width_px}, Layout::kPlanar);
+    if (b.n) std::memcpy(x.data(), b.images.data(), b.images.size() * sizeof(float));
+    m.model->net->forward(x, logits, true);
+    const double loss = softmax_cross_entropy(logits, b.labels.data(), grad_scale, dlogits, correct);
+    m.model->net->backward(x, logits, dlogits, nullptr);
+    return loss;
+  }
+  void step(double lr) {
+    ParamStore& ps = m.model->params;
+    world().allreduce_sum(ps.grads().data(), ps.grads().size(), "test.cpu.grads");
+    sgd->step(lr);
+    ps.zero_grads();
+  }
+};
+
+// Per parameter: |gpu − cpu| ≤ rtol·(|cpu| + max|cpu| of that parameter), with a floor of rtol·10⁻³ of
+// the largest value of any parameter (a parameter whose CPU values are all ~0 must not demand exact zeros).
+::testing::AssertionResult params_near(const ParamStore& ps, const std::vector<float>& gpu, const float* cpu,
+                                       double rtol, const std::string& what) {
+  double global = 0;
+  for (std::int64_t i = 0; i < ps.total(); ++i) global = std::max(global, std::fabs(static_cast<double>(cpu[i])));
+  for (const ParamInfo& p : ps.all()) {
+    double scale = 0;
+    for (std::int64_t i = p.offset; i < p.offset + p.size; ++i)
+      scale = std::max(scale, std::fabs(static_cast<double>(cpu[i])));
+    const double atol = rtol * std::max(scale, 1e-3 * global);
+    for (std::int64_t i = p.offset; i < p.offset + p.size; ++i) {
+      const double ref = cpu[i], got = gpu[static_cast<std::size_t>(i)];
+      if (!(std::fabs(got - ref) <= atol + rtol * std::fabs(ref)))
+        return ::testing::AssertionFailure() << what << " " << p.name << "[" << i - p.offset << "]: gpu " << got
+                                             << " cpu " << ref << " (bound " << atol << " + " << rtol << "|cpu|)";
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+std::vector<Case> comparison_cases() {
+  std::vector<Case> cases;
+  for (const std::string arch : {"convnet", "resnet"}) {
+    for (const std::string norm : {"sync", "local", "groupnorm", "none"}) cases.push_back({arch, norm});
+    if (world().size() % 2 == 0) cases.push_back({arch, "sync:2"});
+  }
+  return cases;
+}
+
+TEST(GpuTrainModel, MatchesCpuModelLossGradientsAndOneStep) {
+  SBN_GPU_TEST_PRELUDE(world(), true);
+  for (const Case& c : comparison_cases()) {
+    SCOPED_TRACE(c.str());
+    const ModelSpec spec = spec_of(c);
+    const TrainConfig cfg = config_of(c, "fp32");
+    CpuRef cpu(spec, cfg);
+    tr::CudaTrainModel gpu(spec, cfg, mpi_world());
+    EXPECT_EQ(gpu.signature(), cpu.m.model->signature);
+    EXPECT_EQ(gpu.num_params(), cpu.m.model->params.total());
+    EXPECT_EQ(gpu.num_syncbn_layers(), static_cast<int>(cpu.m.model->bns.size()));
+    EXPECT_EQ(gpu.parameters_to_host(), cpu.m.model->params.values()) << "initial parameters differ";
+
+    const Batch b = batch_of(spec, 17);
+    const float grad_scale = 1.0f / static_cast<float>(kGlobalBatch);
+    std::int64_t cpu_correct = 0, gpu_correct = 0;
+    double sums[2] = {cpu.micro(spec, b, grad_scale, &cpu_correct), 0.0};
+    gpu.train_micro(b.images.data(), b.labels.data(), b.n, grad_scale, &sums[1], &gpu_correct);
+    world().allreduce_sum(sums, 2, "test.loss");
+    EXPECT_NEAR(sums[1], sums[0], 1e-4 * std::fabs(sums[0])) << "global loss sum";
+    const std::vector<float> g = gpu.gradients_to_host();
+    EXPECT_TRUE(params_near(cpu.m.model->params, g, cpu.m.model->params.grads().data(), 1e-3, "gradient"));
+
+    cpu.step(0.05);
+    gpu.reduce_and_update(world(), 0.05);
+    EXPECT_NO_THROW(gpu.check());
+    const std::vector<float> w = gpu.parameters_to_host();
+    EXPECT_TRUE(params_near(cpu.m.model->params, w, cpu.m.model->params.values().data(), 1e-4, "parameter after a step"));
+    EXPECT_TRUE(all_ranks(world(), !HasFailure()));
+  }
+}
+
+TEST(GpuTrainModel, HalfPrecisionLossesStayCloseToFp32) {
+  SBN_GPU_TEST_PRELUDE(world(), true);
+  for (const std::string precision : {"bf16", "fp16"}) {
+    for (const Case& c : {Case{"convnet", "sync"}, Case{"resnet", "local"}}) {
+      SCOPED_TRACE(c.str() + " " + precision);
+      const ModelSpec spec = spec_of(c);
+      CpuRef cpu(spec, config_of(c, "fp32"));
+      tr::CudaTrainModel gpu(spec, config_of(c, precision), mpi_world());
+      const Batch b = batch_of(spec, 23);
+      std::int64_t k0 = 0, k1 = 0;
+      double sums[2] = {cpu.micro(spec, b, 1.0f / kGlobalBatch, &k0), 0.0};
+      gpu.train_micro(b.images.data(), b.labels.data(), b.n, 1.0f / kGlobalBatch, &sums[1], &k1);
+      world().allreduce_sum(sums, 2, "test.loss");
+      EXPECT_NEAR(sums[1], sums[0], 3e-2 * std::fabs(sums[0]));
+      gpu.reduce_and_update(world(), 0.05);
+      EXPECT_NO_THROW(gpu.check());
+      const tr::LossScaleState s = gpu.loss_scale();
+      if (precision == "fp16") {  // the first step may legitimately overflow at S = 2^16 and back off
+        EXPECT_LE(s.skipped, 1);
+        EXPECT_EQ(s.scale, gpu.loss_scale_config().initial * (s.skipped ? gpu.loss_scale_config().backoff : 1.0f));
+      } else {
+        EXPECT_EQ(s.skipped, 0);
+        EXPECT_EQ(s.scale, 1.0f);
+      }
+      EXPECT_TRUE(all_ranks(world(), !HasFailure()));
+    }
+  }
+}
+
+TEST(GpuTrainModel, Fp16OverflowSkipsTheStepOnEveryRankAndHalvesTheScale) {
+  SBN_GPU_TEST_PRELUDE(world(), true);
+  const Case c{"convnet", "sync"};
+  const ModelSpec spec = spec_of(c);
+  tr::CudaTrainModel gpu(spec, config_of(c, "fp16"), mpi_world());
+  const Batch b = batch_of(spec, 29);
+  // A small gradient scale keeps the scaled fp16 gradients far from overflow (≤ 2^16·2^-12 = 16 at the
+  // logits), so the only inf of this test is the injected one.
+  const float grad_scale = 1.0f / 4096.0f;
+  double loss = 0;
+  std::int64_t correct = 0;
+  gpu.train_micro(b.images.data(), b.labels.data(), b.n, grad_scale, &loss, &correct);
+  const std::vector<float> before = gpu.parameters_to_host();
+  if (world().rank() == 0) gpu.set_gradient(0, std::numeric_limits<float>::infinity());  // one rank overflows
+  gpu.reduce_and_update(world(), 0.05);
+  gpu.check();
+  tr::LossScaleState s = gpu.loss_scale();
+  EXPECT_EQ(s.skipped, 1);
+  EXPECT_EQ(s.scale, gpu.loss_scale_config().initial * gpu.loss_scale_config().backoff);
+  EXPECT_EQ(gpu.parameters_to_host(), before) << "a skipped step must not move the parameters";
+  std::int64_t nonzero = 0;
+  for (float g : gpu.gradients_to_host()) nonzero += g != 0.0f;
+  EXPECT_EQ(nonzero, 0) << "a skipped step still clears the gradients";
+  // The next step trains, with the halved scale.
+  gpu.train_micro(b.images.data(), b.labels.data(), b.n, grad_scale, &loss, &correct);
+  gpu.reduce_and_update(world(), 0.05);
+  gpu.check();
+  s = gpu.loss_scale();
+  EXPECT_EQ(s.skipped, 1);
+  EXPECT_EQ(s.good_steps, 1);
+  EXPECT_NE(gpu.parameters_to_host(), before);
+  EXPECT_NE(gpu.describe().find("dynamic loss scale 32768"), std::string::npos) << gpu.describe();
+  EXPECT_TRUE(all_ranks(world(), !HasFailure()));
+}
+
+TEST(GpuTrainModel, CheckpointStateIsTheCpuModelsAndLoadsAcrossDevices) {
+  SBN_GPU_TEST_PRELUDE(world(), true);
+  for (const Case& c : {Case{"convnet", "sync"}, Case{"resnet", "groupnorm"}}) {
+    SCOPED_TRACE(c.str());
+    const ModelSpec spec = spec_of(c);
+    const TrainConfig cfg = config_of(c, "fp32");
+    std::unique_ptr<TrainModel> cpu = make_cpu_train_model(spec, cfg, world());
+    tr::CudaTrainModel gpu(spec, cfg, mpi_world());
+    // Train the CPU model one step, so parameters, momentum and running statistics are not initial.
+    const Batch b = batch_of(spec, 31);
+    double loss = 0;
+    std::int64_t correct = 0;
+    cpu->train_micro(b.images.data(), b.labels.data(), b.n, 1.0f / kGlobalBatch, &loss, &correct);
+    cpu->reduce_and_update(world(), 0.05);
+    cpu->state_to_host();
+    gpu.state_to_host();
+    const std::vector<StateArray> from = cpu->state(), to = gpu.state();
+    // No ASSERT before the collectives that follow (the next case's set-up): a mismatch is recorded and
+    // the copy skipped.
+    bool same_layout = from.size() == to.size();
+    for (std::size_t i = 0; same_layout && i < from.size(); ++i)
+      same_layout = to[i].name == from[i].name && to[i].bytes == from[i].bytes;
+    EXPECT_TRUE(same_layout) << "the GPU model's state() differs from the CPU model's (names or sizes)";
+    if (same_layout) {
+      for (std::size_t i = 0; i < from.size(); ++i) std::memcpy(to[i].data, from[i].data, from[i].bytes);
+      gpu.state_from_host();
+      gpu.state_to_host();
+      for (std::size_t i = 0; i < from.size(); ++i)
+        EXPECT_EQ(std::memcmp(to[i].data, from[i].data, from[i].bytes), 0) << from[i].name << " did not round-trip";
+    }
+    double l_cpu = 0, l_gpu = 0;
+    std::int64_t k_cpu = 0, k_gpu = 0;
+    cpu->evaluate(b.images.data(), b.labels.data(), b.n, &l_cpu, &k_cpu);
+    gpu.evaluate(b.images.data(), b.labels.data(), b.n, &l_gpu, &k_gpu);
+    EXPECT_NEAR(l_gpu, l_cpu, 1e-4 * std::fabs(l_cpu) + 1e-6);
+    EXPECT_LE(std::abs(k_gpu - k_cpu), 1) << "predictions differ beyond a near-tie";
+    EXPECT_TRUE(all_ranks(world(), !HasFailure()));
+  }
+}
+
+}  // namespace
+}  // namespace syncbn::test

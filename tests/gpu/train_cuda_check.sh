@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# train_cuda_check.sh MPIEXEC... SYNCBN_TRAIN : syncbn-train on the GPU end to end (ctest gpu_train_cli_*),
+# a few steps of a small resnet on synthetic CIFAR-shaped data.
+# With a usable device: --device cuda trains in fp32 and bf16 and names the device in the rank table, and
+# --device auto picks cuda. Without one: --device cuda fails fast with exactly one "error: ... no CUDA
+# device" line (every rank agrees, rank 0 reports) and no MPI abort, and --device auto trains on the CPU.
+# SBN_REQUIRE_GPU=1: the no-device outcome is a failure.
+set -uo pipefail
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+common=(--dataset synthetic --synthetic-shape 3x32x32 --synthetic-train 256 --synthetic-test 64 --global-batch 32
+        --max-steps 3 --log-every 1 --warmup-steps 1 --model resnet --width 4 --depth 1)
+rc=0
+run() {
+  echo "# $*"
+  timeout --kill-after=5 240 "$@" >"$out" 2>&1
+  rc=$?
+  cat "$out"
+  echo "# exit code $rc"
+  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then echo "FAIL: hang"; exit 1; fi
+}
+fail() { echo "FAIL: $*"; exit 1; }
+
+run "$@" --device cuda "${common[@]}"
+if [ "$rc" -eq 0 ]; then
+  grep -q "device cuda" "$out" || fail "the header does not say 'device cuda'"
+  grep -Eq "cuda:[0-9]+ .*\(PCI " "$out" || fail "the rank table does not name the GPU"
+  grep -q "final test accuracy" "$out" || fail "no final evaluation"
+  run "$@" --device cuda --precision bf16 "${common[@]}"
+  [ "$rc" -eq 0 ] || fail "--precision bf16 failed"
+  run "$@" --device auto "${common[@]}"
+  [ "$rc" -eq 0 ] && grep -q "device cuda" "$out" || fail "--device auto did not pick the GPU"
+  echo "OK: trained on the GPU (fp32, bf16); --device auto picks cuda"
+  exit 0
+fi
+if [ "${SBN_REQUIRE_GPU:-0}" = "1" ]; then fail "SBN_REQUIRE_GPU=1 and --device cuda failed"; fi
+errors=$(grep -c "^error:" "$out")
+[ "$errors" -eq 1 ] || fail "expected exactly one 'error:' line, got $errors"
+grep -Eq "^error: .*no CUDA device" "$out" || fail "the error does not say 'no CUDA device'"
+if grep -q "MPI_ABORT" "$out"; then fail "the job was aborted instead of failing cleanly"; fi
+run "$@" --device auto "${common[@]}"
+[ "$rc" -eq 0 ] || fail "--device auto failed without a GPU"
+grep -q "device cpu" "$out" || fail "--device auto did not fall back to the CPU"
+echo "OK: no device -> --device cuda: one clear error line, exit 1; --device auto: trained on the CPU"
