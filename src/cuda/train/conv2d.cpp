@@ -9,9 +9,9 @@
 //
 // Algorithms are chosen once per input shape (N, H, W) and direction, on first use, with cuDNN's _v7
 // heuristics (no benchmarking: no device synchronisation, the same choice on every rank with the same
-// GPU): the first candidate in cuDNN's order that succeeded, fits the workspace limit and has the math we
-// ask for (fp32: CUDNN_FMA_MATH, i.e. no TF32, so --precision fp32 computes in fp32 like the CPU path;
-// bf16/fp16: tensor cores), preferring deterministic algorithms (bit-identical reruns) over faster
+// GPU): the first candidate in cuDNN's order that succeeded, fits the workspace limit and runs with the
+// math we ask for (fp32: CUDNN_FMA_MATH on the descriptor and no tensor-op result, i.e. no TF32, so
+// --precision fp32 computes in fp32 like the CPU path; bf16/fp16: tensor cores), preferring deterministic algorithms (bit-identical reruns) over faster
 // nondeterministic ones; if cuDNN refuses it at its first run, the next candidate (as PyTorch does). The
 // workspace is shared by all layers and grows to the largest choice.
 #include <array>
@@ -43,8 +43,8 @@ struct Choice {
   std::string offered;  // what cuDNN listed, for the error message
 };
 
-// Candidates from cuDNN's list (sorted by expected speed): succeeded, within the workspace limit, with
-// fp32 (FMA) math when asked for; deterministic ones first.
+// Candidates from cuDNN's list (sorted by expected speed): succeeded, within the workspace limit, run
+// with fp32 (FMA) math when asked for; deterministic ones first.
 template <class Perf>
 Choice candidates_of(const Perf* perfs, int count, bool need_fma, std::size_t limit) {
   Choice ch;
@@ -52,9 +52,12 @@ Choice candidates_of(const Perf* perfs, int count, bool need_fma, std::size_t li
     for (int i = 0; i < count; ++i) {
       const Perf& p = perfs[i];
       if (p.status != CUDNN_STATUS_SUCCESS || p.memory > limit) continue;
-      if (need_fma && p.mathType != CUDNN_FMA_MATH) continue;
+      // fp32: no tensor-op (TF32) result; one reported with the default math type runs with FMA math set
+      // on the descriptor (the default would permit TF32 on Ampere and later).
+      const bool tensor_op = p.mathType == CUDNN_TENSOR_OP_MATH || p.mathType == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION;
+      if (need_fma && tensor_op) continue;
       if ((p.determinism == CUDNN_DETERMINISTIC) != (pass == 0)) continue;
-      ch.candidates.push_back({static_cast<int>(p.algo), p.memory, p.mathType});
+      ch.candidates.push_back({static_cast<int>(p.algo), p.memory, need_fma ? CUDNN_FMA_MATH : p.mathType});
     }
   for (int i = 0; i < count; ++i) {
     const Perf& p = perfs[i];
