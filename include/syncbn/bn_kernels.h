@@ -8,6 +8,7 @@
 // element loops read fp32 and write fp32. No kernel allocates. Message layout: bn_math.h.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -31,6 +32,30 @@ struct BnGeometry {
 // Geometry of a (N, C), (N, C, L) or (N, C, H, W) tensor; `who` names the layer in the error thrown
 // for any other rank.
 BnGeometry bn_geometry(const std::vector<std::int64_t>& shape, Layout layout, const std::string& who);
+
+// A layer's batch of N samples as BN batches: consecutive chunks of `samples` samples with ghost
+// batches (the last may be shorter), else one chunk of all N. The CPU and CUDA layers slice alike.
+struct BnChunks {
+  std::int64_t count = 1;    // chunks (at least 1, also for N = 0)
+  std::int64_t samples = 0;  // samples per chunk
+  // Chunk k of the batch `g` of N samples: its geometry and the element offset of its first sample.
+  struct Slice {
+    BnGeometry geometry;
+    std::int64_t offset = 0;
+  };
+  Slice slice(const BnGeometry& g, std::int64_t N, std::int64_t k) const {
+    const std::int64_t per_sample = N ? g.outer / N : 0;  // rows (channels-last) or planes per sample
+    const std::int64_t s0 = k * samples;
+    Slice s{g, s0 * per_sample * g.inner * g.channels};
+    s.geometry.outer = (count == 1 ? N : std::min(samples, N - s0)) * per_sample;
+    return s;
+  }
+};
+// ghost_batch > 0: chunks of that many samples; 0: one chunk.
+inline BnChunks bn_chunks(std::int64_t N, std::int64_t ghost_batch) {
+  if (ghost_batch <= 0) return {1, N};
+  return {std::max<std::int64_t>(1, (N + ghost_batch - 1) / ghost_batch), ghost_batch};
+}
 
 // Arguments of bn_combine; pointers are host memory for the CPU kernel, device memory for CUDA.
 struct BnCombineArgs {

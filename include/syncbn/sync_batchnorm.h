@@ -151,8 +151,8 @@ class SyncBatchNorm {
   std::vector<double> local_pivot_;  // scratch: the batch's first values (local statistics)
 
   // Saved by forward for backward, one block of C per chunk (ghost batches; 1 chunk otherwise).
-  std::int64_t chunks_ = 0;
-  std::int64_t chunk_samples_ = 0;
+  std::int64_t chunks_ = 0;  // chunks the buffers hold (batches_.count after a forward)
+  BnChunks batches_;         // the last forward's BN batches
   bool saved_batch_stats_ = false;   // forward used batch statistics (backward differentiates them)
   Communicator* saved_comm_ = nullptr;  // the group forward reduced over (null: none)
   std::int64_t saved_samples_ = -1;   // forward's N; -1 before any forward

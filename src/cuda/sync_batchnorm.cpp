@@ -173,11 +173,8 @@ void CudaSyncBatchNorm::forward(const DeviceTensor& x, DeviceTensor& y, bool tra
   const std::int64_t C = opt_.channels;
   const std::int64_t N = x.rank() ? x.dim(0) : 0;
   const bool batch_stats = training || !opt_.track_running_stats;
-  const std::int64_t per_sample = N ? g.outer / N : 0;  // rows (channels-last) or planes per sample
-  const std::int64_t ghost = (opt_.ghost_batch > 0 && batch_stats) ? opt_.ghost_batch : 0;
-  const std::int64_t chunks = ghost ? std::max<std::int64_t>(1, (N + ghost - 1) / ghost) : 1;
-  size_buffers(g, chunks);
-  chunk_samples_ = ghost ? ghost : N;
+  batches_ = bn_chunks(N, batch_stats ? opt_.ghost_batch : 0);
+  size_buffers(g, batches_.count);
   saved_batch_stats_ = batch_stats;
   saved_comm_ = comm;
   saved_samples_ = N;
@@ -187,12 +184,8 @@ void CudaSyncBatchNorm::forward(const DeviceTensor& x, DeviceTensor& y, bool tra
   const float* beta = opt_.affine ? beta_.data() : nullptr;
   const bool update = training && opt_.track_running_stats;
 
-  for (std::int64_t k = 0; k < chunks; ++k) {
-    const std::int64_t s0 = k * chunk_samples_;
-    const std::int64_t samples = chunks == 1 ? N : std::min(chunk_samples_, N - s0);
-    BnGeometry gk = g;
-    gk.outer = samples * per_sample;
-    const std::int64_t off = s0 * per_sample * g.inner * C;
+  for (std::int64_t k = 0; k < batches_.count; ++k) {
+    const auto [gk, off] = batches_.slice(g, N, k);
     const std::int64_t p = k * C;
     const void* xk = offset_bytes(x.data(), off, dt);
     void* yk = offset_bytes(y.data(), off, dt);
@@ -257,19 +250,14 @@ void CudaSyncBatchNorm::backward(const DeviceTensor& x, const DeviceTensor& dy, 
   }
   const std::int64_t C = opt_.channels;
   const std::int64_t N = x.dim(0);
-  const std::int64_t per_sample = N ? g.outer / N : 0;
   size_buffers(g, chunks_);
   const DType dt = x.dtype();
   dx.resize(x.shape(), x.layout(), dt, stream_);
   float* dgamma = opt_.affine ? dgamma_.data() : nullptr;
   float* dbeta = opt_.affine ? dbeta_.data() : nullptr;
 
-  for (std::int64_t k = 0; k < chunks_; ++k) {
-    const std::int64_t s0 = k * chunk_samples_;
-    const std::int64_t samples = chunks_ == 1 ? N : std::min(chunk_samples_, N - s0);
-    BnGeometry gk = g;
-    gk.outer = samples * per_sample;
-    const std::int64_t off = s0 * per_sample * g.inner * C;
+  for (std::int64_t k = 0; k < batches_.count; ++k) {
+    const auto [gk, off] = batches_.slice(g, N, k);
     const std::int64_t p = k * C;
     const void* xk = offset_bytes(x.data(), off, dt);
     const void* dyk = offset_bytes(dy.data(), off, dt);

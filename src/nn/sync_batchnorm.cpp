@@ -192,11 +192,8 @@ void SyncBatchNorm::forward(const Tensor& x, Tensor& y, bool training) {
   const std::int64_t C = opt_.channels;
   const std::int64_t N = x.rank() ? x.dim(0) : 0;
   const bool batch_stats = training || !opt_.track_running_stats;
-  const std::int64_t per_sample = N ? g.outer / N : 0;  // rows (channels-last) or planes per sample
-  const std::int64_t ghost = (opt_.ghost_batch > 0 && batch_stats) ? opt_.ghost_batch : 0;
-  const std::int64_t chunks = ghost ? std::max<std::int64_t>(1, (N + ghost - 1) / ghost) : 1;
-  resize_chunks(chunks);
-  chunk_samples_ = ghost ? ghost : N;
+  batches_ = bn_chunks(N, batch_stats ? opt_.ghost_batch : 0);
+  resize_chunks(batches_.count);
   saved_batch_stats_ = batch_stats;
   saved_comm_ = comm;
   saved_samples_ = N;
@@ -205,12 +202,8 @@ void SyncBatchNorm::forward(const Tensor& x, Tensor& y, bool training) {
   const float* gamma = opt_.affine ? gamma_.data() : nullptr;
   const float* beta = opt_.affine ? beta_.data() : nullptr;
 
-  for (std::int64_t k = 0; k < chunks; ++k) {
-    const std::int64_t s0 = k * chunk_samples_;
-    const std::int64_t samples = chunks == 1 ? N : std::min(chunk_samples_, N - s0);
-    BnGeometry gk = g;
-    gk.outer = samples * per_sample;
-    const std::int64_t off = s0 * per_sample * g.inner * C;
+  for (std::int64_t k = 0; k < batches_.count; ++k) {
+    const auto [gk, off] = batches_.slice(g, N, k);
     const std::size_t p = static_cast<std::size_t>(k * C);
     if (!batch_stats) {
       // Eval with running statistics: constants, no reduction, no communication.
@@ -289,18 +282,13 @@ void SyncBatchNorm::backward(const Tensor& x, const Tensor& dy, Tensor& dx) {
   }
   const std::int64_t C = opt_.channels;
   const std::int64_t N = x.dim(0);
-  const std::int64_t per_sample = N ? g.outer / N : 0;
   dx.resize(x.shape(), x.layout());
   const bool stream = x.numel() * static_cast<std::int64_t>(sizeof(float)) >= opt_.stream_threshold_bytes;
   float* dgamma = opt_.affine ? dgamma_.data() : nullptr;
   float* dbeta = opt_.affine ? dbeta_.data() : nullptr;
 
-  for (std::int64_t k = 0; k < chunks_; ++k) {
-    const std::int64_t s0 = k * chunk_samples_;
-    const std::int64_t samples = chunks_ == 1 ? N : std::min(chunk_samples_, N - s0);
-    BnGeometry gk = g;
-    gk.outer = samples * per_sample;
-    const std::int64_t off = s0 * per_sample * g.inner * C;
+  for (std::int64_t k = 0; k < batches_.count; ++k) {
+    const auto [gk, off] = batches_.slice(g, N, k);
     const std::size_t p = static_cast<std::size_t>(k * C);
     // As in forward: synced statistics need the all-reduce between the two passes; local ones go block
     // by block of channels, so elemt reads x and dy from cache.

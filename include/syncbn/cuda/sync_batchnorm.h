@@ -119,8 +119,8 @@ class CudaSyncBatchNorm {
   DeviceArray<std::int64_t> batches_tracked_;                                      // (1)
 
   // Saved by forward for backward, one block of C per chunk (ghost batches; 1 chunk otherwise).
-  std::int64_t chunks_ = 0;
-  std::int64_t chunk_samples_ = 0;
+  std::int64_t chunks_ = 0;  // chunks the buffers hold (batches_.count after a forward)
+  BnChunks batches_;         // the last forward's BN batches
   bool saved_batch_stats_ = false;
   Communicator* saved_comm_ = nullptr;
   std::int64_t saved_samples_ = -1;
