@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -150,7 +151,7 @@ struct NormSpec {
   SyncGroup* group = nullptr;     // for BatchNorm kinds: the layers' sync group
   std::int64_t gn_groups = 8;
   std::int64_t ghost_batch = 0;
-  double momentum = 0.1;  // running-statistics momentum; < 0: cumulative average (--bn-momentum none)
+  std::optional<double> momentum = 0.1;  // running-statistics momentum; nullopt: cumulative average
   double eps = 1e-5;
 };
 // norm(x) followed by ReLU when `relu` (fused into BatchNorm's normalize pass).

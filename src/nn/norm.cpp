@@ -23,8 +23,7 @@ class BatchNormModule final : public Module {
     BatchNormOptions opt;
     opt.channels = channels;
     opt.eps = spec.eps;
-    if (spec.momentum < 0) opt.momentum.reset();  // cumulative average
-    else opt.momentum = spec.momentum;
+    opt.momentum = spec.momentum;
     opt.fuse_relu = relu;
     opt.ghost_batch = spec.ghost_batch;
     SyncGroup* group = spec.kind == "local" ? nullptr : spec.group;

@@ -155,7 +155,8 @@ int run_training(const TrainOptions& options, MpiCommunicator& world) {
   spec.norm.kind = !batchnorm ? cfg.norm : cfg.norm == "local" ? "local" : "sync";
   spec.norm.gn_groups = cfg.gn_groups;
   spec.norm.ghost_batch = cfg.ghost_batch;
-  spec.norm.momentum = cfg.bn_momentum == "none" ? -1.0 : std::stod(cfg.bn_momentum);
+  if (cfg.bn_momentum == "none") spec.norm.momentum.reset();  // cumulative average
+  else spec.norm.momentum = std::stod(cfg.bn_momentum);
   spec.norm.eps = cfg.bn_eps;
   std::unique_ptr<TrainModel> model;
   run_agreed(world, "model", [&] {

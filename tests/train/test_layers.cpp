@@ -337,12 +337,12 @@ TEST(Norms, FusedReluEqualsSeparateRelu) {
   }
 }
 
-// --bn-momentum none reaches the layer as momentum < 0: running statistics are the cumulative average
+// --bn-momentum none reaches the layer as no momentum: running statistics are the cumulative average
 // of the batches' statistics (PyTorch's momentum=None), here after three batches of known means.
 TEST(Norms, NegativeMomentumIsTheCumulativeAverage) {
   NormSpec spec;
   spec.kind = "local";
-  spec.momentum = -1;
+  spec.momentum = std::nullopt;
   ParamStore store;
   auto bn = make_norm("n", 2, spec, false, store);
   store.finalize();

@@ -13,11 +13,7 @@ BatchNormOptions bn_options(const NormPlan& plan, const NormSpec& spec) {
   BatchNormOptions o;
   o.channels = plan.channels;
   o.eps = spec.eps;
-  if (spec.momentum >= 0) {
-    o.momentum = spec.momentum;
-  } else {
-    o.momentum.reset();  // --bn-momentum none: cumulative average (the trainer passes −1)
-  }
+  o.momentum = spec.momentum;
   o.fuse_relu = plan.relu;
   o.ghost_batch = spec.ghost_batch;
   return o;
