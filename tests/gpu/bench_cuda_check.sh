@@ -6,7 +6,7 @@
 set -uo pipefail
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
-cmd=("$@" --device cuda --shapes 4x32x8x8,16x64 --layout both --reps 3 --warmup 1)
+cmd=("$@" --device cuda --shapes "4x32x8x8,16x64" --layout both --reps 3 --warmup 1)
 echo "# ${cmd[*]}"
 timeout --kill-after=5 120 "${cmd[@]}" >"$out" 2>&1
 rc=$?

@@ -29,7 +29,7 @@ if [ "$rc" -eq 0 ]; then
   run "$@" --device cuda --precision bf16 "${common[@]}"
   [ "$rc" -eq 0 ] || fail "--precision bf16 failed"
   run "$@" --device auto "${common[@]}"
-  [ "$rc" -eq 0 ] && grep -q "device cuda" "$out" || fail "--device auto did not pick the GPU"
+  if [ "$rc" -ne 0 ] || ! grep -q "device cuda" "$out"; then fail "--device auto did not pick the GPU"; fi
   echo "OK: trained on the GPU (fp32, bf16); --device auto picks cuda"
   exit 0
 fi
