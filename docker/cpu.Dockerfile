@@ -46,10 +46,13 @@ RUN SBN_USER="${SBN_USER}" SBN_UID="${SBN_UID}" SBN_SSH_PORT="${SBN_SSH_PORT}" S
  && install -d -m 0777 /runs
 
 # Open MPI inside containers: mpirun as root is allowed (root mode), and the shared-memory transport
-# copies through the buffer (single-copy CMA needs ptrace rights a container does not have).
+# copies through the buffer (single-copy CMA needs ptrace rights a container does not have). A signalled
+# mpirun (pod deletion) gives the ranks 10 s, not 1 s, from SIGTERM to SIGKILL to save a checkpoint
+# (launch/common.sh explains the sequence).
 ENV OMPI_ALLOW_RUN_AS_ROOT=1 \
     OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
-    OMPI_MCA_btl_vader_single_copy_mechanism=none
+    OMPI_MCA_btl_vader_single_copy_mechanism=none \
+    OMPI_MCA_odls_base_sigkill_timeout=10
 USER ${SBN_USER}
 WORKDIR /runs
 EXPOSE ${SBN_SSH_PORT}

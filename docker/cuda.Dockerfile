@@ -68,6 +68,7 @@ RUN SBN_USER="${SBN_USER}" SBN_UID="${SBN_UID}" SBN_SSH_PORT="${SBN_SSH_PORT}" S
 ENV OMPI_ALLOW_RUN_AS_ROOT=1 \
     OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
     OMPI_MCA_btl_vader_single_copy_mechanism=none \
+    OMPI_MCA_odls_base_sigkill_timeout=10 \
     NCCL_SOCKET_IFNAME=^lo,docker \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility

@@ -32,11 +32,11 @@ common=(--global-batch "$B" --max-steps "$STEPS" --log-every 25 --threads "$THRE
 
 echo "# (a) SyncBN: $NP ranks x $((B / NP)) samples, BN over $B"
 sbn_mpirun_flags "$NP"
-sbn_run "$MPIRUN" "${MPIRUN_FLAGS[@]}" "$bin" "${common[@]}" --norm sync --run-dir "$OUT/syncbn" "$@"
+sbn_run_mpi "$MPIRUN" "${MPIRUN_FLAGS[@]}" "$bin" "${common[@]}" --norm sync --run-dir "$OUT/syncbn" "$@"
 echo
 echo "# (b) accumulation: $NP_ACCUM rank(s) x $K micro-batches of $((B / NP)), BN over each micro-batch"
 sbn_mpirun_flags "$NP_ACCUM"
-sbn_run "$MPIRUN" "${MPIRUN_FLAGS[@]}" "$bin" "${common[@]}" --norm sync --accum-steps "$K" \
+sbn_run_mpi "$MPIRUN" "${MPIRUN_FLAGS[@]}" "$bin" "${common[@]}" --norm sync --accum-steps "$K" \
   --run-dir "$OUT/accum" "$@"
 
 "$PYTHON" - "$OUT" "$NP" "$NP_ACCUM" "$B" "$K" <<'PY'

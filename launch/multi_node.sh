@@ -2,7 +2,8 @@
 # Training across several nodes with mpirun over ssh: HOSTS="node1:4,node2:4" (host:slots) or
 # HOSTFILE=path (Open MPI hostfile: "node1 slots=4"). The binary and the data must exist at the same
 # paths on every node (shared file system or identical images, see docker/). Pin the network with
-# IFACE (both MPI's TCP transport and NCCL).
+# IFACE (both MPI's TCP transport and NCCL). ssh to every node must work without a prompt (keys and
+# known_hosts in place): mpirun runs without a terminal (launch/common.sh, sbn_run_mpi).
 #   HOSTS=localhost:2 launch/multi_node.sh --epochs 1          # works on one machine too
 #   HOSTFILE=hosts.txt NP=16 IFACE=ib0 launch/multi_node.sh --device cuda
 set -euo pipefail
@@ -41,4 +42,4 @@ if [ -n "$IFACE" ]; then
   MPIRUN_FLAGS+=(--mca btl_tcp_if_include "$IFACE" --mca oob_tcp_if_include "$IFACE" -x NCCL_SOCKET_IFNAME="$IFACE")
 fi
 [ -n "$SSH_PORT" ] && MPIRUN_FLAGS+=(--mca plm_rsh_args "-p $SSH_PORT")
-sbn_run "$MPIRUN" "${MPIRUN_FLAGS[@]}" "$bin" --norm sync --run-dir "$RUN_DIR" --threads "$THREADS" "$@"
+sbn_run_mpi "$MPIRUN" "${MPIRUN_FLAGS[@]}" "$bin" --norm sync --run-dir "$RUN_DIR" --threads "$THREADS" "$@"

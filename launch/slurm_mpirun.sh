@@ -20,4 +20,4 @@ fi
 bin="$PWD/$BUILD_DIR/src/apps/syncbn-train"
 sbn_require_binary "$bin"
 sbn_mpirun_flags "$NP"
-sbn_run "$MPIRUN" "${MPIRUN_FLAGS[@]}" "$bin" --norm sync --run-dir "$RUN_DIR" --threads "$THREADS" "$@"
+sbn_run_mpi "$MPIRUN" "${MPIRUN_FLAGS[@]}" "$bin" --norm sync --run-dir "$RUN_DIR" --threads "$THREADS" "$@"

@@ -79,7 +79,7 @@ for b in $BATCHES; do
     lr=$(awk -v base="$LR_BASE" -v b="$B" 'BEGIN { printf "%.6g", base * b / 64 }')
     dir="$OUT/$mode-b$b"
     rm -rf "$dir"
-    sbn_run "$MPIRUN" "${MPIRUN_FLAGS[@]}" "$bin" --dataset "$DATASET" --seed "$SEED" --global-batch "$B" \
+    sbn_run_mpi "$MPIRUN" "${MPIRUN_FLAGS[@]}" "$bin" --dataset "$DATASET" --seed "$SEED" --global-batch "$B" \
       --max-steps "$steps" --log-every "$log_every" --warmup-steps "$warmup" --lr "$lr" --threads "$THREADS" \
       --run-dir "$dir" "${extra[@]}" >"$dir.log" 2>&1 || { tail -5 "$dir.log"; echo "error: run $dir failed" >&2; exit 1; }
     grep -E "^final" "$dir.log" | sed "s|^|  $mode b=$b: |"

@@ -21,4 +21,4 @@ bin="$BUILD_DIR/src/apps/syncbn-train"
 sbn_require_binary "$bin"
 sbn_mpirun_flags "$NP"
 [ -n "$BIND" ] && MPIRUN_FLAGS+=(--bind-to "$BIND")
-sbn_run "$MPIRUN" "${MPIRUN_FLAGS[@]}" "$bin" --norm sync --run-dir "$RUN_DIR" --threads "$THREADS" "$@"
+sbn_run_mpi "$MPIRUN" "${MPIRUN_FLAGS[@]}" "$bin" --norm sync --run-dir "$RUN_DIR" --threads "$THREADS" "$@"

@@ -3,8 +3,10 @@
 // the error messages. (Distributed properties: test_syncbn_mpi.cpp.)
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
+#include <optional>
 #include <random>
 
 #include "syncbn/error.h"
@@ -343,6 +345,70 @@ TEST(EvalMode, UsesRunningStatistics) {
   EXPECT_EQ(bn.num_batches_tracked(), 0);
 }
 
+// ---- empty batches with local statistics: PyTorch's behaviour ------------------------------------
+
+// PyTorch 1.13, BatchNorm{1,2}d in training mode on an input with no values per channel ((0, C), (0, C, L),
+// (0, C, H, W), or (N, C, 0, W)): returns an empty tensor of the input's shape, leaves running_mean and
+// running_var untouched, and still increments num_batches_tracked (so with momentum=None the next batch's
+// factor is 1/(k+1) counting the empty one); backward gives an empty dx and zero dγ/dβ. Eval mode and
+// track_running_stats=False do not count.
+TEST(EmptyBatch, LocalStatisticsGiveEmptyOutputAndCountTheBatch) {
+  const std::vector<std::pair<std::vector<std::int64_t>, Layout>> inputs = {
+      {{0, 3, 4, 4}, Layout::kPlanar}, {{0, 3, 4, 4}, Layout::kChannelsLast}, {{0, 3}, Layout::kPlanar},
+      {{0, 3, 5}, Layout::kPlanar},    {{2, 3, 0, 4}, Layout::kPlanar},       {{2, 3, 0, 4}, Layout::kChannelsLast}};
+  for (const auto& [shape, layout] : inputs) {
+    for (std::int64_t ghost : {0, 2}) {
+      const std::string what = describe(shape, layout) + " ghost " + std::to_string(ghost);
+      BatchNormOptions opt;
+      opt.channels = 3;
+      opt.fuse_relu = true;
+      opt.ghost_batch = ghost;
+      SyncBatchNorm bn("conv1.bn", opt, nullptr);
+      std::fill(bn.running_mean().begin(), bn.running_mean().end(), 0.5f);
+      std::fill(bn.running_var().begin(), bn.running_var().end(), 2.0f);
+      Tensor x(shape, layout), y, dx;
+      ASSERT_NO_THROW(bn.forward(x, y, true)) << what;
+      EXPECT_EQ(y.shape(), shape) << what;
+      EXPECT_EQ(y.layout(), layout) << what;
+      EXPECT_EQ(bn.running_mean(), std::vector<float>(3, 0.5f)) << what;
+      EXPECT_EQ(bn.running_var(), std::vector<float>(3, 2.0f)) << what;
+      EXPECT_EQ(bn.num_batches_tracked(), 1) << what;
+      EXPECT_EQ(bn.last_group_count(), 0.0) << what;
+      ASSERT_NO_THROW(bn.backward(x, Tensor(shape, layout), dx)) << what;
+      EXPECT_EQ(dx.shape(), shape) << what;
+      EXPECT_EQ(bn.dgamma(), std::vector<float>(3, 0.0f)) << what;
+      EXPECT_EQ(bn.dbeta(), std::vector<float>(3, 0.0f)) << what;
+      EXPECT_EQ(bn.dgamma64(), std::vector<double>(3, 0.0)) << what;
+      bn.forward(x, y, false);  // eval: empty too, not counted
+      EXPECT_EQ(bn.num_batches_tracked(), 1) << what;
+    }
+  }
+  // momentum=None: the empty batch counts in the cumulative average. PyTorch: running_mean 0.5 and
+  // running_var 2 → empty batch → a batch of ones (mean 1, var 0) gives 0.75 and 1, num_batches_tracked 2.
+  BatchNormOptions opt;
+  opt.channels = 3;
+  opt.momentum = std::nullopt;
+  SyncBatchNorm cumulative("fc1.bn", opt, nullptr);
+  std::fill(cumulative.running_mean().begin(), cumulative.running_mean().end(), 0.5f);
+  std::fill(cumulative.running_var().begin(), cumulative.running_var().end(), 2.0f);
+  Tensor y, ones({4, 3, 4, 4});
+  ASSERT_NO_THROW(cumulative.forward(Tensor({0, 3, 4, 4}), y, true));
+  for (std::int64_t i = 0; i < ones.numel(); ++i) ones[i] = 1.0f;
+  cumulative.forward(ones, y, true);
+  EXPECT_EQ(cumulative.running_mean(), std::vector<float>(3, 0.75f));
+  EXPECT_EQ(cumulative.running_var(), std::vector<float>(3, 1.0f));
+  EXPECT_EQ(cumulative.num_batches_tracked(), 2);
+  // No running statistics: empty out, nothing counted.
+  opt.momentum = 0.1;
+  opt.track_running_stats = false;
+  SyncBatchNorm untracked("fc2.bn", opt, nullptr);
+  ASSERT_NO_THROW(untracked.forward(Tensor({0, 3}), y, true));
+  EXPECT_EQ(y.shape(), (std::vector<std::int64_t>{0, 3}));
+  EXPECT_EQ(untracked.num_batches_tracked(), 0);
+  // One value per channel stays an error, as in PyTorch.
+  EXPECT_THROW(untracked.forward(Tensor({1, 3}), y, true), Error);
+}
+
 // ---- errors: each names the problem and the layer ------------------------------------------------
 
 void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
@@ -365,7 +431,6 @@ TEST(LayerErrors, ClearMessages) {
   expect_error([&] { bn.forward(Tensor({2, 4, 2, 2, 2}), y, true); }, {"conv1.bn", "unsupported input rank 5"});
   expect_error([&] { bn.forward(Tensor({2, 4, 3}, Layout::kChannelsLast), y, true); },
                {"conv1.bn", "channels-last layout needs a rank-4 tensor"});
-  expect_error([&] { bn.forward(Tensor({0, 4, 3, 3}), y, true); }, {"conv1.bn", "global count 0"});
   expect_error([&] { bn.forward(Tensor({1, 4}), y, true); },
                {"conv1.bn", "expected more than 1 value per channel when training"});
   expect_error([&] { bn.forward(Tensor({1, 4, 1, 1}), y, true); }, {"conv1.bn", "more than 1 value per channel"});

@@ -1,7 +1,7 @@
 // Distributed SyncBN properties, run at np = 1, 2, 3, 4:
 //  - sync over P ranks == BN over the concatenated batch (y, running stats, dx, Σ_ranks dγ/dβ), with
 //    uneven and empty local batches;
-//  - sync:2 == independent pairs; local == per-rank BN;
+//  - sync:2 == independent pairs; local == per-rank BN (an empty rank: empty output, batch counted);
 //  - exactly one all-reduce per layer per direction; eval never communicates;
 //  - layer-order mismatch and rejected input are reported on every rank, naming the layer, no hang.
 // MPI rule: no ASSERT before a collective; verdicts are combined with all_ranks().
@@ -57,10 +57,16 @@ bool run_and_compare(Communicator& world, const SyncMode& mode, const Scenario& 
   const auto dyl = round_to_float(make_data(202, first, n, C, S, 0.0, 1.0));
   const Tensor x = to_tensor(xl, shape, sc.layout), dy = to_tensor(dyl, shape, sc.layout);
   Tensor y, dx;
-  const bool skip = mode.kind == SyncMode::kLocal && n == 0;  // nothing to normalize, nobody waits
-  if (!skip) {
+  // Local statistics on an empty rank: PyTorch's rule (empty in, empty out, running statistics as they
+  // were, the batch counted). Caught, not thrown: the group's collective below must still run.
+  const bool empty_local = mode.kind == SyncMode::kLocal && n == 0;
+  try {
     bn.forward(x, y, true);
     bn.backward(x, dy, dx);
+  } catch (const Error& e) {
+    if (!empty_local) throw;
+    why += std::string("empty local batch: ") + e.what() + "\n";
+    return false;
   }
   // dγ/dβ are local contributions: the trainer sums them over ranks; do the same over the group.
   std::vector<double> dparams(static_cast<std::size_t>(2 * C));
@@ -69,7 +75,14 @@ bool run_and_compare(Communicator& world, const SyncMode& mode, const Scenario& 
     dparams[static_cast<std::size_t>(C + c)] = bn.dbeta()[c];
   }
   if (group.comm()) group.comm()->allreduce_sum(dparams.data(), dparams.size(), "test.dparams");
-  if (skip) return true;
+  if (empty_local) {
+    const auto Cs = static_cast<std::size_t>(C);
+    const bool ok = y.shape() == shape && dx.shape() == shape && bn.running_mean() == std::vector<float>(Cs, 0.0f) &&
+                    bn.running_var() == std::vector<float>(Cs, 1.0f) && bn.num_batches_tracked() == 1 &&
+                    dparams == std::vector<double>(dparams.size(), 0.0);
+    if (!ok) why += "empty local batch: expected an empty output, untouched running stats, the batch counted\n";
+    return ok;
+  }
 
   // Reference over the group's concatenated batch.
   const auto gx = round_to_float(make_data(101, group_first, group_n, C, S, 2.0, 3.0));

@@ -3,7 +3,8 @@
 // Failure policy (STYLE.md §1): an error every rank detected at the same point (run_agreed) is printed
 // once by rank 0 as a single "error: ..." line and every rank exits 1 cleanly - no rank is left in a
 // collective. Any other escaping error is printed by the rank that hit it ("error: [rank R@host] ...")
-// and the job is ended with MPI_Abort, because its peers may be waiting in a collective.
+// and the job is ended with MPI_Abort, because its peers may be waiting in a collective. Neither line
+// names a source location unless SBN_DEBUG=1 (error_message() in error.h).
 #pragma once
 
 #include <cstdarg>

@@ -1,5 +1,8 @@
 // The CPU implementation of TrainModel: the network of model.h on oneDNN and our CPU SyncBN kernels,
 // parameters in one flat store, SGD (optimizer.h), float or double gradient accumulation.
+// Step contract (train_model.h): the first train_micro() of a step copies every BN buffer (running
+// mean/var, pivot, num_batches_tracked); reduce_and_update() scans the reduced gradients and, at the
+// first NaN/Inf, skips the update and restores those copies (last_step(): kNonFinite, the parameter).
 #pragma once
 
 #include <memory>

@@ -30,6 +30,11 @@ struct Dataset {
   std::int64_t sample_floats() const { return channels * height * width; }  // C·H·W
 };
 
+// At most this many pixel values in one split (4 GiB of 8-bit pixels, 16 GiB once normalized to floats,
+// on every rank): a file header or synthetic size declaring more is refused before anything is allocated,
+// which also keeps every size product (count x C x H x W) far inside int64.
+inline constexpr std::int64_t kMaxSplitValues = std::int64_t{1} << 32;
+
 struct DataOptions {
   std::string dataset = "fashion-mnist";  // fashion-mnist | mnist | cifar10 | synthetic
   std::string dir;                        // empty: the dataset's default (default_data_dir)
@@ -64,6 +69,15 @@ std::array<std::int64_t, 3> parse_chw(const std::string& text);
 // One line for the run's configuration table, e.g.
 // "fashion-mnist: train 60000, test 10000, 1x28x28, 10 classes, mean [0.2860], std [0.3530]".
 std::string describe(const DataSplits& data);
+
+// ---- files -------------------------------------------------------------------------------------
+
+// Opens `path` read-only (O_CLOEXEC) if it is a regular file, symbolic links followed, and never blocks:
+// it is stat()ed first, so a FIFO (whose open for reading would wait for a writer), a device or a
+// directory is refused without being opened. Returns the descriptor, or -1 with *why set to the reason:
+// strerror's text ("No such file or directory", "Permission denied", ...) or "is a directory",
+// "is a FIFO, not a regular file", "is a character device, not a regular file", ...
+int open_regular_file(const std::string& path, std::string* why);
 
 // ---- batches -----------------------------------------------------------------------------------
 

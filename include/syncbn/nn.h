@@ -60,6 +60,11 @@ class ParamStore {
   std::vector<float>& grads() { return grads_; }
   std::int64_t total() const { return total_; }
   void zero_grads();
+  // The flat index of the first NaN/Inf in grads() (the parameter order is the offset order, so it lies
+  // in the first parameter with a non-finite gradient), or -1: the step check on the reduced gradients.
+  std::int64_t first_nonfinite_grad() const;
+  // The parameter holding flat element `index`, or -1 (out of range, or alignment padding).
+  int param_at(std::int64_t index) const;
 
   // --grad-accum fp64: layers accumulate parameter gradients in double (grads64) instead of float. A
   // float sum's rounding depends on how the samples were split over ranks (and BN networks amplify

@@ -72,6 +72,13 @@ double bn_layer_tag(const std::string& layer, const char* phase, std::int64_t ch
 [[noreturn]] void throw_bn_status(BnStatus status, const std::string& layer, const char* phase, int group_size,
                                   double count, double forward_count);
 
+// True when a training BN batch (one chunk) with LOCAL statistics has no values per channel. PyTorch
+// (BatchNorm*d, 1.13) then returns an empty output, leaves the running statistics as they were and still
+// counts the batch in num_batches_tracked; both layers do the same instead of failing. With synced
+// statistics the group's count decides (it travels in the all-reduce): an empty rank is normal, an empty
+// group is an error.
+bool bn_local_empty_batch(const BnGeometry& chunk, bool synced);
+
 // --- layer ----------------------------------------------------------------------------------------
 
 struct BatchNormOptions {

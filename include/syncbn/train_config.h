@@ -81,11 +81,15 @@ struct ParseResult {
 class TrainOptions {
  public:
   TrainOptions();
-  // Parses argv (and --config's INI file); throws syncbn::Error with a one-line message on any unknown
-  // option, bad value or unreadable file. Does not validate combinations (validate() does).
+  // Parses argv (and --config's INI file, which must be a readable regular file: a FIFO, a directory or
+  // a read error is an error, never an empty configuration); throws syncbn::Error with a one-line
+  // message on any unknown option, bad value (including a negative --seed) or unreadable file. Does not
+  // validate ranges or combinations (validate() does).
   ParseResult parse(int argc, char** argv);
-  // Rejects every bad value or combination with a precise message; world_size matters for sync:K and
-  // the per-rank batch.
+  // Rejects every bad value or combination with a one-line message naming the flag and the allowed
+  // range: every number finite and within the bounds the code needs (no int64 product can overflow);
+  // --resume FILE a regular file that can be opened (a FIFO would block its reader), --run-dir not an
+  // existing non-directory. world_size matters for sync:K and the per-rank batch.
   void validate(int world_size) const;
 
   TrainConfig& config() { return cfg_; }

@@ -24,10 +24,25 @@ namespace syncbn {
 
 // One array of the checkpointed state, in host memory (valid between state_to_host() and the next
 // training call, or before state_from_host()).
+enum class StateType { kF32, kF64, kI64 };
 struct StateArray {
   std::string name;  // "param:conv1.weight", "momentum", "buffer:conv1.bn.running_mean", ...
   void* data = nullptr;
   std::size_t bytes = 0;
+  StateType type = StateType::kF32;  // element type: checkpoints refuse non-finite floating-point state
+};
+
+// What became of one optimizer step (TrainModel::last_step()). The checks run on the all-reduced
+// gradients, which are bitwise the same on every rank (a NaN or Inf on any rank reaches every rank's
+// sum), so every rank reaches the same outcome without a collective of its own.
+struct StepResult {
+  enum class Outcome {
+    kCommitted,  // parameters, optimizer state and BN running statistics moved
+    kSkipped,    // fp16 loss-scale overflow: nothing moved (running statistics restored), training goes on
+    kNonFinite,  // a reduced gradient is NaN/Inf: nothing moved; the trainer stops with an error
+  };
+  Outcome outcome = Outcome::kCommitted;
+  std::string nonfinite;  // kNonFinite: the first parameter (in parameter order) with a non-finite gradient
 };
 
 class TrainModel {
@@ -47,8 +62,10 @@ class TrainModel {
   // correct predictions to *correct.
   virtual void train_micro(const float* images, const std::int32_t* labels, std::int64_t n, float grad_scale,
                            double* loss_sum, std::int64_t* correct) = 0;
-  // Gradient all-reduce over `world`, optimizer update with learning rate lr, gradients zeroed.
-  // Returns the seconds spent in the gradient all-reduce.
+  // Gradient all-reduce over `world`, then - only if every reduced gradient is finite - the optimizer
+  // update with learning rate lr and the BN running-statistics updates of this step's forwards; else
+  // nothing of the step is kept (last_step() says which). Gradients are zeroed either way. Returns the
+  // seconds spent in the gradient all-reduce.
   virtual double reduce_and_update(Communicator& world, double lr) = 0;
   // Eval-mode forward (running statistics, no communication) of n samples: adds Σ loss and #correct.
   virtual void evaluate(const float* images, const std::int32_t* labels, std::int64_t n, double* loss_sum,
@@ -59,6 +76,8 @@ class TrainModel {
   virtual void average_running_stats(Communicator& world) = 0;
   // Raises deferred errors (a device layer's status words) at the end of a step; nothing on the CPU.
   virtual void check() {}
+  // The outcome of the last reduce_and_update(); valid after check() (a device reads it at that wait).
+  virtual StepResult last_step() const = 0;
 
   // Checkpointed state as host arrays; state_to_host() before reading them (save), state_from_host()
   // after writing them (load).

@@ -16,8 +16,9 @@ int main(int argc, char** argv) {
       parsed = options.parse(argc, argv);
       if (!parsed.help) options.validate(world.size());
     });
-    if (parsed.help) {
-      if (world.rank() == 0) std::fputs(parsed.help_text.c_str(), stdout);
+    // --help on some ranks only (an MPMD launch) still ends every rank here, not in the next collective.
+    if (world.any(parsed.help, "options: --help")) {
+      if (world.rank() == 0 && parsed.help) std::fputs(parsed.help_text.c_str(), stdout);
       return 0;
     }
     return syncbn::run_training(options, world);

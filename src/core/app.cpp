@@ -13,7 +13,7 @@ void run_agreed(Communicator& comm, const char* label, const std::function<void(
     fn();
   } catch (const std::exception& e) {
     failed = true;
-    why = e.what();
+    why = error_message(e);  // no source location unless SBN_DEBUG=1 (error.h)
   }
   if (!comm.any(failed, label)) return;
   // Find the lowest failing rank and broadcast its message, so that rank 0 can report it once.
@@ -47,14 +47,21 @@ int mpi_main(int argc, char** argv, const std::function<int(MpiCommunicator& wor
     std::unique_ptr<MpiCommunicator> world;
     try {
       world = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD);
-      if (const char* t = std::getenv("SBN_COMM_TIMEOUT")) world->set_timeout(std::atof(t));
+      if (const char* t = std::getenv("SBN_COMM_TIMEOUT")) {
+        // The same bounds as --comm-timeout: inf or 1e12 would overflow the deadline arithmetic.
+        char* end = nullptr;
+        const double s = std::strtod(t, &end);
+        SBN_CHECK(*t != '\0' && *end == '\0' && s >= 0 && s <= 604800,
+                  std::string("SBN_COMM_TIMEOUT must be a number of seconds in [0, 604800], got '") + t + "'");
+        world->set_timeout(s);
+      }
       code = body(*world);
     } catch (const AgreedError& e) {
       if (!world || world->rank() == 0) std::fprintf(stderr, "error: %s\n", e.what());
       code = 1;
     } catch (const std::exception& e) {
       // Communicator errors already say which rank; everything else gets the prefix here.
-      const std::string what = e.what();
+      const std::string what = error_message(e);
       fatal = (world && what.rfind("[rank ", 0) != 0 ? world->origin() + " " : std::string()) + what;
     }
     if (!fatal.empty()) {

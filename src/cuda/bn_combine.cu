@@ -1,5 +1,5 @@
-// bn_combine, bn_backward_combine, bn_running_coefs (CUDA): the per-channel steps between the all-reduce
-// and the elementwise pass.
+// bn_combine, bn_backward_combine, bn_running_coefs, bn_count_batch (CUDA): the per-channel steps between
+// the all-reduce and the elementwise pass.
 //
 // Invariants (as cpu::bn_combine / cpu::bn_backward_combine, bn_math.h for the formulas):
 //  - The checks (tags agree; forward: group count ≥ 2; backward: count == the forward's) are made by
@@ -43,6 +43,8 @@ __global__ void __launch_bounds__(detail::kChannelThreads)
   }
 }
 
+__global__ void count_batch_kernel(std::int64_t* batches_tracked) { *batches_tracked += 1; }
+
 __global__ void __launch_bounds__(detail::kChannelThreads)
     backward_combine_kernel(const double* __restrict__ msg, const BnBackwardCombineArgs args,
                             const double* __restrict__ expected_count, const BnDeviceReport report) {
@@ -78,6 +80,12 @@ void bn_combine(const double* msg, const BnCombineArgs& args, const BnRunningCou
             "bn_combine: running mean without running variance");
   combine_kernel<<<1, detail::kChannelThreads, 0, stream>>>(msg, args, counter, report);
   SBN_CUDA_LAUNCH_CHECK("bn_combine");
+}
+
+void bn_count_batch(std::int64_t* batches_tracked, cudaStream_t stream) {
+  SBN_CHECK(batches_tracked, "bn_count_batch: null counter");
+  count_batch_kernel<<<1, 1, 0, stream>>>(batches_tracked);
+  SBN_CUDA_LAUNCH_CHECK("bn_count_batch");
 }
 
 void bn_backward_combine(const double* msg, const BnBackwardCombineArgs& args, const double* expected_count,

@@ -193,6 +193,11 @@ void CudaSyncBatchNorm::forward(const DeviceTensor& x, DeviceTensor& y, bool tra
       // Eval with running statistics: constants, no reduction, no communication.
       bn_running_coefs(C, running_mean_.data(), running_var_.data(), opt_.eps, gamma, beta, mean_.data() + p,
                        var_.data() + p, invstd_.data() + p, hi_.data() + p, a_.data() + p, b_.data() + p, stream_);
+    } else if (bn_local_empty_batch(gk, comm != nullptr)) {
+      // PyTorch's empty batch: nothing to normalize, running statistics untouched, the batch counted.
+      SBN_CUDA_CHECK(cudaMemsetAsync(counts_.data() + k, 0, sizeof(double), stream_), name_ + " count");
+      if (update) bn_count_batch(batches_tracked_.data(), stream_);
+      continue;
     } else {
       bn_stats(xk, dt, gk, pivot_.data(), fwd_tag_, msg_.data(), workspace(), stream_);
       if (comm) reduce("forward");
@@ -262,6 +267,7 @@ void CudaSyncBatchNorm::backward(const DeviceTensor& x, const DeviceTensor& dy, 
     const void* xk = offset_bytes(x.data(), off, dt);
     const void* dyk = offset_bytes(dy.data(), off, dt);
     void* dxk = offset_bytes(dx.data(), off, dt);
+    if (saved_batch_stats_ && bn_local_empty_batch(gk, comm != nullptr)) continue;  // forward's empty batch
     bn_backward_reduce(dyk, xk, dt, gk, hi_.data() + p, a_.data() + p, b_.data() + p, opt_.fuse_relu,
                        mean_.data() + p, invstd_.data() + p, bwd_tag_, msg_.data(), dgamma, dbeta, workspace(),
                        stream_);

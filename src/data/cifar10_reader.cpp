@@ -18,12 +18,22 @@ namespace {
 constexpr std::int64_t kC = 3, kH = 32, kW = 32;
 constexpr std::int64_t kPixels = kC * kH * kW;  // 3072
 constexpr std::int64_t kRecord = 1 + kPixels;   // 3073
+// The format has no header, so a file's size is bounded here: the real batches hold 10000 records; we
+// accept up to the whole dataset (60000) in one file. Reading stops one byte past the bound, so a gzip
+// bomb costs at most that much memory and inflate time.
+constexpr std::int64_t kMaxRecordsPerFile = 60000;
 
 // Appends the records of one file to `split`.
 void read_cifar10_file(const std::string& path, RawSplit& split) {
   InputFile f(path);
+  constexpr auto kMaxBytes = static_cast<std::uint64_t>(kMaxRecordsPerFile * kRecord);
   std::vector<std::uint8_t> bytes;
-  const std::uint64_t size = f.read_append(bytes, UINT64_MAX);
+  const std::uint64_t size = f.compressed() || f.file_size() <= kMaxBytes ? f.read_append(bytes, kMaxBytes + 1)
+                                                                           : f.file_size();
+  if (size > kMaxBytes)
+    SBN_FAIL(path + ": more than " + std::to_string(kMaxBytes) + " bytes" + (f.compressed() ? " decompressed" : "") +
+             ", the most accepted in one file (" + std::to_string(kMaxRecordsPerFile) +
+             " records of 3073 bytes; a CIFAR-10 batch file holds 10000)");
   SBN_CHECK(size > 0, path + ": empty file, expected 3073-byte CIFAR-10 records");
   if (size % kRecord != 0)
     SBN_FAIL(path + ": size " + std::to_string(size) + " bytes is not a multiple of the " + std::to_string(kRecord) +

@@ -133,9 +133,17 @@ void validate_data_options(const DataOptions& opt) {
     std::array<std::int64_t, 3> chw{};
     SBN_CHECK(try_parse_chw(opt.synthetic_shape, chw),
               "--synthetic-shape '" + opt.synthetic_shape + "': " + kShapeRule);
-    SBN_CHECK(chw[0] * chw[1] * chw[2] <= kMaxSyntheticSample,
-              "--synthetic-shape '" + opt.synthetic_shape + "': more than " + std::to_string(kMaxSyntheticSample) +
-                  " values per image");
+    const std::int64_t sample = chw[0] * chw[1] * chw[2];  // each <= 4096: no overflow
+    SBN_CHECK(sample <= kMaxSyntheticSample, "--synthetic-shape '" + opt.synthetic_shape + "': more than " +
+                                                 std::to_string(kMaxSyntheticSample) + " values per image");
+    // count x sample is compared by division: the product itself may not fit in int64.
+    const std::int64_t max_count = kMaxSplitValues / sample;
+    for (const auto& [flag, count] : {std::pair<const char*, std::int64_t>{"--synthetic-train", opt.synthetic_train},
+                                      {"--synthetic-test", opt.synthetic_test}})
+      SBN_CHECK(count <= max_count, std::string(flag) + " must be in [1, " + std::to_string(max_count) +
+                                        "] for --synthetic-shape " + opt.synthetic_shape + ", got " +
+                                        std::to_string(count) + " (a split holds at most " +
+                                        std::to_string(kMaxSplitValues) + " pixel values)");
   } else if (opt.dir.empty()) {
     SBN_CHECK(!default_data_dir(opt.dataset).empty(),
               "dataset " + opt.dataset +

@@ -2,6 +2,7 @@
 // DD = number of dimensions; then one uint32 per dimension) followed by the raw bytes.
 // Every header field and the exact data length are checked: a wrong file must fail loudly here, not
 // train on garbage.
+#include <algorithm>
 #include <cstdio>
 #include <string>
 #include <utility>
@@ -67,6 +68,31 @@ void check_magic(const std::string& path, std::uint32_t magic, std::uint32_t exp
            " (" + expected_what + ")");
 }
 
+// A header's declared data size must be possible before anything is read or allocated: within what a
+// split may hold (kMaxSplitValues) and, for gzip, within what the file can inflate to at all (1032 x
+// its size) - so a corrupt header, or a small gzip bomb behind a header declaring gigabytes, fails here
+// instead of inflating into memory until std::bad_alloc. (A plain file is read only as far as it goes,
+// and then reported with its real length.)
+void check_declared_size(const InputFile& f, const std::string& declared, std::uint64_t bytes, std::size_t header) {
+  const std::string& path = f.path();
+  if (bytes > static_cast<std::uint64_t>(kMaxSplitValues))
+    SBN_FAIL(path + ": bad header: " + declared + " = " + std::to_string(bytes) + " bytes, more than a split may hold (" +
+             std::to_string(kMaxSplitValues) + ")");
+  if (f.compressed() && bytes > f.max_data_bytes() - std::min<std::uint64_t>(f.max_data_bytes(), header))
+    SBN_FAIL(path + ": truncated: header says " + declared + " = " + std::to_string(bytes) + " bytes after the " +
+             std::to_string(header) + "-byte header, more than a " + std::to_string(f.file_size()) +
+             "-byte gzip file can hold (deflate inflates at most " + std::to_string(kMaxGzipRatio) + ":1)");
+}
+
+// Nothing may follow the declared data; at most kTrailingBytesCounted + 1 bytes are read to say so.
+void check_no_trailing_data(InputFile& f, const std::string& declared) {
+  const std::uint64_t extra = f.skip_rest(kTrailingBytesCounted);
+  if (extra == 0) return;
+  const std::string amount = extra > kTrailingBytesCounted ? "more than " + std::to_string(kTrailingBytesCounted)
+                                                           : std::to_string(extra);
+  SBN_FAIL(f.path() + ": trailing garbage: " + amount + " bytes after the " + declared + " the header declares");
+}
+
 struct IdxImages {
   std::int64_t count = 0, rows = 0, cols = 0;
   std::vector<std::uint8_t> pixels;  // (count, rows, cols)
@@ -90,15 +116,14 @@ IdxImages read_idx_images(const std::string& path) {
                 ", rows and columns must be in [1, " + std::to_string(kMaxSide) + "]");
   const std::string declared =
       std::to_string(im.count) + " images of " + std::to_string(im.rows) + "x" + std::to_string(im.cols);
+  // count < 2^32 and rows, cols <= 4096: the product fits easily in 64 bits.
   const std::uint64_t expected = static_cast<std::uint64_t>(im.count * im.rows * im.cols);
+  check_declared_size(f, declared, expected, sizeof h);
   const std::uint64_t data = f.read_append(im.pixels, expected);
   if (data < expected)
     SBN_FAIL(path + ": truncated: header says " + declared + " = " + std::to_string(expected) +
              " bytes after the 16-byte header, file has " + std::to_string(data));
-  const std::uint64_t extra = f.skip_rest();
-  if (extra)
-    SBN_FAIL(path + ": trailing garbage: " + std::to_string(extra) + " bytes after the " + declared +
-             " the header declares");
+  check_no_trailing_data(f, declared);
   return im;
 }
 
@@ -112,15 +137,14 @@ std::vector<std::int32_t> read_idx_labels(const std::string& path) {
              " bytes, shorter than the 8-byte header of IDX ubyte labels");
   const std::int64_t count = be32(h + 4);
   SBN_CHECK(count >= 1, path + ": bad header: 0 labels");
+  const std::string declared = std::to_string(count) + " labels";
+  check_declared_size(f, declared, static_cast<std::uint64_t>(count), sizeof h);
   std::vector<std::uint8_t> bytes;
   const std::uint64_t data = f.read_append(bytes, static_cast<std::uint64_t>(count));
   if (data < static_cast<std::uint64_t>(count))
     SBN_FAIL(path + ": truncated: header says " + std::to_string(count) + " labels = " + std::to_string(count) +
              " bytes after the 8-byte header, file has " + std::to_string(data));
-  const std::uint64_t extra = f.skip_rest();
-  if (extra)
-    SBN_FAIL(path + ": trailing garbage: " + std::to_string(extra) + " bytes after the " + std::to_string(count) +
-             " labels the header declares");
+  check_no_trailing_data(f, declared);
   std::vector<std::int32_t> labels(bytes.size());
   for (std::size_t i = 0; i < bytes.size(); ++i) {
     if (bytes[i] >= kNumClasses)

@@ -13,7 +13,9 @@ namespace syncbn::data_detail {
 // syncbn::Error naming the file.
 class InputFile {
  public:
-  explicit InputFile(const std::string& path);  // throws "<path>: cannot open: <reason>"
+  // Throws "<path>: cannot open: <reason>"; only a regular file is opened (open_regular_file in data.h:
+  // a FIFO or device named like a data file is refused, never waited on).
+  explicit InputFile(const std::string& path);
   ~InputFile();
   InputFile(const InputFile&) = delete;
   InputFile& operator=(const InputFile&) = delete;
@@ -24,15 +26,31 @@ class InputFile {
   // Appends up to `limit` bytes to out (growing it as data arrives, so a header that lies about the
   // size cannot make us allocate more than the file holds); returns how many were appended.
   std::uint64_t read_append(std::vector<std::uint8_t>& out, std::uint64_t limit);
-  // Reads and discards the rest; returns its length (for "trailing garbage" messages).
-  std::uint64_t skip_rest();
+  // Reads and discards the rest, but at most limit + 1 bytes; returns how many it read (for "trailing
+  // garbage" messages: more than `limit` means "more than limit bytes", so a gzip bomb behind a valid
+  // header costs at most limit + 1 bytes of inflate).
+  std::uint64_t skip_rest(std::uint64_t limit);
 
   const std::string& path() const { return path_; }
+  bool compressed() const { return compressed_; }
+  std::uint64_t file_size() const { return file_size_; }  // bytes on disk
+  // The most (decompressed) bytes this file can yield: its size if plain, kMaxGzipRatio x its size if
+  // gzip. A header declaring more is lying, and is refused before anything is read or allocated.
+  std::uint64_t max_data_bytes() const;
 
  private:
   std::string path_;
   void* gz_ = nullptr;  // gzFile (kept opaque so users of this header need no zlib.h)
+  bool compressed_ = false;
+  std::uint64_t file_size_ = 0;
 };
+
+// deflate's maximum compression ratio (zlib's technical notes: 1032:1, reached by long runs of one byte).
+inline constexpr std::uint64_t kMaxGzipRatio = 1032;
+
+// How many bytes of trailing data a reader counts before it says "more than": bounded work on a file
+// that continues (or inflates) far beyond what its header declares.
+inline constexpr std::uint64_t kTrailingBytesCounted = std::uint64_t{1} << 20;
 
 // The directory a dataset is read from must exist; throws "<dir>: data directory of <dataset> does not
 // exist (set --data-dir)" or "... is not a directory".

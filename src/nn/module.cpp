@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <limits>
 
 #include "syncbn/error.h"
@@ -41,6 +42,31 @@ void ParamStore::finalize() {
 void ParamStore::zero_grads() {
   std::fill(grads_.begin(), grads_.end(), 0.0f);
   std::fill(grads64_.begin(), grads64_.end(), 0.0);
+}
+
+std::int64_t ParamStore::first_nonfinite_grad() const {
+  // Parameter by parameter (the padding between them is never a parameter). The common case, all finite,
+  // is one branch-free pass the compiler vectorizes (|g| ≤ FLT_MAX is false for ±Inf and NaN); only a
+  // parameter that has a bad element is searched for its first one.
+  constexpr float kMax = std::numeric_limits<float>::max();
+  for (const ParamInfo& p : params_) {
+    const float* g = grads_.data() + p.offset;
+    int bad = 0;
+    for (std::int64_t i = 0; i < p.size; ++i) bad |= !(std::fabs(g[i]) <= kMax);
+    if (!bad) continue;
+    for (std::int64_t i = 0; i < p.size; ++i)
+      if (!(std::fabs(g[i]) <= kMax)) return p.offset + i;
+  }
+  return -1;
+}
+
+int ParamStore::param_at(std::int64_t index) const {
+  // Offsets increase with the parameter index: the last parameter starting at or before `index`.
+  const auto it = std::upper_bound(params_.begin(), params_.end(), index,
+                                   [](std::int64_t i, const ParamInfo& p) { return i < p.offset; });
+  if (it == params_.begin()) return -1;
+  const ParamInfo& p = *std::prev(it);
+  return index < p.offset + p.size ? static_cast<int>(std::prev(it) - params_.begin()) : -1;
 }
 
 void ParamStore::enable_fp64_grads() {

@@ -90,6 +90,8 @@ void throw_bn_status(BnStatus status, const std::string& layer, const char* phas
   SBN_FAIL(who + ": unexpected status " + std::to_string(static_cast<int>(status)));
 }
 
+bool bn_local_empty_batch(const BnGeometry& chunk, bool synced) { return !synced && chunk.per_channel() == 0; }
+
 SyncBatchNorm::SyncBatchNorm(std::string name, const BatchNormOptions& options, SyncGroup* group)
     : name_(std::move(name)),
       opt_(options),
@@ -216,6 +218,12 @@ void SyncBatchNorm::forward(const Tensor& x, Tensor& y, bool training) {
         bn_forward_coefs(mean, invstd, gamma ? gamma[c] : 1.0, beta ? beta[c] : 0.0, &hi_[p + c],
                          &a_[p + c], &b_[p + c]);
       }
+    } else if (bn_local_empty_batch(gk, comm != nullptr)) {
+      // PyTorch's empty batch: nothing to normalize, running statistics untouched, the batch counted.
+      counts_[static_cast<std::size_t>(k)] = 0;
+      if (k == 0) group_count_ = 0;
+      if (training && opt_.track_running_stats) ++num_batches_tracked_;
+      continue;
     } else {
       // Synced statistics combine sums from several ranks around a common pivot (the group's previous
       // mean); local ones need no common pivot, so they use the batch's own first values (exact, and
@@ -290,6 +298,7 @@ void SyncBatchNorm::backward(const Tensor& x, const Tensor& dy, Tensor& dx) {
   for (std::int64_t k = 0; k < batches_.count; ++k) {
     const auto [gk, off] = batches_.slice(g, N, k);
     const std::size_t p = static_cast<std::size_t>(k * C);
+    if (saved_batch_stats_ && bn_local_empty_batch(gk, comm != nullptr)) continue;  // forward's empty batch
     // As in forward: synced statistics need the all-reduce between the two passes; local ones go block
     // by block of channels, so elemt reads x and dy from cache.
     const std::int64_t block = comm ? C : local_block_channels(gk, 2);

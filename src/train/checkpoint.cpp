@@ -6,6 +6,7 @@
 //   last section "checksum": FNV-1a 64 of every byte before it.
 #include "syncbn/checkpoint.h"
 
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -53,9 +54,31 @@ std::string first_difference(const std::string& a, const std::string& b, char se
   }
 }
 
+// The first non-finite element of a floating-point state array, as "'params' element 12 is nan", or "".
+std::string first_nonfinite(const StateArray& a) {
+  auto scan = [&](const auto* v, std::size_t n) -> std::string {
+    for (std::size_t i = 0; i < n; ++i)
+      if (!std::isfinite(v[i]))
+        return "'" + a.name + "' element " + std::to_string(i) + " is " + (std::isnan(v[i]) ? "nan" : "inf");
+    return "";
+  };
+  switch (a.type) {
+    case StateType::kF32: return scan(static_cast<const float*>(a.data), a.bytes / sizeof(float));
+    case StateType::kF64: return scan(static_cast<const double*>(a.data), a.bytes / sizeof(double));
+    case StateType::kI64: return "";
+  }
+  return "";
+}
+
 }  // namespace
 
 void save_checkpoint(const std::string& path, TrainModel& model, const TrainPosition& pos, const CheckpointMeta& meta) {
+  // A checkpoint is what --resume latest trusts: never one that holds NaN/Inf.
+  for (const StateArray& a : model.state()) {
+    const std::string bad = first_nonfinite(a);
+    SBN_CHECK(bad.empty(), "checkpoint " + path + " not written: the state at step " + std::to_string(pos.step) +
+                               " is not finite (" + bad + ")");
+  }
   std::string out(kMagic, 8);
   put_section(out, "signature", meta.signature.data(), meta.signature.size());
   put_section(out, "fingerprint", meta.fingerprint.data(), meta.fingerprint.size());
@@ -134,7 +157,11 @@ TrainPosition load_checkpoint(const std::string& path, Communicator& comm, Train
     std::int64_t p[3];
     blob("position", p, sizeof p);
     pos = {p[0], p[1], p[2]};
-    for (const StateArray& a : model.state()) blob(a.name, a.data, a.bytes);
+    for (const StateArray& a : model.state()) {
+      blob(a.name, a.data, a.bytes);
+      const std::string bad = first_nonfinite(a);
+      SBN_CHECK(bad.empty(), who + ": holds non-finite values (" + bad + "); resume from an earlier checkpoint");
+    }
   });
   return pos;
 }
@@ -146,11 +173,23 @@ std::string checkpoint_path(const std::string& run_dir, std::int64_t step) {
 }
 
 std::string latest_checkpoint(const std::string& run_dir) {
+  // The highest step, not the last name in text order ("checkpoint-100000000" sorts before
+  // "checkpoint-99999999"); only regular files named checkpoint-<digits>.ckpt count.
   std::string best;
+  long long best_step = -1;
   std::error_code ec;
   for (const auto& e : std::filesystem::directory_iterator(run_dir, ec)) {
     const std::string n = e.path().filename().string();
-    if (n.rfind("checkpoint-", 0) == 0 && n.size() > 5 && n.substr(n.size() - 5) == ".ckpt" && n > best) best = n;
+    constexpr std::size_t kPrefix = 11, kSuffix = 5;  // "checkpoint-", ".ckpt"
+    if (n.size() <= kPrefix + kSuffix || n.rfind("checkpoint-", 0) != 0 || n.substr(n.size() - kSuffix) != ".ckpt") continue;
+    const std::string digits = n.substr(kPrefix, n.size() - kPrefix - kSuffix);
+    if (digits.size() > 18 || digits.find_first_not_of("0123456789") != std::string::npos) continue;
+    if (!e.is_regular_file(ec)) continue;
+    const long long step = std::stoll(digits);
+    if (step > best_step) {
+      best_step = step;
+      best = n;
+    }
   }
   return best.empty() ? "" : (std::filesystem::path(run_dir) / best).string();
 }

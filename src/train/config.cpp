@@ -1,10 +1,16 @@
 #include <boost/program_options.hpp>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
+#include <cstring>
+#include <limits>
 #include <map>
 #include <sstream>
+#include <type_traits>
 
 #include "syncbn/config.h"
 #include "syncbn/data.h"
@@ -30,10 +36,60 @@ std::string text_of(T v) {
   return std::to_string(v);
 }
 
+// Upper bounds of the numeric options, where the code needs one (each with its reason). Sizes of data
+// are bounded by the data layer (kMaxSplitValues: a split has at most 2^32 values, so at most 2^32 samples).
+constexpr std::int64_t kMaxSamples = kMaxSplitValues;  // --global-batch, --ghost-batch
+constexpr std::int64_t kMaxEpochs = 1000000;           // epochs x steps/epoch (<= 2^32) stays far inside int64
+constexpr std::int64_t kMaxSteps = 1000000000;         // steps x global batch (<= 2^32) fits int64
+constexpr std::int64_t kMaxThreads = 1024;             // libgomp crashes near 10^6 threads; 1024 is plenty
+constexpr std::int64_t kMaxGroups = 4096;              // --gn-groups divides --width <= 4096
+constexpr double kMaxCommTimeout = 604800;             // one week (1e12 s overflowed the deadline arithmetic)
+constexpr std::size_t kMaxConfigBytes = std::size_t{1} << 20;  // an INI of flags is a few KiB
+
+// The --config file's text. stat() before open: a FIFO would block the open forever, and a directory
+// or an unreadable file must be an error, not an empty configuration.
+std::string read_config_file(const std::string& path) {
+  std::string why;
+  const int fd = open_regular_file(path, &why);
+  SBN_CHECK(fd >= 0, "--config " + path + ": cannot read the file (" + why + ")");
+  std::string text;
+  char buf[65536];
+  for (;;) {
+    const ssize_t got = ::read(fd, buf, sizeof buf);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) {
+      const int err = got < 0 ? errno : 0;
+      ::close(fd);
+      SBN_CHECK(err == 0, "--config " + path + ": cannot read the file (" + std::strerror(err) + ")");
+      return text;
+    }
+    text.append(buf, static_cast<std::size_t>(got));
+    if (text.size() > kMaxConfigBytes) {
+      ::close(fd);
+      SBN_FAIL("--config " + path + ": more than " + std::to_string(kMaxConfigBytes) +
+               " bytes: not an INI file of syncbn-train options");
+    }
+  }
+}
+
+// Boost parses "-1" into an unsigned option as 2^64 - 1: refuse a sign on every unsigned option.
+void reject_negative_unsigned(const po::parsed_options& parsed, const std::vector<std::string>& unsigned_names) {
+  for (const auto& o : parsed.options) {
+    if (std::find(unsigned_names.begin(), unsigned_names.end(), o.string_key) == unsigned_names.end()) continue;
+    for (const auto& v : o.value) {
+      const auto first = v.find_first_not_of(" \t");
+      SBN_CHECK(first == std::string::npos || v[first] != '-',
+                "--" + o.string_key + " must be an integer in [0, " +
+                    std::to_string(std::numeric_limits<std::uint64_t>::max()) + "], got '" + v + "'");
+    }
+  }
+}
+
 // The option list, built once: Boost descriptions per group plus our OptionInfo records.
 struct Registry {
   std::vector<std::pair<std::string, po::options_description>> groups;
   std::vector<OptionInfo>* infos;
+  std::vector<std::string> unsigned_names;  // options whose text must not start with '-'
 
   po::options_description& group(const std::string& name) {
     for (auto& g : groups)
@@ -50,6 +106,7 @@ struct Registry {
     auto* sem = po::value<T>(field)->default_value(*field, text_of(*field));
     if constexpr (std::is_same_v<T, bool>) sem->implicit_value(true, "true");
     group(group_name).add_options()(names, sem, help.c_str());
+    if constexpr (std::is_unsigned_v<T> && !std::is_same_v<T, bool>) unsigned_names.push_back(long_name);
     infos->push_back({long_name, group_name, help, [field] { return text_of(*field); }, resume_may_differ});
   }
 };
@@ -125,9 +182,11 @@ ParseResult TrainOptions::parse(int argc, char** argv) {
   reg.add("Output", "run-dir", &c.run_dir, "directory for config.ini, metrics.csv, metrics.jsonl and checkpoints (empty: none)", true);
   reg.add("Output", "save-every", &c.save_every, "checkpoint every N optimizer steps into --run-dir (0: only at the end when --run-dir is set)", true);
   reg.add("Output", "resume", &c.resume, "resume from a checkpoint file, or 'latest' (the newest in --run-dir)", true);
-  reg.add("Runtime", "seed", &c.seed, "seed of the initialization, the sampler, augmentation and synthetic data");
-  reg.add("Runtime", "threads", &c.threads, "oneDNN threads per rank", true);
-  reg.add("Runtime", "comm-timeout", &c.comm_timeout, "seconds a collective may take before the job is aborted as hung (0: never)", true);
+  reg.add("Runtime", "seed", &c.seed,
+          "seed of the initialization, the sampler, augmentation and synthetic data (0 .. 2^64-1)");
+  reg.add("Runtime", "threads", &c.threads, "oneDNN threads per rank (1 .. 1024)", true);
+  reg.add("Runtime", "comm-timeout", &c.comm_timeout,
+          "seconds a collective may take before the job is aborted as hung (0: never; at most 604800, a week)", true);
   reg.add("Runtime", "device", &c.device,
           "auto | cpu | cuda: auto = cuda when this build has the CUDA path and every rank sees a GPU", true);
   reg.add("Runtime", "precision", &c.precision,
@@ -145,12 +204,13 @@ ParseResult TrainOptions::parse(int argc, char** argv) {
       if (std::none_of(kept.begin(), kept.end(), [&](const po::option& o) { return o.string_key == it->string_key; }))
         kept.insert(kept.begin(), *it);
     parsed.options = kept;
+    reject_negative_unsigned(parsed, reg.unsigned_names);
     po::store(parsed, vm);
     if (vm.count("config")) {
-      const std::string path = vm["config"].as<std::string>();
-      std::ifstream in(path);
-      SBN_CHECK(in.good(), "--config " + path + ": cannot read the file");
-      po::store(po::parse_config_file(in, all), vm);  // stored second: the command line wins
+      std::istringstream in(read_config_file(vm["config"].as<std::string>()));
+      const po::parsed_options from_file = po::parse_config_file(in, all);
+      reject_negative_unsigned(from_file, reg.unsigned_names);
+      po::store(from_file, vm);  // stored second: the command line wins
     }
     po::notify(vm);
   } catch (const po::error& e) {
@@ -177,11 +237,13 @@ ParseResult TrainOptions::parse(int argc, char** argv) {
 
 void TrainOptions::validate(int world_size) const {
   const TrainConfig& c = cfg_;
-  auto positive = [](std::int64_t v, const char* flag) {
-    SBN_CHECK(v > 0, std::string("--") + flag + " must be a positive integer, got " + std::to_string(v));
+  auto positive = [](std::int64_t v, const char* flag, std::int64_t max) {
+    SBN_CHECK(v > 0 && v <= max, std::string("--") + flag + " must be a positive integer in [1, " +
+                                     std::to_string(max) + "], got " + std::to_string(v));
   };
-  auto non_negative = [](std::int64_t v, const char* flag) {
-    SBN_CHECK(v >= 0, std::string("--") + flag + " must be >= 0, got " + std::to_string(v));
+  auto non_negative = [](std::int64_t v, const char* flag, std::int64_t max) {
+    SBN_CHECK(v >= 0 && v <= max, std::string("--") + flag + " must be an integer in [0, " + std::to_string(max) +
+                                      "], got " + std::to_string(v));
   };
   validate_data_options(data_options(c));
   SBN_CHECK(c.augment == "auto" || c.augment == "on" || c.augment == "off",
@@ -203,11 +265,11 @@ void TrainOptions::validate(int world_size) const {
     }
     if (m.kind == SyncMode::kLocal) group = 1;
   }
-  positive(c.gn_groups, "gn-groups");
+  positive(c.gn_groups, "gn-groups", kMaxGroups);
   if (c.norm == "groupnorm")
     SBN_CHECK(c.width % c.gn_groups == 0, "--gn-groups " + std::to_string(c.gn_groups) +
                                               " must divide --width " + std::to_string(c.width));
-  non_negative(c.ghost_batch, "ghost-batch");
+  non_negative(c.ghost_batch, "ghost-batch", kMaxSamples);
   SBN_CHECK(c.ghost_batch == 0 || c.norm == "local",
             "--ghost-batch needs --norm local (ghost batches are per-rank statistics)");
   SBN_CHECK(c.ghost_batch != 1, "--ghost-batch 1 leaves one value per channel: BN needs at least 2");
@@ -217,10 +279,10 @@ void TrainOptions::validate(int world_size) const {
     SBN_CHECK(!c.bn_momentum.empty() && *end == '\0' && m >= 0 && m <= 1,
               "--bn-momentum must be a number in [0, 1] or none, got '" + c.bn_momentum + "'");
   }
-  SBN_CHECK(c.bn_eps > 0, "--bn-eps must be positive");
+  SBN_CHECK(std::isfinite(c.bn_eps) && c.bn_eps > 0, "--bn-eps must be positive and finite, got " + text_of(c.bn_eps));
   // Batching.
-  positive(c.global_batch, "global-batch");
-  positive(c.accum_steps, "accum-steps");
+  positive(c.global_batch, "global-batch", kMaxSamples);
+  positive(c.accum_steps, "accum-steps", kMaxSamples);
   SBN_CHECK(c.global_batch % c.accum_steps == 0, "--accum-steps " + std::to_string(c.accum_steps) +
                                                      " does not divide --global-batch " + std::to_string(c.global_batch));
   SBN_CHECK(c.grad_accum == "fp32" || c.grad_accum == "fp64",
@@ -244,13 +306,14 @@ void TrainOptions::validate(int world_size) const {
     }
   }
   // Schedule.
-  positive(c.epochs, "epochs");
-  non_negative(c.max_steps, "max-steps");
-  non_negative(c.stop_after, "stop-after");
-  SBN_CHECK(std::isfinite(c.lr) && c.lr > 0, "--lr must be positive, got " + text_of(c.lr));
+  positive(c.epochs, "epochs", kMaxEpochs);
+  non_negative(c.max_steps, "max-steps", kMaxSteps);
+  non_negative(c.stop_after, "stop-after", kMaxSteps);
+  SBN_CHECK(std::isfinite(c.lr) && c.lr > 0, "--lr must be positive and finite, got " + text_of(c.lr));
   SBN_CHECK(c.momentum >= 0 && c.momentum < 1, "--momentum must be in [0, 1), got " + text_of(c.momentum));
-  SBN_CHECK(c.weight_decay >= 0, "--weight-decay must be >= 0, got " + text_of(c.weight_decay));
-  non_negative(c.warmup_steps, "warmup-steps");
+  SBN_CHECK(std::isfinite(c.weight_decay) && c.weight_decay >= 0,
+            "--weight-decay must be finite and >= 0, got " + text_of(c.weight_decay));
+  non_negative(c.warmup_steps, "warmup-steps", kMaxSteps);
   SBN_CHECK(c.lr_schedule == "cosine" || c.lr_schedule == "step" || c.lr_schedule == "constant",
             "--lr-schedule must be cosine, step or constant, got '" + c.lr_schedule + "'");
   if (!c.lr_steps.empty()) {
@@ -260,21 +323,37 @@ void TrainOptions::validate(int world_size) const {
     while (std::getline(ss, item, ',')) {
       char* end = nullptr;
       const long e = std::strtol(item.c_str(), &end, 10);
-      SBN_CHECK(!item.empty() && *end == '\0' && e > prev,
-                "--lr-steps must be increasing positive epochs separated by commas, got '" + c.lr_steps + "'");
+      SBN_CHECK(!item.empty() && *end == '\0' && e > prev && e <= kMaxEpochs,
+                "--lr-steps must be increasing epochs in [1, " + std::to_string(kMaxEpochs) +
+                    "] separated by commas, got '" + c.lr_steps + "'");
       prev = e;
     }
   }
   SBN_CHECK(c.lr_gamma > 0 && c.lr_gamma <= 1, "--lr-gamma must be in (0, 1], got " + text_of(c.lr_gamma));
   // Output.
-  non_negative(c.eval_every, "eval-every");
-  positive(c.log_every, "log-every");
-  non_negative(c.save_every, "save-every");
+  non_negative(c.eval_every, "eval-every", kMaxSteps);
+  positive(c.log_every, "log-every", kMaxSteps);
+  non_negative(c.save_every, "save-every", kMaxSteps);
   SBN_CHECK(c.save_every == 0 || !c.run_dir.empty(), "--save-every needs --run-dir");
   SBN_CHECK(c.resume != "latest" || !c.run_dir.empty(), "--resume latest needs --run-dir");
+  // Paths, checked before anything opens them: a FIFO given as the checkpoint would block its reader
+  // forever. (--resume latest is resolved in the run dir by the trainer; data files by the data layer.)
+  if (!c.resume.empty() && c.resume != "latest") {
+    std::string why;
+    const int fd = open_regular_file(c.resume, &why);
+    if (fd >= 0) ::close(fd);
+    SBN_CHECK(fd >= 0, "--resume " + c.resume + ": cannot open the checkpoint (" + why + ")");
+  }
+  if (!c.run_dir.empty()) {
+    struct stat st {};
+    SBN_CHECK(::stat(c.run_dir.c_str(), &st) != 0 || S_ISDIR(st.st_mode),
+              "--run-dir " + c.run_dir + ": exists and is not a directory");
+  }
   // Runtime.
-  positive(c.threads, "threads");
-  SBN_CHECK(c.comm_timeout >= 0, "--comm-timeout must be >= 0 seconds");
+  positive(c.threads, "threads", kMaxThreads);
+  SBN_CHECK(c.comm_timeout >= 0 && c.comm_timeout <= kMaxCommTimeout,
+            "--comm-timeout must be in [0, " + text_of(kMaxCommTimeout) + "] seconds (0: never; " +
+                text_of(kMaxCommTimeout) + " = one week), got " + text_of(c.comm_timeout));
   SBN_CHECK(c.device == "auto" || c.device == "cpu" || c.device == "cuda",
             "--device must be auto, cpu or cuda, got '" + c.device + "'");
   SBN_CHECK(c.precision == "fp32" || c.precision == "bf16" || c.precision == "fp16",

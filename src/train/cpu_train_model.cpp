@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
+#include <vector>
 
 #include "syncbn/bench_util.h"
 #include "syncbn/optimizer.h"
@@ -38,6 +40,8 @@ class CpuTrainModel final : public TrainModel {
 
   void train_micro(const float* images, const std::int32_t* labels, std::int64_t n, float grad_scale,
                    double* loss_sum, std::int64_t* correct) override {
+    if (!step_open_) save_buffers();  // the step's first forward: what a non-committing step restores
+    step_open_ = true;
     load_input(images, n);
     model_->net->forward(x_, logits_, true);
     std::int64_t right = 0;
@@ -64,10 +68,22 @@ class CpuTrainModel final : public TrainModel {
         world.allreduce_sum(g + off, static_cast<std::size_t>(std::min(kBucket, total - off)), "gradient bucket");
     }
     const double seconds = now_seconds() - t0;
-    sgd_->step(lr);
+    // The step commits only if every reduced gradient is finite. The reduced gradients are the same on
+    // every rank (a NaN or Inf anywhere reaches every sum), so every rank decides alike, no collective.
+    const std::int64_t bad = ps.first_nonfinite_grad();
+    if (bad < 0) {
+      sgd_->step(lr);
+      last_ = {};
+    } else {
+      if (step_open_) restore_buffers();
+      last_ = {StepResult::Outcome::kNonFinite, ps.info(ps.param_at(bad)).name};
+    }
+    step_open_ = false;
     ps.zero_grads();
     return seconds;
   }
+
+  StepResult last_step() const override { return last_; }
 
   void evaluate(const float* images, const std::int32_t* labels, std::int64_t n, double* loss_sum,
                 std::int64_t* correct) override {
@@ -102,6 +118,9 @@ class CpuTrainModel final : public TrainModel {
     }
   }
 
+  // A load between steps replaces the state: nothing of an open step is to be restored any more.
+  void state_from_host() override { step_open_ = false; }
+
   std::vector<StateArray> state() override {
     std::vector<StateArray> out;
     out.push_back({"params", model_->params.values().data(), model_->params.values().size() * sizeof(float)});
@@ -109,7 +128,8 @@ class CpuTrainModel final : public TrainModel {
     for (const BufferRef& b : model_->buffers) {
       const std::size_t elem = b.f32 ? sizeof(float) : b.f64 ? sizeof(double) : sizeof(std::int64_t);
       void* data = b.f32 ? static_cast<void*>(b.f32) : b.f64 ? static_cast<void*>(b.f64) : static_cast<void*>(b.i64);
-      out.push_back({"buffer:" + b.name, data, static_cast<std::size_t>(b.size) * elem});
+      const StateType type = b.f32 ? StateType::kF32 : b.f64 ? StateType::kF64 : StateType::kI64;
+      out.push_back({"buffer:" + b.name, data, static_cast<std::size_t>(b.size) * elem, type});
     }
     return out;
   }
@@ -121,12 +141,35 @@ class CpuTrainModel final : public TrainModel {
     if (n) std::memcpy(x_.data(), images, static_cast<std::size_t>(x_.numel()) * sizeof(float));
   }
 
+  // Every buffer (running mean/var, pivot, num_batches_tracked: Model::buffers) as the step's first
+  // forward found it; restored when the step does not commit. A few KB: C values per array.
+  void save_buffers() {
+    saved_.resize(model_->buffers.size());
+    for (std::size_t i = 0; i < saved_.size(); ++i) {
+      const auto [data, bytes] = buffer_bytes(model_->buffers[i]);
+      saved_[i].assign(static_cast<const char*>(data), static_cast<const char*>(data) + bytes);
+    }
+  }
+  void restore_buffers() {
+    for (std::size_t i = 0; i < saved_.size(); ++i)
+      std::memcpy(buffer_bytes(model_->buffers[i]).first, saved_[i].data(), saved_[i].size());
+  }
+  static std::pair<void*, std::size_t> buffer_bytes(const BufferRef& b) {
+    const auto n = static_cast<std::size_t>(b.size);
+    if (b.f32) return {b.f32, n * sizeof(float)};
+    if (b.f64) return {b.f64, n * sizeof(double)};
+    return {b.i64, n * sizeof(std::int64_t)};
+  }
+
   ModelSpec spec_;
   std::unique_ptr<SyncGroup> group_;  // the synced BN modes' group (before the model: outlives its layers)
   CpuContext ctx_;
   std::unique_ptr<Model> model_;
   std::unique_ptr<Sgd> sgd_;
   Tensor x_, logits_, dlogits_;
+  bool step_open_ = false;               // train_micro ran since the last reduce_and_update
+  std::vector<std::vector<char>> saved_;  // per Model::buffers entry: its bytes at the step's start
+  StepResult last_;
 };
 
 }  // namespace

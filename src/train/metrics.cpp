@@ -1,5 +1,6 @@
 #include "syncbn/metrics.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -8,6 +9,26 @@
 #include "syncbn/bench_util.h"
 
 namespace syncbn {
+
+void RateWindow::add_step(double comm_s, double grad_s) {
+  ++steps_;
+  comm_ += comm_s;
+  grad_ += grad_s;
+}
+
+RateWindow::Rates RateWindow::take(double now, std::int64_t global_batch) {
+  Rates r;
+  const double training = std::max(now - start_ - excluded_, 1e-9);
+  if (steps_ > 0) {
+    const auto n = static_cast<double>(steps_);
+    r.step_ms = 1e3 * training / n;
+    r.images_per_s = n * static_cast<double>(global_batch) / training;
+    r.comm_ms = 1e3 * comm_ / n;
+    r.grad_ms = 1e3 * grad_ / n;
+  }
+  *this = RateWindow(now);
+  return r;
+}
 
 const char* MetricsLog::csv_header() {
   return "kind,step,epoch,loss,acc,lr,norm,bn_batch,global_batch,world_size,step_ms,comm_ms,images_per_s,grad_comm_ms";

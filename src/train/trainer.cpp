@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "syncbn/agreement.h"
 #include "syncbn/app.h"
 #include "syncbn/bench_util.h"
 #include "syncbn/checkpoint.h"
@@ -16,6 +17,7 @@
 #include "syncbn/metrics.h"
 #include "syncbn/cpu_train_model.h"
 #include "syncbn/optimizer.h"
+#include "syncbn/run_control.h"
 #include "syncbn/sampler.h"
 #if SBN_HAS_CUDA
 #include "syncbn/cuda/train_model.h"
@@ -102,232 +104,358 @@ std::string resolve_device(const std::string& requested, Communicator& world) {
 #endif
 }
 
-}  // namespace
+// One training job on this rank: set-up (agreement, data, run dir, model, resume), then optimizer
+// steps with logging, evaluation and checkpoints. Every decision that ends the job early (a stop
+// signal, a failed metrics write, a non-finite step) is taken by every rank at the same step boundary:
+// the flags travel inside the step's loss all-reduce, and the non-finite check reads the all-reduced
+// gradients, so no collective is added and no rank is left waiting in one.
+class TrainingRun {
+ public:
+  TrainingRun(const TrainOptions& options, MpiCommunicator& world)
+      : options_(options), cfg_(options.config()), world_(world), log_(world), rank_(world.rank()) {}
 
-int run_training(const TrainOptions& options, MpiCommunicator& world) {
-  const TrainConfig& cfg = options.config();
-  const Log0 log(world);
-  const int P = world.size(), rank = world.rank();
-  world.set_timeout(cfg.comm_timeout);
-  const auto t_start = std::chrono::steady_clock::now();
-  const std::string device = resolve_device(cfg.device, world);
-  run_agreed(world, "device", [&] {
-    SBN_CHECK(device == "cpu" || SBN_HAS_CUDA, "--device cuda: this syncbn was built without CUDA (configure with nvcc available)");
-    SBN_CHECK(device == "cuda" || cfg.precision == "fp32", "--precision " + cfg.precision + " needs --device cuda; the CPU path computes in fp32");
-  });
-
-  // Run directory (rank 0 writes; every rank agrees it worked).
-  run_agreed(world, "run dir", [&] {
-    if (rank == 0 && !cfg.run_dir.empty()) {
-      std::error_code ec;
-      std::filesystem::create_directories(cfg.run_dir, ec);
-      SBN_CHECK(!ec, "--run-dir " + cfg.run_dir + ": cannot create the directory (" + ec.message() + ")");
-      write_file_atomic((std::filesystem::path(cfg.run_dir) / "config.ini").string(), options.to_ini());
+  int run() {
+    set_up();
+    const std::int64_t end_step = cfg_.stop_after > 0 ? std::min(cfg_.stop_after, total_steps_) : total_steps_;
+    bool evaluated_at_end = false;
+    while (pos_.step < end_step) {
+      const StepEnd end = train_step();
+      if (end.stop_signal) return stop_on_signal();
+      if (end.write_failed) fail_after_write_error();
+      const bool epoch_end = pos_.step_in_epoch == 0;
+      if (pos_.step % cfg_.log_every == 0 || pos_.step == total_steps_) log_progress(end);
+      const bool eval_now = epoch_end || (cfg_.eval_every > 0 && pos_.step % cfg_.eval_every == 0);
+      // Evaluation and checkpoints are kept out of the throughput window.
+      const double t0 = now_seconds();
+      if (eval_now || pos_.step == total_steps_) {
+        last_eval_ = run_eval(pos_.step);
+        evaluated_at_end = pos_.step == total_steps_;
+      }
+      if (cfg_.save_every > 0 && pos_.step % cfg_.save_every == 0 && pos_.step < end_step) save();
+      window_.exclude(now_seconds() - t0);
     }
-  });
-  log("# syncbn-train %s | %d rank(s) | --norm %s | device %s, %lld thread(s) per rank | %s build\n", SBN_VERSION, P,
-      cfg.norm.c_str(), device.c_str(), static_cast<long long>(cfg.threads), SBN_BUILD_TYPE);
-  log("# configuration\n%s", options.table().c_str());
+    if (!evaluated_at_end) last_eval_ = run_eval(pos_.step);
+    if (world_.any(!write_error_.empty(), "metrics write")) fail_after_write_error();
+    save();
+    const double wall = now_seconds() - t_start_;
+    if (pos_.step < total_steps_) {
+      log_("stopped at step %lld of %lld (--stop-after); resume with --resume latest\n",
+           static_cast<long long>(pos_.step), static_cast<long long>(total_steps_));
+    }
+    log_("final test accuracy %.2f%% (loss %.4f) after %lld steps, %.1f s\n", 100 * last_eval_.acc, last_eval_.loss,
+         static_cast<long long>(pos_.step), wall);
+    return 0;
+  }
 
-  // Data: every rank loads the files and validates them; a problem is reported once.
-  DataSplits data;
-  run_agreed(world, "data", [&] {
-    data = load_dataset(data_options(cfg));
-    SBN_CHECK(data.train.size() >= cfg.global_batch,
-              "--global-batch " + std::to_string(cfg.global_batch) + " exceeds the training set (" +
-                  std::to_string(data.train.size()) + " samples)");
-  });
-  log("# data: %s\n", describe(data).c_str());
-  const Dataset& train = data.train;
-  const bool augment = cfg.augment == "on" || (cfg.augment == "auto" && cfg.dataset == "cifar10");
+ private:
+  // What every rank learned at the end of a step (the same on every rank).
+  struct StepEnd {
+    double loss = 0, acc = 0, lr = 0;
+    bool stop_signal = false;   // some rank received SIGTERM/SIGINT/SIGUSR1
+    bool write_failed = false;  // rank 0 could not write the metrics files
+  };
 
-  // Model (and, for the synced BN modes, its sync group, made by the model over its communicator).
-  const bool batchnorm = cfg.norm != "groupnorm" && cfg.norm != "none";
-  const bool communicating_norm = batchnorm && cfg.norm != "local";
-  ModelSpec spec;
-  spec.arch = cfg.model;
-  spec.width = cfg.width;
-  spec.depth = cfg.depth;
-  spec.in_channels = train.channels;
-  spec.height = train.height;
-  spec.width_px = train.width;
-  spec.classes = train.num_classes;
-  spec.norm.kind = !batchnorm ? cfg.norm : cfg.norm == "local" ? "local" : "sync";
-  spec.norm.gn_groups = cfg.gn_groups;
-  spec.norm.ghost_batch = cfg.ghost_batch;
-  if (cfg.bn_momentum == "none") spec.norm.momentum.reset();  // cumulative average
-  else spec.norm.momentum = std::stod(cfg.bn_momentum);
-  spec.norm.eps = cfg.bn_eps;
-  std::unique_ptr<TrainModel> model;
-  run_agreed(world, "model", [&] {
+  // ---- set-up ----
+  void set_up() {
+    world_.set_timeout(cfg_.comm_timeout);
+    agree_on_options(world_, options_);  // before anything acts on them
+    device_ = resolve_device(cfg_.device, world_);
+    run_agreed(world_, "device", [&] {
+      SBN_CHECK(device_ == "cpu" || SBN_HAS_CUDA, "--device cuda: this syncbn was built without CUDA (configure with nvcc available)");
+      SBN_CHECK(device_ == "cuda" || cfg_.precision == "fp32", "--precision " + cfg_.precision + " needs --device cuda; the CPU path computes in fp32");
+    });
+    // Every rank must train the same thing (options and build agreed above); nothing is written before
+    // the data agree too.
+    run_agreed(world_, "data", [&] {
+      data_ = load_dataset(data_options(cfg_));
+      SBN_CHECK(data_.train.size() >= cfg_.global_batch,
+                "--global-batch " + std::to_string(cfg_.global_batch) + " exceeds the training set (" +
+                    std::to_string(data_.train.size()) + " samples)");
+    });
+    agree_on_data(world_, data_, data_options(cfg_));
+    open_run_dir();
+    log_("# syncbn-train %s (%s) | %d rank(s) | --norm %s | device %s, %lld thread(s) per rank | %s build\n",
+         SBN_VERSION, SBN_GIT_COMMIT, world_.size(), cfg_.norm.c_str(), device_.c_str(), static_cast<long long>(cfg_.threads), SBN_BUILD_TYPE);
+    log_("# configuration\n%s", options_.table().c_str());
+    log_("# data: %s\n", describe(data_).c_str());
+    build_model();
+    plan_steps();
+    resume();
+    metrics_ = std::make_unique<MetricsLog>(rank_ == 0 ? cfg_.run_dir : "", resume_step_);
+    const std::int64_t my_count = std::max<std::int64_t>(my_.count, 1);
+    images_.resize(static_cast<std::size_t>(my_count * data_.train.sample_floats()));
+    labels_.resize(static_cast<std::size_t>(my_count));
+    window_ = RateWindow(now_seconds());
+  }
+
+  // Rank 0 creates the run directory, takes its lock (one job per run dir), clears what an interrupted
+  // job left half-written and writes config.ini; every rank agrees it worked.
+  void open_run_dir() {
+    run_agreed(world_, "run dir", [&] {
+      if (rank_ != 0 || cfg_.run_dir.empty()) return;
+      std::error_code ec;
+      std::filesystem::create_directories(cfg_.run_dir, ec);
+      SBN_CHECK(!ec, "--run-dir " + cfg_.run_dir + ": cannot create the directory (" + ec.message() + ")");
+      lock_ = std::make_unique<RunDirLock>(cfg_.run_dir);
+      if (const int n = remove_stale_temporaries(cfg_.run_dir))
+        log_("# run dir: removed %d temporary file(s) of an interrupted write\n", n);
+      write_file_atomic((std::filesystem::path(cfg_.run_dir) / "config.ini").string(), options_.to_ini());
+    });
+  }
+
+  void build_model() {
+    const Dataset& train = data_.train;
+    batchnorm_ = cfg_.norm != "groupnorm" && cfg_.norm != "none";
+    communicating_norm_ = batchnorm_ && cfg_.norm != "local";
+    ModelSpec spec;
+    spec.arch = cfg_.model;
+    spec.width = cfg_.width;
+    spec.depth = cfg_.depth;
+    spec.in_channels = train.channels;
+    spec.height = train.height;
+    spec.width_px = train.width;
+    spec.classes = train.num_classes;
+    spec.norm.kind = !batchnorm_ ? cfg_.norm : cfg_.norm == "local" ? "local" : "sync";
+    spec.norm.gn_groups = cfg_.gn_groups;
+    spec.norm.ghost_batch = cfg_.ghost_batch;
+    if (cfg_.bn_momentum == "none") spec.norm.momentum.reset();  // cumulative average
+    else spec.norm.momentum = std::stod(cfg_.bn_momentum);
+    spec.norm.eps = cfg_.bn_eps;
+    run_agreed(world_, "model", [&] {
 #if SBN_HAS_CUDA
-    if (device == "cuda") {
-      model = make_cuda_train_model(spec, cfg, world);
+      if (device_ == "cuda") {
+        model_ = make_cuda_train_model(spec, cfg_, world_);
+        return;
+      }
+#endif
+      model_ = make_cpu_train_model(spec, cfg_, world_);
+    });
+    print_rank_table(world_, log_, model_->device());
+    log_("# model %s\n# %.3f M parameters, %d SyncBN layers\n", model_->describe().c_str(),
+         static_cast<double>(model_->num_params()) / 1e6, model_->num_syncbn_layers());
+  }
+
+  void plan_steps() {
+    const int P = world_.size();
+    sampler_ = std::make_unique<Sampler>(data_.train.size(), cfg_.global_batch, cfg_.seed);
+    steps_per_epoch_ = sampler_->steps_per_epoch();
+    total_steps_ = cfg_.max_steps > 0 ? cfg_.max_steps : cfg_.epochs * steps_per_epoch_;
+    micro_ = cfg_.global_batch / cfg_.accum_steps;
+    my_ = rank_slice(micro_, P, rank_);
+    const SyncMode mode = batchnorm_ ? parse_sync_mode(cfg_.norm) : SyncMode{};
+    bn_batch_ = !batchnorm_ ? 0
+                : cfg_.norm == "local" ? (cfg_.ghost_batch ? cfg_.ghost_batch : rank_slice(micro_, P, 0).count)
+                : mode.kind == SyncMode::kSync ? micro_
+                                               : micro_ * mode.group_size / P;
+    log_("# %lld steps/epoch, %lld steps; global batch %lld = %lld micro-batch(es) of %lld; rank %d takes %lld; "
+         "BN batch %lld\n",
+         static_cast<long long>(steps_per_epoch_), static_cast<long long>(total_steps_),
+         static_cast<long long>(cfg_.global_batch), static_cast<long long>(cfg_.accum_steps),
+         static_cast<long long>(micro_), rank_, static_cast<long long>(my_.count), static_cast<long long>(bn_batch_));
+  }
+
+  void resume() {
+    meta_ = CheckpointMeta{model_->signature(), options_.resume_fingerprint(), options_.to_ini()};
+    if (cfg_.resume.empty()) return;
+    const std::string path = cfg_.resume == "latest" ? latest_checkpoint(cfg_.run_dir) : cfg_.resume;
+    if (path.empty()) {
+      log_("# --resume latest: no checkpoint in %s, starting from scratch\n", cfg_.run_dir.c_str());
       return;
     }
-#endif
-    model = make_cpu_train_model(spec, cfg, world);
-  });
-  print_rank_table(world, log, model->device());
-  log("# model %s\n# %.3f M parameters, %d SyncBN layers\n", model->describe().c_str(),
-      static_cast<double>(model->num_params()) / 1e6, model->num_syncbn_layers());
-
-  Sampler sampler(train.size(), cfg.global_batch, cfg.seed);
-  const std::int64_t steps_per_epoch = sampler.steps_per_epoch();
-  const std::int64_t total_steps = cfg.max_steps > 0 ? cfg.max_steps : cfg.epochs * steps_per_epoch;
-  const std::int64_t micro = cfg.global_batch / cfg.accum_steps;
-  const Slice my = rank_slice(micro, P, rank);
-  const SyncMode mode = batchnorm ? parse_sync_mode(cfg.norm) : SyncMode{};
-  const std::int64_t bn_batch = !batchnorm ? 0
-                                : cfg.norm == "local" ? (cfg.ghost_batch ? cfg.ghost_batch : rank_slice(micro, P, 0).count)
-                                : mode.kind == SyncMode::kSync ? micro
-                                                               : micro * mode.group_size / P;
-  log("# %lld steps/epoch, %lld steps; global batch %lld = %lld micro-batch(es) of %lld; rank %d takes %lld; "
-      "BN batch %lld\n",
-      static_cast<long long>(steps_per_epoch), static_cast<long long>(total_steps),
-      static_cast<long long>(cfg.global_batch), static_cast<long long>(cfg.accum_steps), static_cast<long long>(micro),
-      rank, static_cast<long long>(my.count), static_cast<long long>(bn_batch));
-
-  // Resume.
-  TrainPosition pos;
-  std::int64_t resume_step = -1;
-  const CheckpointMeta meta{model->signature(), options.resume_fingerprint(), options.to_ini()};
-  if (!cfg.resume.empty()) {
-    const std::string path = cfg.resume == "latest" ? latest_checkpoint(cfg.run_dir) : cfg.resume;
-    if (path.empty()) {
-      log("# --resume latest: no checkpoint in %s, starting from scratch\n", cfg.run_dir.c_str());
-    } else {
-      pos = load_checkpoint(path, world, *model, meta);
-      model->state_from_host();
-      resume_step = pos.step;
-      log("# resumed from %s at step %lld (epoch %lld)\n", path.c_str(), static_cast<long long>(pos.step),
-          static_cast<long long>(pos.epoch + 1));
+    pos_ = load_checkpoint(path, world_, *model_, meta_);
+    // Every rank read the same bytes (load_checkpoint agrees on that), so every rank decides alike.
+    const bool fits = pos_.step >= 0 && pos_.epoch >= 0 && pos_.step_in_epoch >= 0 &&
+                      pos_.step_in_epoch < steps_per_epoch_ && pos_.epoch * steps_per_epoch_ + pos_.step_in_epoch == pos_.step;
+    if (!fits) {
+      throw AgreedError("--resume " + path + ": its position (step " + std::to_string(pos_.step) + ", epoch " +
+                        std::to_string(pos_.epoch + 1) + ", step " + std::to_string(pos_.step_in_epoch) +
+                        " of the epoch) does not fit this dataset and batch (" + std::to_string(steps_per_epoch_) +
+                        " steps per epoch): was the data changed?");
     }
+    model_->state_from_host();
+    resume_step_ = pos_.step;
+    log_("# resumed from %s at step %lld (epoch %lld)\n", path.c_str(), static_cast<long long>(pos_.step),
+         static_cast<long long>(pos_.epoch + 1));
   }
-  MetricsLog metrics(rank == 0 ? cfg.run_dir : "", resume_step);
 
-  auto save = [&](std::int64_t step) {
-    if (cfg.run_dir.empty()) return;
-    if (batchnorm && !communicating_norm) model->average_running_stats(world);
-    const std::string path = checkpoint_path(cfg.run_dir, step);
-    model->state_to_host();
-    run_agreed(world, "checkpoint save", [&] {
-      if (rank == 0) save_checkpoint(path, *model, pos, meta);
-    });
-    log("# checkpoint %s\n", path.c_str());
-  };
-  // The 1-based epoch an optimizer step (1-based) belongs to.
-  auto epoch_of = [&](std::int64_t step) { return step > 0 ? (step - 1) / steps_per_epoch + 1 : 1; };
-  auto run_eval = [&](std::int64_t step) {
-    if (batchnorm && !communicating_norm) model->average_running_stats(world);
-    const EvalResult e = evaluate(*model, data.test, world);
-    log("eval  epoch %lld step %lld: test loss %.4f acc %.2f%%\n", static_cast<long long>(epoch_of(step)),
-        static_cast<long long>(step), e.loss, 100 * e.acc);
-    MetricRow row;
-    row.kind = "eval";
-    row.step = step;
-    row.epoch = epoch_of(step);
-    row.loss = e.loss;
-    row.acc = e.acc;
-    row.norm = cfg.norm;
-    row.bn_batch = bn_batch;
-    row.global_batch = cfg.global_batch;
-    row.world_size = P;
-    metrics.add(row);
-    metrics.flush();
-    return e;
-  };
-
-  // ---- the loop ----
-  std::vector<float> images(static_cast<std::size_t>(std::max<std::int64_t>(my.count, 1) * train.sample_floats()));
-  std::vector<std::int32_t> labels(static_cast<std::size_t>(std::max<std::int64_t>(my.count, 1)));
-  double window_start = now_seconds();
-  std::int64_t window_steps = 0;
-  double window_comm = 0, window_grad = 0;
-  EvalResult last_eval;
-  bool evaluated_at_end = false;
-  const std::int64_t end_step = cfg.stop_after > 0 ? std::min(cfg.stop_after, total_steps) : total_steps;
-  while (pos.step < end_step) {
-    const std::int64_t* batch = sampler.batch(pos.epoch, pos.step_in_epoch);
-    const Augment aug{augment, cfg.seed, pos.epoch};
-    double sums[2] = {0, 0};  // Σ loss, Σ correct over this rank's samples
-    for (std::int64_t m = 0; m < cfg.accum_steps; ++m) {
-      if (my.count == 0 && !communicating_norm) continue;  // nothing to compute, nobody waits for us here
-      gather_batch(train, batch + m * micro + my.first, my.count, augment ? &aug : nullptr, images.data(), labels.data());
+  // ---- one optimizer step ----
+  StepEnd train_step() {
+    const std::int64_t* batch = sampler_->batch(pos_.epoch, pos_.step_in_epoch);
+    const bool augment = cfg_.augment == "on" || (cfg_.augment == "auto" && cfg_.dataset == "cifar10");
+    const Augment aug{augment, cfg_.seed, pos_.epoch};
+    // Σ loss and Σ correct over this rank's samples, then the flags every rank must act on together.
+    double sums[4] = {0, 0, 0, 0};
+    for (std::int64_t m = 0; m < cfg_.accum_steps; ++m) {
+      if (my_.count == 0 && !communicating_norm_) continue;  // nothing to compute, nobody waits for us here
+      gather_batch(data_.train, batch + m * micro_ + my_.first, my_.count, augment ? &aug : nullptr, images_.data(),
+                   labels_.data());
       std::int64_t correct = 0;
-      model->train_micro(images.data(), labels.data(), my.count, 1.0f / static_cast<float>(cfg.global_batch), &sums[0],
-                         &correct);
+      model_->train_micro(images_.data(), labels_.data(), my_.count, 1.0f / static_cast<float>(cfg_.global_batch),
+                          &sums[0], &correct);
       sums[1] += static_cast<double>(correct);
     }
     // Sum gradients over ranks: each rank's loss is its share of the global mean, so the sum is the
-    // gradient of the global batch's mean loss.
-    const double lr = learning_rate(cfg, pos.step, steps_per_epoch, total_steps);
-    const double grad_s = model->reduce_and_update(world, lr);
-    world.allreduce_sum(sums, 2, "step loss");
-    model->check();
-    const double comm_s = model->take_syncbn_comm_seconds();
-    ++pos.step;
-    if (++pos.step_in_epoch == steps_per_epoch) {
-      pos.step_in_epoch = 0;
-      ++pos.epoch;
+    // gradient of the global batch's mean loss. The model commits the step only if they are finite.
+    StepEnd end;
+    end.lr = learning_rate(cfg_, pos_.step, steps_per_epoch_, total_steps_);
+    const double grad_s = model_->reduce_and_update(world_, end.lr);
+    sums[2] = stop_.pending() != 0 ? 1.0 : 0.0;
+    sums[3] = write_error_.empty() ? 0.0 : 1.0;
+    world_.allreduce_sum(sums, 4, "step loss");
+    model_->check();
+    end.loss = sums[0] / static_cast<double>(cfg_.global_batch);
+    end.acc = sums[1] / static_cast<double>(cfg_.global_batch);
+    end.stop_signal = sums[2] > 0;
+    end.write_failed = sums[3] > 0;
+    const StepResult result = model_->last_step();
+    if (result.outcome == StepResult::Outcome::kNonFinite) fail_non_finite("gradient of '" + result.nonfinite + "'", end.loss);
+    if (!std::isfinite(end.loss)) fail_non_finite("loss", end.loss);
+    ++pos_.step;
+    if (++pos_.step_in_epoch == steps_per_epoch_) {
+      pos_.step_in_epoch = 0;
+      ++pos_.epoch;
     }
-    const double t1 = now_seconds();
-    ++window_steps;
-    window_comm += comm_s;
-    window_grad += grad_s;
-    const bool epoch_end = pos.step_in_epoch == 0;
-    if (pos.step % cfg.log_every == 0 || pos.step == total_steps) {
-      const double elapsed = t1 - window_start;
-      const double ips = static_cast<double>(window_steps * cfg.global_batch) / elapsed;
-      const double step_ms = 1e3 * elapsed / static_cast<double>(window_steps);
-      const double loss = sums[0] / static_cast<double>(cfg.global_batch);
-      const double acc = sums[1] / static_cast<double>(cfg.global_batch);
-      const double eta = static_cast<double>(total_steps - pos.step) * elapsed / static_cast<double>(window_steps);
-      log("epoch %lld step %lld/%lld loss %.4f acc %5.1f%% lr %.4f | %.0f img/s step %.1f ms syncbn-comm %.2f ms "
-          "grad-comm %.2f ms | eta %s\n",
-          static_cast<long long>(epoch_of(pos.step)), static_cast<long long>(pos.step),
-          static_cast<long long>(total_steps), loss, 100 * acc, lr, ips, step_ms,
-          1e3 * window_comm / static_cast<double>(window_steps), 1e3 * window_grad / static_cast<double>(window_steps),
-          hms(eta).c_str());
-      MetricRow row;
-      row.kind = "train";
-      row.step = pos.step;
-      row.epoch = epoch_of(pos.step);
-      row.loss = loss;
-      row.acc = acc;
-      row.lr = lr;
-      row.norm = cfg.norm;
-      row.bn_batch = bn_batch;
-      row.global_batch = cfg.global_batch;
-      row.world_size = P;
-      row.step_ms = step_ms;
-      row.comm_ms = 1e3 * window_comm / static_cast<double>(window_steps);
-      row.images_per_s = ips;
-      row.grad_comm_ms = 1e3 * window_grad / static_cast<double>(window_steps);
-      metrics.add(row);
-      metrics.flush();
-      window_start = now_seconds();
-      window_steps = 0;
-      window_comm = window_grad = 0;
-    }
-    const bool eval_now = epoch_end || (cfg.eval_every > 0 && pos.step % cfg.eval_every == 0);
-    if (eval_now || pos.step == total_steps) {
-      last_eval = run_eval(pos.step);
-      evaluated_at_end = pos.step == total_steps;
-    }
-    if (cfg.save_every > 0 && pos.step % cfg.save_every == 0 && pos.step < end_step) save(pos.step);
-    if (eval_now) window_start = now_seconds();  // keep evaluation time out of the throughput
+    window_.add_step(model_->take_syncbn_comm_seconds(), grad_s);
+    return end;
   }
-  if (!evaluated_at_end) last_eval = run_eval(pos.step);
-  save(pos.step);
-  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-  if (pos.step < total_steps) {
-    log("stopped at step %lld of %lld (--stop-after); resume with --resume latest\n", static_cast<long long>(pos.step),
-        static_cast<long long>(total_steps));
+
+  // Every rank sees the same all-reduced gradients and loss, so every rank throws here together.
+  [[noreturn]] void fail_non_finite(const std::string& what, double loss) {
+    char l[32];
+    std::snprintf(l, sizeof l, "%g", loss);
+    throw AgreedError("step " + std::to_string(pos_.step + 1) + ": non-finite " + what + " (loss " + l +
+                      "); the step was not applied and no checkpoint was written" +
+                      (last_checkpoint_.empty() ? "" : " (last good: " + last_checkpoint_ + ")") +
+                      ": lower --lr or check the data");
   }
-  log("final test accuracy %.2f%% (loss %.4f) after %lld steps, %.1f s\n", 100 * last_eval.acc, last_eval.loss,
-      static_cast<long long>(pos.step), wall);
-  return 0;
-}
+
+  // ---- output ----
+  void log_progress(const StepEnd& end) {
+    const RateWindow::Rates r = window_.take(now_seconds(), cfg_.global_batch);
+    const double eta = static_cast<double>(total_steps_ - pos_.step) * r.step_ms / 1e3;
+    log_("epoch %lld step %lld/%lld loss %.4f acc %5.1f%% lr %.4f | %.0f img/s step %.1f ms syncbn-comm %.2f ms "
+         "grad-comm %.2f ms | eta %s\n",
+         static_cast<long long>(epoch_of(pos_.step)), static_cast<long long>(pos_.step),
+         static_cast<long long>(total_steps_), end.loss, 100 * end.acc, end.lr, r.images_per_s, r.step_ms, r.comm_ms,
+         r.grad_ms, hms(eta).c_str());
+    MetricRow row = metric_row("train", pos_.step);
+    row.loss = end.loss;
+    row.acc = end.acc;
+    row.lr = end.lr;
+    row.step_ms = r.step_ms;
+    row.comm_ms = r.comm_ms;
+    row.images_per_s = r.images_per_s;
+    row.grad_comm_ms = r.grad_ms;
+    write_metrics(row);
+  }
+
+  MetricRow metric_row(const char* kind, std::int64_t step) const {
+    MetricRow row;
+    row.kind = kind;
+    row.step = step;
+    row.epoch = epoch_of(step);
+    row.norm = cfg_.norm;
+    row.bn_batch = bn_batch_;
+    row.global_batch = cfg_.global_batch;
+    row.world_size = world_.size();
+    return row;
+  }
+
+  // Rank 0 writes; a failure (full disk) is remembered and agreed on at the next step boundary, where
+  // the job saves what it can and stops with one error line.
+  void write_metrics(const MetricRow& row) {
+    metrics_->add(row);
+    if (!write_error_.empty()) return;
+    try {
+      metrics_->flush();
+    } catch (const std::exception& e) {
+      write_error_ = e.what();
+    }
+  }
+
+  [[noreturn]] void fail_after_write_error() {
+    std::string saved;
+    try {
+      save();
+      saved = last_checkpoint_.empty() ? "no --run-dir checkpoint" : "checkpoint " + last_checkpoint_ + " saved";
+    } catch (const AgreedError& e) {
+      saved = std::string("no checkpoint could be saved either: ") + e.what();
+    }
+    throw AgreedError("metrics: " + (write_error_.empty() ? std::string("rank 0 could not write the metrics files")
+                                                          : write_error_) +
+                      " at step " + std::to_string(pos_.step) + "; " + saved);
+  }
+
+  // The 1-based epoch an optimizer step (1-based) belongs to.
+  std::int64_t epoch_of(std::int64_t step) const { return step > 0 ? (step - 1) / steps_per_epoch_ + 1 : 1; }
+
+  EvalResult run_eval(std::int64_t step) {
+    if (batchnorm_ && !communicating_norm_) model_->average_running_stats(world_);
+    const EvalResult e = evaluate(*model_, data_.test, world_);
+    log_("eval  epoch %lld step %lld: test loss %.4f acc %.2f%%\n", static_cast<long long>(epoch_of(step)),
+         static_cast<long long>(step), e.loss, 100 * e.acc);
+    MetricRow row = metric_row("eval", step);
+    row.loss = e.loss;
+    row.acc = e.acc;
+    write_metrics(row);
+    return e;
+  }
+
+  // A checkpoint of the current position (rank 0 writes; agreed); its path is kept for messages.
+  void save() {
+    if (cfg_.run_dir.empty()) return;
+    if (batchnorm_ && !communicating_norm_) model_->average_running_stats(world_);
+    const std::string path = checkpoint_path(cfg_.run_dir, pos_.step);
+    model_->state_to_host();
+    run_agreed(world_, "checkpoint save", [&] {
+      if (rank_ == 0) save_checkpoint(path, *model_, pos_, meta_);
+    });
+    last_checkpoint_ = path;
+    log_("# checkpoint %s\n", path.c_str());
+  }
+
+  // SIGTERM/SIGINT/SIGUSR1 reached some rank: the step that just ended is kept, saved, and the job ends
+  // with kExitStopped so that a scheduler can requeue it with --resume latest.
+  int stop_on_signal() {
+    save();
+    const int sig = stop_.pending();
+    log_("stopped by %s at step %lld of %lld: %s; resume with --resume latest\n",
+         sig ? StopSignals::name(sig) : "a stop signal to another rank", static_cast<long long>(pos_.step),
+         static_cast<long long>(total_steps_),
+         cfg_.run_dir.empty() ? "nothing saved (no --run-dir)" : ("checkpoint " + last_checkpoint_).c_str());
+    return kExitStopped;
+  }
+
+  const TrainOptions& options_;
+  const TrainConfig& cfg_;
+  MpiCommunicator& world_;
+  const Log0 log_;
+  const int rank_;
+  const double t_start_ = now_seconds();
+  StopSignals stop_;
+  std::unique_ptr<RunDirLock> lock_;  // rank 0, with --run-dir: held until the job ends
+
+  std::string device_;
+  DataSplits data_;
+  bool batchnorm_ = false, communicating_norm_ = false;
+  std::unique_ptr<TrainModel> model_;
+  std::unique_ptr<Sampler> sampler_;
+  std::int64_t steps_per_epoch_ = 0, total_steps_ = 0, micro_ = 0, bn_batch_ = 0;
+  Slice my_;
+  TrainPosition pos_;
+  std::int64_t resume_step_ = -1;
+  CheckpointMeta meta_;
+  std::string last_checkpoint_;
+  std::unique_ptr<MetricsLog> metrics_;
+  std::string write_error_;  // rank 0: the first failed metrics write
+  std::vector<float> images_;
+  std::vector<std::int32_t> labels_;
+  RateWindow window_{0.0};
+  EvalResult last_eval_;
+};
+
+}  // namespace
+
+int run_training(const TrainOptions& options, MpiCommunicator& world) { return TrainingRun(options, world).run(); }
 
 }  // namespace syncbn

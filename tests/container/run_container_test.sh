@@ -7,19 +7,17 @@
 #   Checks: the job map puts rank 0 on head and rank 1 on worker; train: every metrics.csv row has
 #   world_size 2, the train loss decreases, the rank → host table names two different hosts;
 #   bench: the layer table and both JSON rows say 2 ranks.
-# Engine: a running Docker engine if one answers (SBN_CT_OWN_DAEMON=auto), else its own dockerd
-# (no iptables, no default bridge, overlay2) with data-root and exec-root in a temporary directory.
-# Base image: debootstrap --variant=minbase, imported with `docker import` (no registry is needed);
-# apt inside the builds uses the host's Debian mirror and its Acquire:: settings.
-# Everything it makes (containers, network, images, the dockerd it started, temporary files) is
-# removed on exit, also on failure or interrupt. Exit 0 pass, 1 fail, 77 skip (not root, no
-# docker/dockerd/debootstrap, no overlay filesystem, less than 4 GB in TMPDIR, or no engine started).
+# Engine, base image and cleanup: tests/container/lib.sh (shared with run_fresh_test.sh): a running
+# Docker engine if one answers (SBN_CT_OWN_DAEMON=auto), else its own dockerd; the base image is a
+# debootstrap --variant=minbase imported with `docker import` (no registry is needed); apt inside the
+# builds uses the host's Debian mirror and its Acquire:: settings. Everything it makes (containers,
+# network, images, the dockerd it started, temporary files) is removed on exit, also on failure or
+# interrupt. Exit 0 pass, 1 fail, 77 skip (not root, no docker/dockerd/debootstrap, no overlay
+# filesystem, less than 4 GB in TMPDIR, or no engine started).
 # Usage: tests/container/run_container_test.sh [SOURCE_DIR]     (ctest -L container runs it)
 set -euo pipefail
 
 : "${SBN_CT_SRC:=${1:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}}"
-: "${SBN_CT_SUITE:=bookworm}"         # Debian suite of the base image
-: "${SBN_CT_MIRROR:=}"                # Debian mirror; empty: the host's apt source for the suite
 : "${SBN_CT_CPU_ARCH:=}"              # -march of the image; empty: x86-64-v3 if this CPU has it, else v2
 : "${SBN_CT_JOBS:=2}"                 # compile jobs inside the image build
 : "${SBN_CT_JOB:=auto}"               # auto | train | bench
@@ -29,165 +27,32 @@ set -euo pipefail
 : "${SBN_CT_TRAIN_ARGS:=--warmup-steps 5}"
 : "${SBN_CT_SSH_PORT:=2222}"
 : "${SBN_CT_SHM:=256m}"               # --shm-size of each container
-: "${SBN_CT_OWN_DAEMON:=auto}"        # auto | 1 (always start a private dockerd)
-: "${SBN_CT_DEADLINE:=1400}"          # seconds for the whole test; keep below the ctest TIMEOUT
 : "${SBN_CT_BUILDKIT:=0}"             # DOCKER_BUILDKIT for docker build (0: the classic builder)
-: "${TMPDIR:=/tmp}"
-
-t0=$SECONDS
-deadline=$((SECONDS + SBN_CT_DEADLINE))
-log() { echo "# [$((SECONDS - t0))s] $*"; }
-skip() { echo "SKIP: container test: $*"; exit 77; }
-fail() { echo "FAIL: container test: $*" >&2; exit 1; }
-# logged LOGFILE CMD...: echoes CMD, runs it with what is left of the deadline, output to LOGFILE, and
-# shows the log's tail if CMD fails. CMD runs in the background and is waited for, so that a signal
-# runs the cleanup at once (bash defers traps until a foreground command ends); cleanup ends it.
-child=""
-logged() {
-  local file=$1 left=$((deadline - SECONDS)) rc=0
-  shift
-  [ "$left" -gt 10 ] || fail "deadline of ${SBN_CT_DEADLINE}s reached before: $*"
-  echo "+ $* >$file 2>&1"
-  timeout --kill-after=10 "$left" "$@" >"$file" 2>&1 &
-  child=$!
-  wait "$child" || rc=$?
-  child=""
-  if [ "$rc" -ne 0 ]; then
-    tail -n 40 "$file" | sed 's/^/  | /'
-    [ "$rc" -ne 124 ] || echo "  | (stopped at the test's deadline, SBN_CT_DEADLINE=${SBN_CT_DEADLINE}s)"
-  fi
-  return "$rc"
-}
+# Shared with run_fresh_test.sh (defaults in lib.sh): SBN_CT_SUITE (bookworm), SBN_CT_MIRROR (the host's),
+# SBN_CT_OWN_DAEMON (auto | 1), SBN_CT_DEADLINE (1400 s), SBN_CT_MIN_FREE_GB (4), TMPDIR.
+ct_name="container test"
+# shellcheck source=tests/container/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # ---- preconditions (skip, not fail, where no engine can run) -----------------------------------------
-[ "$(id -u)" -eq 0 ] || skip "needs root (dockerd, debootstrap); run as root or see docs/CLUSTER.md"
-for c in docker debootstrap timeout tar; do
-  command -v "$c" >/dev/null || skip "'$c' not found (scripts/setup.sh --tests installs docker.io and debootstrap)"
-done
-[ -f "$SBN_CT_SRC/docker/cpu.Dockerfile" ] || fail "no docker/cpu.Dockerfile under '$SBN_CT_SRC'"
 # The base, the builder stage and the image take about 2 GB under TMPDIR (the engine's data-root).
-free_kb=$(df -Pk "$TMPDIR" | awk 'NR == 2 {print $4}')
-[ "${free_kb:-0}" -ge $((4 * 1024 * 1024)) ] || skip "less than 4 GB free in $TMPDIR ($((${free_kb:-0} / 1024)) MB)"
-
-tmp=$(mktemp -d "$TMPDIR/sbn-ct.XXXXXX")
-id=$(od -An -N4 -tx4 /dev/urandom | tr -d ' \n')
-label="sbn.container-test=$id"
+ct_require timeout tar
+[ -f "$SBN_CT_SRC/docker/cpu.Dockerfile" ] || fail "no docker/cpu.Dockerfile under '$SBN_CT_SRC'"
+ct_init
 base_image="sbn-ct-base:$id"
 builder_image="sbn-ct-builder:$id"
 image="sbn-ct-cpu:$id"
 net="sbn-ct-$id"
 head="sbn-ct-$id-head"
 worker="sbn-ct-$id-worker"
-dockerd_pid=""
-engine_ready=0
-own_daemon=0
-
-cleanup() {
-  local rc=$? pid mnt leftovers
-  set +e
-  trap - EXIT INT TERM HUP
-  if [ -n "$child" ]; then
-    kill -TERM "$child" 2>/dev/null
-    wait "$child" 2>/dev/null
-  fi
-  if [ "$engine_ready" = 1 ]; then
-    log "cleanup: containers, network$([ "$own_daemon" = 1 ] || echo ", images")"
-    timeout 60 docker ps -aq --filter "label=$label" | xargs -r timeout 60 docker rm -f >/dev/null
-    timeout 60 docker network rm "$net" >/dev/null 2>&1
-    if [ "$own_daemon" = 0 ]; then
-      timeout 120 docker rmi -f "$image" "$builder_image" "$base_image" >/dev/null 2>&1
-    fi
-  fi
-  if [ -n "$dockerd_pid" ]; then
-    log "cleanup: stopping the dockerd this test started (pid $dockerd_pid)"
-    kill -TERM "$dockerd_pid" 2>/dev/null
-    for _ in $(seq 1 30); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 1; done
-    kill -KILL "$dockerd_pid" 2>/dev/null
-    wait "$dockerd_pid" 2>/dev/null
-  fi
-  # Processes this test started that outlived the steps above (containerd and shims of its dockerd, a
-  # chroot of an interrupted debootstrap) name its private directory on their command line (listed
-  # first: grep's own command line names it too).
-  leftovers=$(grep -lsF -- "$tmp/" /proc/[0-9]*/cmdline | cut -d/ -f3)
-  for pid in $leftovers; do
-    if [ "$pid" != "$$" ] && kill -KILL "$pid" 2>/dev/null; then log "cleanup: killed leftover pid $pid"; fi
-  done
-  # Mounts left under the private directory (overlay layers, network namespaces, debootstrap's /proc).
-  findmnt -rn -o TARGET | grep -F -- "$tmp/" | sort -r | while read -r mnt; do umount -l "$mnt"; done
-  rm -rf --one-file-system "$tmp"
-  log "cleanup: done (exit $rc)"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
 
 # ---- engine ------------------------------------------------------------------------------------------
-if [ "$SBN_CT_OWN_DAEMON" != 1 ] && timeout 10 docker info >/dev/null 2>&1; then
-  log "using the running Docker engine (${DOCKER_HOST:-default socket})"
-else
-  command -v dockerd >/dev/null || skip "no running Docker engine and no dockerd (apt-get install docker.io)"
-  grep -qw overlay /proc/filesystems || modprobe overlay 2>/dev/null || true
-  grep -qw overlay /proc/filesystems || skip "the kernel has no overlay filesystem (needed by overlay2)"
-  own_daemon=1
-  export DOCKER_HOST="unix://$tmp/docker.sock"
-  echo '{}' >"$tmp/daemon.json"
-  dockerd_cmd=(dockerd --config-file "$tmp/daemon.json" --host "$DOCKER_HOST" --data-root "$tmp/data"
-               --exec-root "$tmp/exec" --pidfile "$tmp/dockerd.pid" --iptables=false --ip-forward=false
-               --bridge=none --storage-driver=overlay2)
-  echo "+ ${dockerd_cmd[*]} >$tmp/dockerd.log 2>&1 &"
-  "${dockerd_cmd[@]}" >"$tmp/dockerd.log" 2>&1 &
-  dockerd_pid=$!
-  for _ in $(seq 1 120); do
-    timeout 5 docker info >/dev/null 2>&1 && break
-    if ! kill -0 "$dockerd_pid" 2>/dev/null; then
-      tail -n 15 "$tmp/dockerd.log" | sed 's/^/  | /'
-      dockerd_pid=""
-      skip "dockerd exited at start (log above): no container engine can run here"
-    fi
-    sleep 0.5
-  done
-  timeout 5 docker info >/dev/null 2>&1 || { tail -n 15 "$tmp/dockerd.log" | sed 's/^/  | /'; skip "dockerd did not answer within 60s"; }
-  log "private dockerd up (pid $dockerd_pid, data in $tmp)"
-fi
-engine_ready=1
+ct_start_engine
 export DOCKER_BUILDKIT="$SBN_CT_BUILDKIT"
 t_engine=$((SECONDS - t0))
 
 # ---- base image: debootstrap minbase, the host's mirror and apt network settings ---------------------
-if [ -z "$SBN_CT_MIRROR" ]; then
-  # shellcheck disable=SC2016  # $(REPO_URI) is apt's format syntax, not the shell's
-  SBN_CT_MIRROR=$(apt-get indextargets --format '$(REPO_URI) $(RELEASE)' 'Identifier: Packages' 2>/dev/null |
-                  awk -v s="$SBN_CT_SUITE" '$2 == s {print $1; exit}' || true)
-  : "${SBN_CT_MIRROR:=http://deb.debian.org/debian}"
-fi
-rootfs="$tmp/rootfs"
-include=()
-case "$SBN_CT_MIRROR" in https:*) include=(--include=ca-certificates) ;; esac
-logged "$tmp/debootstrap.log" debootstrap --variant=minbase "${include[@]}" "$SBN_CT_SUITE" "$rootfs" "$SBN_CT_MIRROR" ||
-  fail "debootstrap of $SBN_CT_SUITE from $SBN_CT_MIRROR failed"
-rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* "$rootfs/etc/hostname" "$rootfs/etc/resolv.conf"
-# The host's apt network settings (proxy, a mirror whose Release files are past Valid-Until, ...).
-apt-config dump 2>/dev/null | grep -E '^Acquire::(https?::Proxy|Check-Valid-Until|Check-Date|Retries|ForceIPv4) ' \
-  >"$rootfs/etc/apt/apt.conf.d/90sbn-host" || true
-# Like the official slim images: no docs, man pages or locales; no service starts during builds.
-cat >"$rootfs/etc/dpkg/dpkg.cfg.d/90sbn-slim" <<'EOF'
-path-exclude /usr/share/doc/*
-path-include /usr/share/doc/*/copyright
-path-exclude /usr/share/man/*
-path-exclude /usr/share/info/*
-path-exclude /usr/share/locale/*
-path-include /usr/share/locale/locale.alias
-EOF
-printf '#!/bin/sh\nexit 101\n' >"$rootfs/usr/sbin/policy-rc.d"
-chmod 0755 "$rootfs/usr/sbin/policy-rc.d"
-echo "+ tar -C $rootfs -c . | docker import - $base_image"
-tar --numeric-owner -C "$rootfs" -c . |
-  docker import -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-    -c "LABEL $label" - "$base_image" >/dev/null
-rm -rf --one-file-system "$rootfs"
-log "base image $base_image from $SBN_CT_SUITE at $SBN_CT_MIRROR"
+ct_base_image "$base_image"
 t_base=$((SECONDS - t0))
 
 # ---- CPU image -----------------------------------------------------------------------------------------
@@ -220,6 +85,7 @@ done
 build=(docker build --network host --force-rm -f "$ctx/docker/cpu.Dockerfile" "${build_args[@]}" --label "$label")
 # The builder stage gets a tag of its own so that cleanup on a shared engine removes its layers too;
 # the full build then reuses it from the cache.
+ct_images+=("$image" "$builder_image")
 logged "$tmp/build-builder.log" "${build[@]}" --target builder -t "$builder_image" "$ctx" ||
   fail "image build (builder stage) failed; log above"
 grep -E '^# build-in-image' "$tmp/build-builder.log" || true

@@ -2,6 +2,7 @@
 // path and every error (exact texts: they must name the file and the problem); the real Fashion-MNIST;
 // synthetic data; option validation.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <array>
@@ -231,12 +232,32 @@ TEST_P(IdxFiles, ZeroImages) {
   EXPECT_EQ(load_error(), path("train-images-idx3-ubyte") + ": bad header: 0 images");
 }
 
-TEST_P(IdxFiles, HugeCountIsTruncationNotAnAllocation) {
+TEST_P(IdxFiles, HugeCountIsRejectedBeforeReading) {
   // A corrupt count must not make the reader allocate 4e9 x 12 bytes before noticing.
   put("train-images-idx3-ubyte", idx_images(0x803, 0xFFFFFFFFu, kRows, kCols, train_px));
   EXPECT_EQ(load_error(), path("train-images-idx3-ubyte") +
-                              ": truncated: header says 4294967295 images of 4x3 = 51539607540 bytes after the "
-                              "16-byte header, file has 72");
+                              ": bad header: 4294967295 images of 4x3 = 51539607540 bytes, more than a split may "
+                              "hold (4294967296)");
+  // N = 2^31 of 28x28 (and the 65535-row header of the issue: caught by the row bound).
+  put("train-images-idx3-ubyte", idx_images(0x803, 0x80000000u, 28, 28, train_px));
+  EXPECT_EQ(load_error(), path("train-images-idx3-ubyte") +
+                              ": bad header: 2147483648 images of 28x28 = 1683627180032 bytes, more than a split may "
+                              "hold (4294967296)");
+  put("train-images-idx3-ubyte", idx_images(0x803, 0x80000000u, 65535, 28, train_px));
+  EXPECT_EQ(load_error(), path("train-images-idx3-ubyte") +
+                              ": bad header: images of 65535x28, rows and columns must be in [1, 4096]");
+}
+
+TEST_P(IdxFiles, HugeCountIsTruncationNotAnAllocation) {
+  // Within a split's bound (0x0FFFFFFF x 12 = 3.2 GB) but far more than the file holds: a plain file is
+  // read as far as it goes; a gzip file cannot inflate to that much (at most 1032:1), refused unread.
+  put("train-images-idx3-ubyte", idx_images(0x803, 0x0FFFFFFFu, kRows, kCols, train_px));
+  const std::string p = path("train-images-idx3-ubyte");
+  const std::string head =
+      p + ": truncated: header says 268435455 images of 4x3 = 3221225460 bytes after the 16-byte header, ";
+  EXPECT_EQ(load_error(), head + (gz() ? "more than a " + std::to_string(std::filesystem::file_size(p)) +
+                                             "-byte gzip file can hold (deflate inflates at most 1032:1)"
+                                       : std::string("file has 72")));
 }
 
 TEST_P(IdxFiles, LabelOutOfRange) {
@@ -272,6 +293,20 @@ TEST_P(IdxFiles, TrailingGarbageAfterLabels) {
             path("t10k-labels-idx1-ubyte") + ": trailing garbage: 1 bytes after the 4 labels the header declares");
 }
 
+TEST_P(IdxFiles, DataFileIsAFifo) {
+  // A FIFO named like a data file must be refused, not opened: opening it for reading blocks until a
+  // writer comes (the test would hang here).
+  std::filesystem::remove(path("train-images-idx3-ubyte"));
+  ASSERT_EQ(mkfifo(path("train-images-idx3-ubyte").c_str(), 0600), 0);
+  EXPECT_EQ(load_error(), path("train-images-idx3-ubyte") + ": is a FIFO, not a regular file: mnist train images");
+}
+
+TEST_P(IdxFiles, DataFileIsADirectory) {
+  std::filesystem::remove(path("t10k-labels-idx1-ubyte"));
+  std::filesystem::create_directory(path("t10k-labels-idx1-ubyte"));
+  EXPECT_EQ(load_error(), path("t10k-labels-idx1-ubyte") + ": is a directory: mnist test labels");
+}
+
 TEST_P(IdxFiles, TestShapeDiffersFromTrain) {
   put("t10k-images-idx3-ubyte", idx_images(0x803, kTest, kCols, kRows, test_px));
   EXPECT_EQ(load_error(), path("t10k-images-idx3-ubyte") + ": test images are 1x3x4 but the train images (" +
@@ -290,6 +325,38 @@ TEST_F(IdxGzipFiles, GzipChecksumMismatch) {
   bytes[bytes.size() - 8] ^= 0xFF;  // the CRC-32 of the gzip trailer
   write_plain(path("train-labels-idx1-ubyte"), bytes);
   EXPECT_EQ(load_error(), path("train-labels-idx1-ubyte") + ": corrupt gzip data: incorrect data check");
+}
+
+// A gzip file made of `members` copies of 16 MiB of zeros (each compressed once: ~16 KiB), after a first
+// member holding `head`: gigabytes of inflated data from a few MB on disk, written in milliseconds.
+void write_gzip_bomb(const std::string& path, const std::vector<std::uint8_t>& head, int members) {
+  write_gzip(path, head);
+  const std::string zeros = path + ".zeros";
+  write_gzip(zeros, std::vector<std::uint8_t>(std::size_t{16} << 20, 0));
+  const auto member = read_plain(zeros);
+  std::filesystem::remove(zeros);
+  std::ofstream f(path, std::ios::binary | std::ios::app);
+  for (int k = 0; k < members; ++k)
+    f.write(reinterpret_cast<const char*>(member.data()), static_cast<std::streamsize>(member.size()));
+  if (!f) throw std::runtime_error("cannot write " + path);
+}
+
+TEST_F(IdxGzipFiles, GzipBombBehindAHeaderDeclaringMoreThanTheFileCanHold) {
+  // 4 million 4x3 images (48 MB) declared, 16 MiB of zeros behind them in ~16 KiB: no gzip file that small
+  // can inflate to 48 MB, so nothing is read or allocated.
+  write_gzip_bomb(path("train-images-idx3-ubyte"), idx_images(0x803, 4000000, kRows, kCols, {}), 1);
+  const std::string p = path("train-images-idx3-ubyte");
+  EXPECT_EQ(load_error(), p + ": truncated: header says 4000000 images of 4x3 = 48000000 bytes after the 16-byte "
+                              "header, more than a " + std::to_string(std::filesystem::file_size(p)) +
+                              "-byte gzip file can hold (deflate inflates at most 1032:1)");
+}
+
+TEST_F(IdxGzipFiles, GzipBombBehindAValidHeader) {
+  // The declared 6 images, then 64 MiB of zeros: reading stops just past the 1 MiB counted as trailing data.
+  write_gzip_bomb(path("train-images-idx3-ubyte"), idx_images(0x803, kTrain, kRows, kCols, train_px), 4);
+  EXPECT_EQ(load_error(), path("train-images-idx3-ubyte") +
+                              ": trailing garbage: more than 1048576 bytes after the 6 images of 4x3 the header "
+                              "declares");
 }
 
 TEST_F(IdxPlainFiles, GzipDetectedByMagicNotByName) {
@@ -455,6 +522,16 @@ TEST_F(CifarFiles, EmptyFile) {
   write_plain(tmp / "data_batch_5.bin", {});
   EXPECT_EQ(error_text([&] { load_dataset(options(tmp.path())); }),
             tmp / "data_batch_5.bin: empty file, expected 3073-byte CIFAR-10 records");
+}
+
+TEST_F(CifarFiles, GzipBomb) {
+  // CIFAR files have no header: reading stops one byte past the bound (60000 records), whatever follows.
+  write_all(tmp.path());
+  std::filesystem::remove(tmp / "data_batch_1.bin");
+  write_gzip_bomb(tmp / "data_batch_1.bin.gz", {}, 12);  // 192 MiB of zeros: valid-looking records
+  EXPECT_EQ(error_text([&] { load_dataset(options(tmp.path())); }),
+            tmp / "data_batch_1.bin.gz: more than 184380000 bytes decompressed, the most accepted in one file "
+                  "(60000 records of 3073 bytes; a CIFAR-10 batch file holds 10000)");
 }
 
 TEST_F(CifarFiles, LabelOutOfRange) {
@@ -651,6 +728,17 @@ TEST(DataOptions, Validation) {
   o = synthetic(0, "4096x4096x4096");
   EXPECT_EQ(error_text([&] { validate_data_options(o); }),
             "--synthetic-shape '4096x4096x4096': more than 4194304 values per image");
+  // Sizes whose product with the shape would overflow int64 (2^62 x 4096), or just exceed memory.
+  o = synthetic(0, "1x64x64", std::int64_t{1} << 62);
+  EXPECT_EQ(error_text([&] { validate_data_options(o); }),
+            "--synthetic-train must be in [1, 1048576] for --synthetic-shape 1x64x64, got 4611686018427387904 (a "
+            "split holds at most 4294967296 pixel values)");
+  o = synthetic(0, "3x32x32", 100, 2000000);
+  EXPECT_EQ(error_text([&] { validate_data_options(o); }),
+            "--synthetic-test must be in [1, 1398101] for --synthetic-shape 3x32x32, got 2000000 (a split holds at "
+            "most 4294967296 pixel values)");
+  o = synthetic(0, "3x32x32", 1398101, 10);
+  EXPECT_EQ(error_text([&] { validate_data_options(o); }), "<no error>");
   o = synthetic(0, "28x28");
   EXPECT_EQ(error_text([&] { validate_data_options(o); }),
             "--synthetic-shape '28x28': expected CxHxW with each of C, H, W in [1, 4096] (e.g. 1x28x28 or 3x32x32)");
@@ -666,6 +754,24 @@ TEST(DataOptions, Validation) {
   EXPECT_EQ(default_data_dir("fashion-mnist"), "/usr/share/datasets/fashion-mnist");
   EXPECT_EQ(default_data_dir("mnist"), "/usr/share/datasets/mnist");
   EXPECT_EQ(default_data_dir("cifar10"), "");
+}
+
+TEST(Files, OpenRegularFileNeverBlocks) {
+  TempDir tmp;
+  std::string why;
+  write_plain(tmp / "file", {1, 2, 3});
+  const int fd = open_regular_file(tmp / "file", &why);
+  EXPECT_GE(fd, 0) << why;
+  if (fd >= 0) close(fd);
+  ASSERT_EQ(mkfifo((tmp / "fifo").c_str(), 0600), 0);
+  EXPECT_EQ(open_regular_file(tmp / "fifo", &why), -1);  // returns at once: no writer is needed
+  EXPECT_EQ(why, "is a FIFO, not a regular file");
+  EXPECT_EQ(open_regular_file(tmp.path(), &why), -1);
+  EXPECT_EQ(why, "is a directory");
+  EXPECT_EQ(open_regular_file("/dev/null", &why), -1);
+  EXPECT_EQ(why, "is a character device, not a regular file");
+  EXPECT_EQ(open_regular_file(tmp / "missing", &why), -1);
+  EXPECT_EQ(why, "No such file or directory");
 }
 
 TEST(DataOptions, ParseShape) {

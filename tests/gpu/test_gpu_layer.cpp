@@ -1,7 +1,8 @@
 // CudaSyncBatchNorm at np = 1..4 against the CPU SyncBatchNorm (itself tested against a double
 // reference) on the same data, over NCCL and MPI respectively:
-//  - sync over the world and sync:2, uneven and empty local batches, NCHW / NHWC / (N, C), ReLU, fp32,
-//    bf16 and fp16 activations: y, dx, local dγ/dβ, running stats, batch statistics, group count;
+//  - sync over the world and sync:2, uneven and empty local batches (local: empty output, batch counted),
+//    NCHW / NHWC / (N, C), ReLU, fp32, bf16 and fp16 activations: y, dx, local dγ/dβ, running stats, batch
+//    statistics, group count, num_batches_tracked;
 //  - exactly one all-reduce per layer per direction, eval never communicates;
 //  - layer-order mismatch and rejected input reported on every rank (at check()), naming the layer;
 //  - momentum = None (device counter), ghost batches;
@@ -52,6 +53,7 @@ struct Scenario {
 struct Outputs {
   std::vector<double> y, dx, dgamma, dbeta, running_mean, running_var, mean, var;
   double count = 0;
+  std::int64_t tracked = -1;  // num_batches_tracked after the step
 };
 
 void init_params(std::vector<float>& gamma, std::vector<float>& beta) {
@@ -79,7 +81,8 @@ bool compare_step(NcclCommunicator& nccl, const SyncMode& mode, const Scenario& 
   BatchNormOptions opt;
   opt.channels = C;
   opt.fuse_relu = sc.relu;
-  const bool skip = mode.kind == SyncMode::kLocal && n == 0;  // nothing to normalize, nobody waits
+  // Local statistics on an empty rank: both layers follow PyTorch (empty output, the batch counted).
+  const bool empty_local = mode.kind == SyncMode::kLocal && n == 0;
 
   Outputs cpu, gpu;
   {
@@ -87,15 +90,16 @@ bool compare_step(NcclCommunicator& nccl, const SyncMode& mode, const Scenario& 
     SyncBatchNorm bn("layer3.bn", opt, &group);
     init_params(bn.gamma(), bn.beta());
     Tensor y, dx;
-    if (!skip) {
-      bn.forward(x, y, true);
-      bn.backward(x, dy, dx);
-      cpu.y = from_tensor(y);
-      cpu.dx = from_tensor(dx);
+    bn.forward(x, y, true);
+    bn.backward(x, dy, dx);
+    cpu.y = from_tensor(y);
+    cpu.dx = from_tensor(dx);
+    if (!empty_local) {
       cpu.mean = bn.batch_mean();
       cpu.var = bn.batch_var();
-      cpu.count = bn.last_group_count();
     }
+    cpu.count = bn.last_group_count();
+    cpu.tracked = bn.num_batches_tracked();
     cpu.dgamma = as_double(bn.dgamma());
     cpu.dbeta = as_double(bn.dbeta());
     cpu.running_mean = as_double(bn.running_mean());
@@ -110,17 +114,18 @@ bool compare_step(NcclCommunicator& nccl, const SyncMode& mode, const Scenario& 
     DeviceTensor xd, dyd, yd, dxd;
     cuda::copy_to_device(x, sc.dtype, xd, s);
     cuda::copy_to_device(dy, sc.dtype, dyd, s);
-    if (!skip) {
-      bn.forward(xd, yd, true);
-      bn.backward(xd, dyd, dxd);
-      bn.check();
-      gpu.y = from_tensor(cuda::copy_to_host(yd, s));
-      gpu.dx = from_tensor(cuda::copy_to_host(dxd, s));
+    bn.forward(xd, yd, true);
+    bn.backward(xd, dyd, dxd);
+    bn.check();
+    gpu.y = from_tensor(cuda::copy_to_host(yd, s));
+    gpu.dx = from_tensor(cuda::copy_to_host(dxd, s));
+    if (!empty_local) {
       gpu.mean = bn.batch_mean();
       gpu.var = bn.batch_var();
-      gpu.count = bn.last_group_count();
     }
+    gpu.count = bn.last_group_count();
     st = bn.state();
+    gpu.tracked = st.num_batches_tracked;
     gpu.dgamma = as_double(st.dgamma);
     gpu.dbeta = as_double(st.dbeta);
     gpu.running_mean = as_double(st.running_mean);
@@ -143,6 +148,11 @@ bool compare_step(NcclCommunicator& nccl, const SyncMode& mode, const Scenario& 
       ok = false;
       why += std::string(c.message()) + "\n";
     }
+  if (gpu.tracked != cpu.tracked || cpu.tracked != 1) {
+    ok = false;
+    why += "num_batches_tracked " + std::to_string(gpu.tracked) + " (gpu), " + std::to_string(cpu.tracked) +
+           " (cpu), expected 1\n";
+  }
   if (gpu.count != cpu.count) {
     ok = false;
     why += "group count " + std::to_string(gpu.count) + " != " + std::to_string(cpu.count) + "\n";

@@ -5,6 +5,9 @@
 //    by name and shape for convnet/resnet × every norm, describes the network as the CPU model does, and
 //    finds the CPU model's buffers; drift (a missing, extra or misshapen parameter) is refused;
 //  - the fp16 loss-scale state machine (loss_scale.h: the code the device runs);
+//  - the step check (step_check.h): fp16 overflow skips and restores the BatchNorm running state until the
+//    scale reaches its minimum, where it is non-finite; fp32 never skips; the grid's first bad gradient
+//    is the CPU check's, and names a parameter;
 //  - the per-element code of the training kernels (train_thread.h), run on the CPU over every index and
 //    compared with the CPU layers: max pooling (bit-exact, ties, odd sizes, bf16), average pooling
 //    (bit-exact), GroupNorm forward/backward, cross-entropy, SGD (incl. unscaling), layout maps;
@@ -15,6 +18,8 @@
 //    gradients within 1e-3 after one train_micro, parameters after one reduce_and_update;
 //  - bf16 / fp16: loss close to the fp32 CPU loss; fp16: an injected inf skips the step on every rank,
 //    halves the scale, leaves the parameters alone; the next step trains;
+//  - the step contract: NaN input (fp32), overflow (fp16), overflow at the minimum scale: last_step()
+//    says so on every rank, parameters, momentum and every BatchNorm buffer bitwise unchanged;
 //  - checkpoints: the GPU state() has the CPU model's names and sizes, and a CPU state loaded into the
 //    GPU model evaluates to the CPU model's loss.
 #include <gtest/gtest.h>
@@ -31,6 +36,7 @@
 #include "syncbn/cuda/train/cuda_train_model.h"
 #include "syncbn/cuda/train/loss_scale.h"
 #include "syncbn/cuda/train/net_plan.h"
+#include "syncbn/cuda/train/step_check.h"
 #include "syncbn/cuda/train/train_thread.h"
 #include "syncbn/cuda/train_model.h"
 #include "syncbn/model.h"
@@ -221,6 +227,137 @@ TEST(GpuLossScale, HalvesAndSkipsOnOverflowGrowsAfterIntervalAndClamps) {
   high.good_steps = c.interval - 1;
   tr::loss_scale_update(&high, c);
   EXPECT_EQ(high.scale, c.max_scale);
+}
+
+// ---- host: the step check (step_check.h: the code the device runs) -----------------------------------
+
+// A layer's running state on the host, linked like the device arrays.
+struct HostBnState {
+  std::vector<float> mean, var, saved_mean, saved_var;
+  std::vector<double> pivot, saved_pivot;
+  std::int64_t tracked = 0, saved_tracked = -1;
+  explicit HostBnState(std::int64_t C)
+      : mean(static_cast<std::size_t>(C)), var(static_cast<std::size_t>(C)), saved_mean(mean.size()),
+        saved_var(mean.size()), pivot(mean.size()), saved_pivot(mean.size()) {}
+  tr::BnStateLink link() {
+    return {mean.data(),       var.data(),       pivot.data(),       &tracked, saved_mean.data(),
+            saved_var.data(), saved_pivot.data(), &saved_tracked, static_cast<std::int64_t>(mean.size())};
+  }
+};
+
+// A forward of the step moving the running state (to NaN, as an fp16 overflow in the activations would).
+void poison(HostBnState& s) {
+  for (float& v : s.mean) v = std::numeric_limits<float>::quiet_NaN();
+  for (float& v : s.var) v += 1.0f;
+  for (double& v : s.pivot) v = std::numeric_limits<double>::infinity();
+  ++s.tracked;
+}
+
+// The device sequence of reduce_and_update after the all-reduce, run on the host: restore (predicated),
+// then step_finish. Returns the verdict.
+int finish_step(tr::GradCheck& check, tr::LossScaleState* scale, const tr::LossScaleConfig& c, HostBnState& bn) {
+  const tr::BnStateLink k = bn.link();
+  for (std::int64_t i = 0; i <= k.channels; ++i) tr::bn_state_restore_element(k, i, check);
+  tr::step_finish(&check, scale, c);
+  return check.outcome;
+}
+
+TEST(GpuStepCheck, Fp16OverflowSkipsAndRestoresRunningStatsUntilTheMinimumScaleThenIsNonFinite) {
+  tr::LossScaleConfig c;
+  tr::LossScaleState s = tr::loss_scale_initial(c);
+  HostBnState bn(5);
+  for (std::size_t i = 0; i < bn.mean.size(); ++i) {
+    bn.mean[i] = 0.25f * static_cast<float>(i);
+    bn.var[i] = 1.0f + static_cast<float>(i);
+    bn.pivot[i] = 0.5 * static_cast<double>(i);
+  }
+  bn.tracked = 7;
+  int skipped = 0;
+  for (int step = 0; step < 40; ++step) {
+    SCOPED_TRACE("overflow step " + std::to_string(step) + ", scale " + std::to_string(s.scale));
+    const tr::BnStateLink k = bn.link();
+    for (std::int64_t i = 0; i <= k.channels; ++i) tr::bn_state_save_element(k, i);  // the step's first forward
+    const std::vector<float> mean = bn.mean, var = bn.var;
+    const std::vector<double> pivot = bn.pivot;
+    const std::int64_t tracked = bn.tracked;
+    poison(bn);
+    tr::GradCheck check;
+    check.first_bad = 3;  // an inf in the reduced gradient
+    const float scale_before = s.scale;
+    const tr::LossScaleState state_before = s;
+    const int verdict = finish_step(check, &s, c, bn);
+    // Either way of not committing, the running state is the step's first forward's, bit for bit.
+    EXPECT_EQ(std::memcmp(bn.mean.data(), mean.data(), mean.size() * sizeof(float)), 0);
+    EXPECT_EQ(bn.var, var);
+    EXPECT_EQ(bn.pivot, pivot);
+    EXPECT_EQ(bn.tracked, tracked);
+    if (scale_before > c.min_scale) {
+      EXPECT_EQ(verdict, tr::kStepSkipped);
+      EXPECT_EQ(s.scale, std::max(scale_before * c.backoff, c.min_scale));
+      EXPECT_EQ(s.skipped, ++skipped);
+      EXPECT_EQ(s.found_inf, 0);
+    } else {
+      // At the minimum scale the overflow is not the scale's doing: non-finite, and the scale stays.
+      EXPECT_EQ(verdict, tr::kStepNonFinite);
+      EXPECT_EQ(s.scale, c.min_scale);
+      EXPECT_EQ(s.steps, state_before.steps);
+      EXPECT_EQ(s.skipped, state_before.skipped);
+      break;
+    }
+  }
+  EXPECT_EQ(skipped, 16) << "2^16 halves to the minimum 1 in 16 skipped steps";
+}
+
+TEST(GpuStepCheck, CommittedStepKeepsRunningStatsAndFp32NeverSkips) {
+  tr::LossScaleConfig c;
+  HostBnState bn(3);
+  const tr::BnStateLink k = bn.link();
+  for (std::int64_t i = 0; i <= k.channels; ++i) tr::bn_state_save_element(k, i);
+  poison(bn);
+  const HostBnState moved = bn;
+  // Finite gradients: the step commits, the running state keeps this step's updates, fp16 counts a good step.
+  tr::GradCheck good;
+  tr::LossScaleState s = tr::loss_scale_initial(c);
+  EXPECT_EQ(finish_step(good, &s, c, bn), tr::kStepCommitted);
+  EXPECT_EQ(std::memcmp(bn.mean.data(), moved.mean.data(), bn.mean.size() * sizeof(float)), 0);
+  EXPECT_EQ(bn.tracked, moved.tracked);
+  EXPECT_EQ(s.good_steps, 1);
+  EXPECT_EQ(s.skipped, 0);
+  // fp32/bf16 (no loss scale): any non-finite gradient is non-finite, and the running state comes back.
+  tr::GradCheck bad;
+  bad.first_bad = 0;
+  EXPECT_EQ(finish_step(bad, nullptr, c, bn), tr::kStepNonFinite);
+  EXPECT_EQ(bn.tracked, moved.tracked - 1);
+  EXPECT_EQ(bn.var, bn.saved_var);
+  EXPECT_TRUE(tr::step_commits(tr::GradCheck{}));
+  EXPECT_FALSE(tr::step_commits(bad));
+}
+
+// grad_check's threads (grad_first_bad over a grid-stride slice each, then the minimum over the grid)
+// find the CPU check's element, whose parameter names the step's kNonFinite.
+TEST(GpuStepCheck, GridFindsTheFirstNonFiniteGradientInParameterOrder) {
+  CpuModel cpu(spec_of({"resnet", "sync"}), "sync", 3);
+  ParamStore& ps = cpu.model->params;
+  const std::int64_t n = ps.total();
+  std::mt19937 gen(11);
+  for (int trial = 0; trial < 20; ++trial) {
+    ps.zero_grads();
+    const int bads = trial == 0 ? 0 : 1 + static_cast<int>(gen() % 4);
+    for (int b = 0; b < bads; ++b)
+      ps.grads()[gen() % static_cast<std::uint32_t>(n)] =
+          b % 2 ? std::numeric_limits<float>::infinity() : std::numeric_limits<float>::quiet_NaN();
+    for (const std::int64_t threads : {std::int64_t{256}, std::int64_t{3 * 256}, n + 5}) {
+      unsigned long long first = tr::kNoBadGradient;
+      for (std::int64_t t = 0; t < threads; ++t)
+        first = std::min(first, tr::grad_first_bad(ps.grads().data(), n, t, threads));
+      const std::int64_t cpu_first = ps.first_nonfinite_grad();
+      EXPECT_EQ(first == tr::kNoBadGradient ? -1 : static_cast<std::int64_t>(first), cpu_first)
+          << "trial " << trial << ", " << threads << " threads";
+      if (cpu_first >= 0) {
+        EXPECT_GE(ps.param_at(cpu_first), 0) << "a bad gradient in the padding";
+      }
+    }
+  }
 }
 
 // ---- host: the kernels' per-element code vs the CPU layers ------------------------------------------
@@ -676,6 +813,65 @@ TEST(GpuTrainModel, Fp16OverflowSkipsTheStepOnEveryRankAndHalvesTheScale) {
   EXPECT_NE(gpu.parameters_to_host(), before);
   EXPECT_NE(gpu.describe().find("dynamic loss scale 32768"), std::string::npos) << gpu.describe();
   EXPECT_TRUE(all_ranks(world(), !HasFailure()));
+}
+
+// Every checkpointed array's bytes (state_to_host first).
+std::vector<std::vector<char>> state_bytes(TrainModel& m) {
+  m.state_to_host();
+  std::vector<std::vector<char>> out;
+  for (const StateArray& a : m.state())
+    out.emplace_back(static_cast<const char*>(a.data), static_cast<const char*>(a.data) + a.bytes);
+  return out;
+}
+
+// The step contract on the device: fp32 with a NaN input on the last rank → kNonFinite naming conv1.weight;
+// fp16 overflow → kSkipped; fp16 overflow at the minimum scale → kNonFinite. None of them moves the
+// parameters, the momentum or any BatchNorm buffer (running mean/var, pivot, num_batches_tracked), on
+// every rank; the next good step commits.
+TEST(GpuTrainModel, NonCommittingStepsKeepNothingOnEveryRank) {
+  SBN_GPU_TEST_PRELUDE(world(), true);
+  for (const std::string mode : {"fp32-nan-input", "fp16-overflow", "fp16-overflow-at-min-scale"}) {
+    SCOPED_TRACE(mode);
+    const Case c{"convnet", "sync"};
+    const ModelSpec spec = spec_of(c);
+    const bool fp16 = mode != "fp32-nan-input";
+    tr::CudaTrainModel gpu(spec, config_of(c, fp16 ? "fp16" : "fp32"), mpi_world());
+    const Batch b = batch_of(spec, 37);
+    const float grad_scale = 1.0f / 4096.0f;  // far from fp16 overflow: the only inf is the injected one
+    double loss = 0;
+    std::int64_t correct = 0;
+    gpu.train_micro(b.images.data(), b.labels.data(), b.n, grad_scale, &loss, &correct);
+    gpu.reduce_and_update(world(), 0.05);
+    gpu.check();
+    EXPECT_EQ(gpu.last_step().outcome, StepResult::Outcome::kCommitted);
+    if (mode == "fp16-overflow-at-min-scale") gpu.set_loss_scale(gpu.loss_scale_config().min_scale);
+    const std::vector<std::vector<char>> before = state_bytes(gpu);
+
+    Batch bad = b;
+    if (mode == "fp32-nan-input" && world().rank() == 0 && !bad.images.empty())  // one rank only
+      bad.images[0] = std::numeric_limits<float>::quiet_NaN();
+    gpu.train_micro(bad.images.data(), bad.labels.data(), bad.n, grad_scale, &loss, &correct);
+    if (fp16 && world().rank() == 0) gpu.set_gradient(0, std::numeric_limits<float>::infinity());
+    gpu.reduce_and_update(world(), 0.05);
+    gpu.check();
+    const StepResult r = gpu.last_step();
+    if (mode == "fp16-overflow") {
+      EXPECT_EQ(r.outcome, StepResult::Outcome::kSkipped);
+    } else {
+      EXPECT_EQ(r.outcome, StepResult::Outcome::kNonFinite);
+      EXPECT_EQ(r.nonfinite, "conv1.weight");
+    }
+    EXPECT_TRUE(state_bytes(gpu) == before) << "a step that did not commit moved the state";
+
+    gpu.train_micro(b.images.data(), b.labels.data(), b.n, grad_scale, &loss, &correct);
+    gpu.reduce_and_update(world(), 0.05);
+    gpu.check();
+    EXPECT_EQ(gpu.last_step().outcome, StepResult::Outcome::kCommitted);
+    const std::vector<std::vector<char>> after = state_bytes(gpu);
+    EXPECT_NE(after[0], before[0]) << "parameters";
+    EXPECT_NE(after.back(), before.back()) << "the last BatchNorm buffer (num_batches_tracked)";
+    EXPECT_TRUE(all_ranks(world(), !HasFailure()));
+  }
 }
 
 TEST(GpuTrainModel, CheckpointStateIsTheCpuModelsAndLoadsAcrossDevices) {

@@ -10,14 +10,17 @@ MODE:
                samples in every BN batch): per-step losses within 1e-4 relative
   resume       40 steps straight vs 20 + --resume + 20: bitwise identical per-step losses (np = 2), and the
                metrics of the resumed run continue the interrupted one
-  errors       bad input: each a one-line error printed once (rank 0), non-zero exit, within 10 s, and no
-               half-written file left behind
+  errors       bad input (flags out of range, FIFOs, gzip bombs, ...): each a one-line error printed once
+               (rank 0) naming no source location, non-zero exit, within 10 s, and no half-written file
+               left behind
   kill         kill -9 of one rank mid-run ends the whole job with a non-zero exit within 30 s
 """
 import argparse
 import csv
 import gzip
 import os
+import re
+import resource
 import shutil
 import signal
 import struct
@@ -143,13 +146,72 @@ def idx_labels(path, labels, magic=0x801):
         fh.write(struct.pack(">II", magic, len(labels)) + bytes(labels))
 
 
+def gzip_bomb(path, header, zeros_mib):
+    """A gzip file inflating to header + zeros_mib MiB of zeros: one member per 16 MiB of zeros, compressed
+    once and repeated (~16 KiB each), so 2 GiB take 2 MB on disk and no time to write."""
+    member = gzip.compress(bytes(16 << 20), compresslevel=9)
+    with open(path, "wb") as fh:
+        fh.write(gzip.compress(header))
+        for _ in range(zeros_mib // 16):
+            fh.write(member)
+
+
 def make_dataset(d, n_train=64, n_test=16, **bad):
     os.makedirs(d, exist_ok=True)
-    idx_images(os.path.join(d, "train-images-idx3-ubyte.gz"), n_train, **bad.get("img", {}))
+    if "bomb" in bad:  # the train images: (declared count, MiB of zeros after the header)
+        n_decl, mib = bad["bomb"]
+        gzip_bomb(os.path.join(d, "train-images-idx3-ubyte.gz"), struct.pack(">IIII", 0x803, n_decl, 28, 28), mib)
+    elif "fifo" in bad:  # a FIFO named like the train images: must be refused, not opened (that blocks)
+        os.mkfifo(os.path.join(d, "train-images-idx3-ubyte.gz"))
+    else:
+        idx_images(os.path.join(d, "train-images-idx3-ubyte.gz"), n_train, **bad.get("img", {}))
     idx_labels(os.path.join(d, "train-labels-idx1-ubyte.gz"), bad.get("labels", [i % 10 for i in range(n_train)]))
     idx_images(os.path.join(d, "t10k-images-idx3-ubyte.gz"), n_test)
     idx_labels(os.path.join(d, "t10k-labels-idx1-ubyte.gz"), [i % 10 for i in range(n_test)])
     return d
+
+
+def kill_session(sid):
+    """SIGKILLs what is left of session sid (a job's ranks each get their own process group); returns how
+    many processes there were."""
+    left = []
+    for d in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{d}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp session
+            if int(fields[3]) == sid and fields[0] != "Z":  # zombies are gone already
+                left.append(int(d))
+        except (OSError, ValueError, IndexError):
+            pass
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    return len(left)
+
+
+def run_bad_input(args, bin_, mpiexec, run_dir, timeout=30, max_memory=3 << 30):
+    """One bad-input job at np = 2: returns (exit code or None if it hung, output, seconds, processes left
+    running after mpiexec ended). The job runs in a session of its own, killed whole afterwards (a rank
+    blocked in open() of a FIFO outlives mpiexec), under an address-space limit so that a runaway
+    allocation fails at once (std::bad_alloc) instead of taking the machine, and without SBN_DEBUG (which
+    adds source locations to errors)."""
+    cmd = [mpiexec, "-np", "2", bin_] + args + ["--run-dir", run_dir]
+    env = {k: v for k, v in os.environ.items() if k != "SBN_DEBUG"}
+    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (max_memory, max_memory))  # noqa: E731
+    t0 = time.time()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                         preexec_fn=limit, start_new_session=True)
+    try:
+        out, _ = p.communicate(timeout=timeout)
+        code = p.returncode
+    except subprocess.TimeoutExpired:
+        kill_session(p.pid)
+        out, _ = p.communicate()
+        code = None
+    dt = time.time() - t0
+    return code, out, dt, kill_session(p.pid)
 
 
 def mode_errors(a, tmp):
@@ -179,6 +241,64 @@ def mode_errors(a, tmp):
         ("bad value", quick + ["--lr", "fast"], "lr"),
         ("unreadable checkpoint", quick + ["--resume", os.path.join(tmp, "missing.ckpt")], "cannot open the checkpoint"),
     ]
+    # Bounds of numeric options: each one line naming the flag and the allowed range.
+    cases += [
+        ("comm-timeout inf", quick + ["--comm-timeout", "inf"], "--comm-timeout must be in [0, 604800] seconds"),
+        ("comm-timeout 1e12", quick + ["--comm-timeout", "1e12"], "--comm-timeout must be in [0, 604800] seconds"),
+        ("threads 1000000", quick + ["--threads", "1000000"], "--threads must be a positive integer in [1, 1024]"),
+        ("weight-decay inf", quick + ["--weight-decay", "inf"], "--weight-decay must be finite and >= 0, got inf"),
+        ("bn-eps inf", quick + ["--bn-eps", "inf"], "--bn-eps must be positive and finite, got inf"),
+        ("lr nan", quick + ["--lr", "nan"], "--lr must be positive and finite, got nan"),
+        ("seed -1", quick + ["--seed", "-1"], "--seed must be an integer in [0, 18446744073709551615], got '-1'"),
+        ("epochs 2^62", quick + ["--epochs", str(2**62)], "--epochs must be a positive integer in [1, 1000000]"),
+        ("synthetic size x shape overflow", quick + ["--synthetic-train", str(2**62), "--synthetic-shape", "1x64x64"],
+         "--synthetic-train must be in [1, 1048576] for --synthetic-shape 1x64x64"),
+    ]
+    # Paths: checked before use; a FIFO must be refused (opening it for reading blocks), a directory or an
+    # unreadable file must be an error, not an empty configuration.
+    seed_ini = os.path.join(tmp, "seed.ini")
+    with open(seed_ini, "w") as fh:
+        fh.write("seed = -1\n")
+    fifo = os.path.join(tmp, "fifo")
+    os.mkfifo(fifo)
+    cases += [
+        ("config seed -1", quick + ["--config", seed_ini], "--seed must be an integer in [0, 18446744073709551615]"),
+        ("config FIFO", quick + ["--config", fifo], "--config " + fifo + ": cannot read the file (is a FIFO"),
+        ("config directory", quick + ["--config", tmp], "--config " + tmp + ": cannot read the file (is a directory)"),
+        ("resume FIFO", quick + ["--resume", fifo], "--resume " + fifo + ": cannot open the checkpoint (is a FIFO"),
+    ]
+    if os.path.exists("/proc/self/mem"):  # a regular file whose read fails (EIO), even for root
+        cases.append(("config unreadable (read error)", quick + ["--config", "/proc/self/mem"],
+                      "--config /proc/self/mem: cannot read the file (Input/output error)"))
+    if os.geteuid() != 0:
+        secret = os.path.join(tmp, "secret.ini")
+        with open(secret, "w") as fh:
+            fh.write("lr = 0.1\n")
+        os.chmod(secret, 0)
+        cases.append(("config unreadable (mode 000)", quick + ["--config", secret], "(Permission denied)"))
+    else:
+        print("note: running as root, which can read a mode-000 file: that --config case is skipped "
+              "(the read-error case stands for it)")
+    run_dir_file = os.path.join(tmp, "rd-run-dir_is_a_file")
+    with open(run_dir_file, "w") as fh:
+        fh.write("not a directory\n")
+    cases.append(("run-dir is a file", quick, "--run-dir " + run_dir_file + ": exists and is not a directory"))
+    # Data: a gzip bomb (a header declaring 5e6 images, then 2 GiB of zeros in 2 MB), the same behind a
+    # valid header, an absurd header, a FIFO named like a data file.
+    cases += [
+        ("gzip bomb", ["--dataset", "fashion-mnist", "--device", "cpu", "--data-dir",
+                       make_dataset(os.path.join(tmp, "bomb"), bomb=(5000000, 2048))],
+         "train-images-idx3-ubyte.gz: truncated: header says 5000000 images of 28x28 = 3920000000 bytes"),
+        ("gzip bomb after a valid header", ["--dataset", "fashion-mnist", "--device", "cpu", "--data-dir",
+                                            make_dataset(os.path.join(tmp, "bomb64"), bomb=(64, 208))],
+         "trailing garbage: more than 1048576 bytes after the 64 images of 28x28"),
+        ("absurd header", ["--dataset", "fashion-mnist", "--device", "cpu", "--data-dir",
+                           make_dataset(os.path.join(tmp, "absurd"), bomb=(2**31, 0))],
+         "bad header: 2147483648 images of 28x28 = 1683627180032 bytes, more than a split may hold"),
+        ("FIFO as a data file", ["--dataset", "fashion-mnist", "--data-dir",
+                                 make_dataset(os.path.join(tmp, "fifo-data"), fifo=True)],
+         "train-images-idx3-ubyte.gz: is a FIFO, not a regular file"),
+    ]
     garbage = os.path.join(tmp, "garbage.ckpt")
     with open(garbage, "wb") as fh:
         fh.write(b"not a checkpoint at all")
@@ -194,16 +314,25 @@ def mode_errors(a, tmp):
     failed = 0
     for name, args, expect in cases:
         rd = os.path.join(tmp, "rd-" + name.replace(" ", "_").replace("/", "_"))
-        p, dt = run(args, 2, a.bin, a.mpiexec, rd, timeout=60, check=False)
-        errors = [l for l in p.stdout.splitlines() if l.startswith("error:")]
+        # 3 GiB of address space: plenty for these runs (CUDA libraries mapped included); a reader that
+        # inflates a bomb into memory fails fast with std::bad_alloc instead of taking the machine.
+        code, out, dt, orphans = run_bad_input(args, a.bin, a.mpiexec, rd)
+        errors = [l for l in out.splitlines() if l.startswith("error:")]
         leftovers = [f for f in os.listdir(rd)] if os.path.isdir(rd) else []
         half = [f for f in leftovers if ".tmp." in f]
-        ok = (p.returncode != 0 and len(errors) == 1 and expect in errors[0] and dt < 10 and not half and
-              "MPI_ABORT" not in p.stdout)
+        # User-facing errors carry no source location such as "(config.cpp:157)" (SBN_DEBUG=1 adds it).
+        located = [l for l in errors if re.search(r"\(\w+\.(cpp|cu|h|cuh):\d+\)", l)]
+        ok = (code is not None and code != 0 and len(errors) == 1 and expect in errors[0] and dt < 10 and not half and
+              "MPI_ABORT" not in out and not located and not orphans)
         failed += not ok
-        print(f"{'ok' if ok else 'FAIL'}: {name}: exit {p.returncode} in {dt:.1f}s: {errors[0] if errors else p.stdout[-500:]}")
+        status = f"exit {code}" if code is not None else "still running (killed)"
+        print(f"{'ok' if ok else 'FAIL'}: {name}: {status} in {dt:.1f}s: {errors[0] if errors else out[-500:]}")
         if not ok and half:
             print(f"  half-written files: {half}")
+        if not ok and located:
+            print("  the error names a source location")
+        if orphans:
+            print(f"  {orphans} process(es) of the job were still running after mpiexec ended (killed)")
     if failed:
         sys.exit(f"FAIL: {failed} of {len(cases)} bad-input cases")
 

@@ -64,6 +64,10 @@ void bn_stats(const void* x, DType dtype, const BnGeometry& g, const double* piv
 void bn_combine(const double* msg, const BnCombineArgs& args, const BnRunningCounter& counter,
                 const BnDeviceReport& report, cudaStream_t stream);
 
+// An empty BN batch with local statistics (bn_local_empty_batch): num_batches_tracked += 1, nothing else
+// (PyTorch counts the batch and leaves the running statistics alone). One thread.
+void bn_count_batch(std::int64_t* batches_tracked, cudaStream_t stream);
+
 // y = a·(x − hi) + b per channel, then max(y, 0) if relu; y in x's dtype.
 void bn_normalize(const void* x, DType dtype, const BnGeometry& g, const float* hi, const float* a,
                   const float* b, bool relu, void* y, int sm_count, cudaStream_t stream);

@@ -9,6 +9,9 @@
 //    check() — called by the trainer at the end of the step, its natural sync point — reads it and throws
 //    the same errors as the CPU layer (throw_bn_status). So a step can be captured in a CUDA graph (after
 //    one eager step with the same shapes: that is when buffers are allocated).
+//  - An empty batch with local statistics (decided on the host from the shape: no peers, nothing to
+//    count on the device) follows PyTorch like the CPU layer: empty output, running statistics untouched,
+//    num_batches_tracked + 1 (bn_local_empty_batch, bn_count_batch).
 //  - Activations x, y, dy, dx are fp32, bf16 or fp16 (one dtype per call; outputs take the input's);
 //    parameters, running statistics and saved statistics are fp32 / double, as on the CPU.
 //  - Host-side input errors (wrong shape or channel count) are detected on the host before any launch;
@@ -74,6 +77,7 @@ class CudaSyncBatchNorm {
   float* running_mean() { return running_mean_.data(); }
   float* running_var() { return running_var_.data(); }
   double* pivot() { return pivot_.data(); }
+  std::int64_t* batches_tracked() { return batches_tracked_.data(); }  // (1) num_batches_tracked
 
   // Synchronous host copies (outside a step).
   CudaBnState state();

@@ -3,11 +3,13 @@
 // A step, as the loop drives it (src/train/trainer.cpp), all on one stream:
 //   train_micro × accum:  input H2D (pinned staging) → NHWC → forward → loss → backward (gradients +=)
 //                         → [read Σ loss, #correct]
-//   reduce_and_update:    BN γ/β gradients into the flat array → NCCL all-reduce buckets → (fp16: overflow
-//                         check) → SGD (+ unscale, + zero grads) → (fp16: scale update) → BN γ/β from the
-//                         flat array
+//   (first train_micro of a step: BN running state → its copies)
+//   reduce_and_update:    BN γ/β gradients into the flat array → NCCL all-reduce buckets → step check (first
+//                         NaN/Inf) → BN running state restored unless the step commits → SGD if it commits
+//                         (+ unscale; grads zeroed either way) → verdict (+ fp16 scale update) → BN γ/β
+//                         from the flat array
 //   check:                [wait for the stream through the communicator's watchdog] → SyncBN status,
-//                         loss scale, all-reduce timing
+//                         step verdict, loss scale, all-reduce timing
 // The brackets are the only host waits of a step (see the header).
 #include "syncbn/cuda/train/cuda_train_model.h"
 
@@ -38,6 +40,18 @@ namespace {
 constexpr std::size_t kBucketBytes = std::size_t{32} << 20;
 // Most workspace a single cuDNN algorithm may use (the shared workspace grows to the largest choice).
 constexpr std::size_t kConvWorkspaceLimit = std::size_t{256} << 20;
+
+// The host's reading of the device verdict (step_check.h); the parameter is named from the flat index.
+StepResult step_result(const GradCheck& c, const ParamStore& params) {
+  switch (c.outcome) {
+    case kStepCommitted: return {};
+    case kStepSkipped: return {StepResult::Outcome::kSkipped, ""};
+    default: break;
+  }
+  const int p = c.first_bad == kNoBadGradient ? -1 : params.param_at(static_cast<std::int64_t>(c.first_bad));
+  return {StepResult::Outcome::kNonFinite, p >= 0 ? params.info(p).name : "(flat gradient index " +
+                                                                                std::to_string(c.first_bad) + ")"};
+}
 
 std::string device_text(int dev) {
   cudaDeviceProp prop{};
@@ -119,6 +133,28 @@ CudaTrainModel::CudaTrainModel(const ModelSpec& spec, const TrainConfig& cfg, Mp
   copy_to_device(links, bn_links_.data(), stream_);
   scatter_bn_params();
 
+  // The step check and the BatchNorm running state a non-committing step restores (step_check.h).
+  std::size_t channels = 0;
+  for (BatchNormLayer* b : bns_) channels += static_cast<std::size_t>(b->plan().channels);
+  bn_saved_stats_.resize(std::max<std::size_t>(2 * channels, 1), "BatchNorm running statistics (step copy)");
+  bn_saved_pivots_.resize(std::max<std::size_t>(channels, 1), "BatchNorm pivots (step copy)");
+  bn_saved_tracked_.resize(std::max<std::size_t>(bns_.size(), 1), "BatchNorm counters (step copy)");
+  std::vector<BnStateLink> state_links;
+  std::size_t at = 0;
+  for (std::size_t i = 0; i < bns_.size(); ++i) {
+    CudaSyncBatchNorm& bn = bns_[i]->bn();
+    const auto C = static_cast<std::size_t>(bns_[i]->plan().channels);
+    state_links.push_back({bn.running_mean(), bn.running_var(), bn.pivot(), bn.batches_tracked(),
+                           bn_saved_stats_.data() + 2 * at, bn_saved_stats_.data() + 2 * at + C,
+                           bn_saved_pivots_.data() + at, bn_saved_tracked_.data() + i, bns_[i]->plan().channels});
+    at += C;
+  }
+  bn_state_links_.resize(std::max<std::size_t>(state_links.size(), 1), "BatchNorm state links");
+  copy_to_device(state_links, bn_state_links_.data(), stream_);
+  check_.resize(1, "step check");
+  copy_to_device(std::vector<GradCheck>{GradCheck{}}, check_.data(), stream_);
+  check_pinned_.reserve(sizeof(GradCheck), "step check");
+
   // Checkpointed state: the CPU model's arrays, names and order ("params", "momentum", its buffers).
   params_host_.assign(total, 0.0f);
   momentum_host_.assign(total, 0.0f);
@@ -151,10 +187,14 @@ CudaTrainModel::CudaTrainModel(const ModelSpec& spec, const TrainConfig& cfg, Mp
     switch (it->second.second) {
       case 0: point(s.running_mean); break;
       case 1: point(s.running_var); break;
-      case 2: point(s.pivot); break;
+      case 2:
+        point(s.pivot);
+        a.type = StateType::kF64;
+        break;
       default:
         a.data = &s.num_batches_tracked;
         a.bytes = sizeof(std::int64_t);
+        a.type = StateType::kI64;
         break;
     }
     SBN_CHECK(elems == size, "GPU model: buffer '" + name + "' has " + std::to_string(elems) +
@@ -266,6 +306,9 @@ void CudaTrainModel::read_counters(const char* label, double* loss_sum, std::int
 
 void CudaTrainModel::train_micro(const float* images, const std::int32_t* labels, std::int64_t n, float grad_scale,
                                  double* loss_sum, std::int64_t* correct) {
+  // The step's first forward: copy what a non-committing step restores (one launch for all layers).
+  if (!step_open_) bn_state_save(bn_state_links_.data(), static_cast<int>(bns_.size()), ctx_->launch);
+  step_open_ = true;
   load_input(images, labels, n);
   run_loss(net_->forward(input_, true), n, grad_scale, true);
   net_->backward(dlogits_, false);
@@ -293,11 +336,16 @@ double CudaTrainModel::reduce_and_update(Communicator& world, double lr) {
     SBN_CUDA_CHECK(cudaEventRecord(grad_end_, stream_), "gradient all-reduce timing");
     grad_timed_ = true;
   }
-  // fp16: every rank sees the same summed gradients, hence takes the same skip decision.
-  if (loss_scaling_) find_nonfinite(grads_.data(), total_, scale_.data(), l);
+  // The step check: every rank sees the same summed gradients, hence reaches the same verdict. Everything
+  // below is predicated on the device word, so the host does not wait for it.
+  LossScaleState* scale = loss_scaling_ ? scale_.data() : nullptr;
+  SBN_CUDA_CHECK(cudaMemsetAsync(check_.data(), 0xff, sizeof(GradCheck), stream_), "resetting the step check");
+  grad_check(grads_.data(), total_, check_.data(), l);
+  if (step_open_) bn_state_restore(bn_state_links_.data(), static_cast<int>(bns_.size()), check_.data(), l);
+  step_open_ = false;
   sgd_step(values_.data(), grads_.data(), momentum_.data(), decay_.data(), total_, static_cast<float>(cfg_.momentum),
-           static_cast<float>(lr), cfg_.nesterov, loss_scaling_ ? scale_.data() : nullptr, l);
-  if (loss_scaling_) loss_scale_step(scale_.data(), scale_cfg_, l);
+           static_cast<float>(lr), cfg_.nesterov, scale, check_.data(), l);
+  step_finish_launch(check_.data(), scale, scale_cfg_, l);
   ++ctx_->version;
   scatter_bn_params();
   return last_grad_seconds_;
@@ -308,7 +356,10 @@ void CudaTrainModel::check() {
     SBN_CUDA_CHECK(cudaMemcpyAsync(scale_pinned_.data(), scale_.data(), sizeof(LossScaleState), cudaMemcpyDeviceToHost,
                                    stream_),
                    "reading the loss scale");
+  SBN_CUDA_CHECK(cudaMemcpyAsync(check_pinned_.data(), check_.data(), sizeof(GradCheck), cudaMemcpyDeviceToHost, stream_),
+                 "reading the step check");
   sync("end of step");  // the step's wait; a hung collective surfaces here as the watchdog's error
+  const GradCheck verdict = *static_cast<const GradCheck*>(check_pinned_.data());
   for (BatchNormLayer* b : bns_) b->bn().check();  // the stream is idle: status copies only
   if (grad_timed_) {
     float ms = 0;
@@ -317,6 +368,7 @@ void CudaTrainModel::check() {
     grad_timed_ = false;
   }
   if (loss_scaling_) scale_host_ = *static_cast<const LossScaleState*>(scale_pinned_.data());
+  last_ = step_result(verdict, params_);
 }
 
 double CudaTrainModel::take_syncbn_comm_seconds() {
@@ -377,6 +429,7 @@ void CudaTrainModel::state_to_host() {
 }
 
 void CudaTrainModel::state_from_host() {
+  step_open_ = false;  // the loaded state replaces an open step's: nothing of it is to be restored
   const auto bytes = static_cast<std::size_t>(total_) * sizeof(float);
   upload(values_.data(), params_host_.data(), bytes, "parameters to device");
   upload(momentum_.data(), momentum_host_.data(), bytes, "momentum to device");
@@ -407,6 +460,14 @@ std::vector<float> CudaTrainModel::gradients_to_host() {
   std::vector<float> out(static_cast<std::size_t>(total_));
   download(out.data(), grads_.data(), out.size() * sizeof(float), "gradients to host");
   return out;
+}
+
+void CudaTrainModel::set_loss_scale(float scale) {
+  SBN_CHECK(loss_scaling_, "set_loss_scale: the model has no loss scale (--precision fp16 only)");
+  sync("set_loss_scale");
+  scale_host_ = copy_to_host(scale_.data(), 1, stream_)[0];
+  scale_host_.scale = scale;
+  copy_to_device(std::vector<LossScaleState>{scale_host_}, scale_.data(), stream_);
 }
 
 void CudaTrainModel::set_gradient(std::int64_t index, float value) {

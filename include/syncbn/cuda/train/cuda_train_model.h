@@ -15,7 +15,8 @@
 // Host synchronisation, all of it:
 //  - end of train_micro()/evaluate(): the batch's Σ loss and #correct (16 bytes) — the TrainModel
 //    interface returns them per call (the loop's per-micro-batch `correct` counter is a local);
-//  - check() (end of step): the SyncBN status words, the fp16 loss scale, the gradient all-reduce timing;
+//  - check() (end of step): the SyncBN status words, the step's verdict (step_check.h), the fp16 loss
+//    scale, the gradient all-reduce timing;
 //  - the first step of a new shape: buffers and the cuDNN workspace grow (cudaFree waits for the device);
 //  - outside the steps: state_to_host()/state_from_host()/average_running_stats() (checkpoints, eval).
 // Nothing inside the forward and backward passes waits for the device.
@@ -71,6 +72,11 @@ class CudaTrainModel final : public TrainModel {
   double take_syncbn_comm_seconds() override;
   void average_running_stats(Communicator& world) override;
   void check() override;
+  // As of the last check(): committed; skipped (fp16 overflow above the minimum loss scale); or non-finite
+  // with the first parameter whose reduced gradient is NaN/Inf. Either way of not committing, the device
+  // restored the BatchNorm running state saved at the step's first forward and left the parameters and
+  // momentum alone (step_check.h).
+  StepResult last_step() const override { return last_; }
 
   std::vector<StateArray> state() override;
   void state_to_host() override;
@@ -88,6 +94,8 @@ class CudaTrainModel final : public TrainModel {
   // The fp16 loss scale as of the last check() (fp32/bf16: scale 1, nothing skipped).
   LossScaleState loss_scale() const { return scale_host_; }
   const LossScaleConfig& loss_scale_config() const { return scale_cfg_; }
+  // Sets the fp16 loss scale (e.g. to its minimum, where an overflow is non-finite instead of skipped).
+  void set_loss_scale(float scale);
 
  private:
   struct StepCounters;  // device: Σ loss, #correct, label status
@@ -128,6 +136,17 @@ class CudaTrainModel final : public TrainModel {
   std::unique_ptr<Layer> net_;
   std::vector<BatchNormLayer*> bns_;
   DeviceArray<BnParamLink> bn_links_;
+
+  // The step check (step_check.h): the device verdict, its pinned host copy (read by check()), the
+  // BatchNorm state links and the copies the step's first forward saved (restored unless it commits).
+  DeviceArray<GradCheck> check_;
+  PinnedBuffer check_pinned_;
+  DeviceArray<BnStateLink> bn_state_links_;
+  DeviceArray<float> bn_saved_stats_;          // per layer: running mean (C), running var (C)
+  DeviceArray<double> bn_saved_pivots_;        // per layer (C)
+  DeviceArray<std::int64_t> bn_saved_tracked_;  // per layer (1)
+  bool step_open_ = false;                     // train_micro ran since the last reduce_and_update
+  StepResult last_;
 
   // fp16 dynamic loss scaling (loss_scale.h).
   bool loss_scaling_ = false;

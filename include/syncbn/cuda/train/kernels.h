@@ -19,6 +19,7 @@
 #include "syncbn/cuda/device.h"
 #include "syncbn/cuda/dtype.h"
 #include "syncbn/cuda/train/loss_scale.h"
+#include "syncbn/cuda/train/step_check.h"
 #include "syncbn/cuda/train/train_thread.h"
 
 namespace syncbn::cuda::train {
@@ -113,14 +114,16 @@ void cross_entropy(const void* logits, DType dtype, std::int64_t N, std::int64_t
 
 // ---- optimizer -------------------------------------------------------------------------------------------
 
-// SGD over the flat arrays (sgd_element), then grad = 0. With a loss scale: gradients × 1/S, and nothing
-// but the zeroing when this step found an inf/NaN.
+// The step check (step_check.h), in stream order after the gradient all-reduce:
+// check->first_bad = min(check->first_bad, the first index of an inf/NaN in grad[0, n)); the caller
+// resets *check (all bits set) before.
+void grad_check(const float* grad, std::int64_t n, GradCheck* check, const Launch& l);
+// SGD over the flat arrays (sgd_element) when step_commits(*check), then grad = 0 in any case. With a
+// loss scale: gradients × 1/S.
 void sgd_step(float* w, float* grad, float* buf, const float* decay, std::int64_t n, float momentum, float lr,
-              bool nesterov, const LossScaleState* scale, const Launch& l);
-// scale->found_inf = 1 if any of grad[0, n) is inf or NaN.
-void find_nonfinite(const float* grad, std::int64_t n, LossScaleState* scale, const Launch& l);
-// loss_scale_update on the device (one thread).
-void loss_scale_step(LossScaleState* scale, const LossScaleConfig& config, const Launch& l);
+              bool nesterov, const LossScaleState* scale, const GradCheck* check, const Launch& l);
+// step_finish on the device (one thread): the verdict, and the loss-scale update when scale is not null.
+void step_finish_launch(GradCheck* check, LossScaleState* scale, const LossScaleConfig& config, const Launch& l);
 
 // ---- BatchNorm parameters --------------------------------------------------------------------------------
 
@@ -136,5 +139,9 @@ struct BnParamLink {
 void bn_params_scatter(const BnParamLink* links, int count, const float* values, const Launch& l);
 // grads at the offsets += every layer's dγ/dβ, which are then zeroed (before the gradient all-reduce).
 void bn_grads_gather(const BnParamLink* links, int count, float* grads, const Launch& l);
+// Every layer's running statistics, pivot and counter into their copies (the step's first forward).
+void bn_state_save(const BnStateLink* links, int count, const Launch& l);
+// ... and back from the copies unless step_commits(*check) (after grad_check).
+void bn_state_restore(const BnStateLink* links, int count, const GradCheck* check, const Launch& l);
 
 }  // namespace syncbn::cuda::train

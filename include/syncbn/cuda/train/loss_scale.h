@@ -3,8 +3,10 @@
 // fp16 has 5 exponent bits: gradients below 6·10⁻⁸ flush to zero. The loss gradient is therefore
 // multiplied by a scale S (a power of two, so scaling and unscaling are exact), every activation gradient
 // carries the factor S, and the parameter gradients are divided by S after the all-reduce (inside the
-// optimizer kernel). If any summed gradient is inf or NaN the step is skipped (parameters and momentum
-// untouched, gradients zeroed) and S is halved; after `interval` good steps in a row S doubles.
+// optimizer kernel). If any summed gradient is inf or NaN the step is skipped (parameters, momentum and
+// BatchNorm running statistics untouched, gradients zeroed) and S is halved; after `interval` good steps
+// in a row S doubles. At the minimum S an inf/NaN is not the scale's doing: the step is non-finite and
+// training stops (step_check.h has the verdict).
 //
 // The state lives on the device and is updated by a one-thread kernel at the end of each step, so no host
 // synchronisation is needed: the loss kernel and the optimizer read S from device memory in stream order.
