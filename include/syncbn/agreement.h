@@ -15,7 +15,7 @@
 //                 oneDNN thread count did to its local arithmetic
 //   data-dir      nodes may keep the files in different places; agree_on_data compares the content
 //   comm-timeout  only bounds how long a rank waits in a collective
-// Floating-point options are compared by their exact bits (the option table prints 6 digits).
+// Floating-point options print as the shortest text that reads back exactly, so texts compare exactly.
 // --device is compared as written: "auto" resolves with a collective only on the ranks that say auto.
 //
 // The build: version, git commit (config.h: SBN_GIT_COMMIT, cmake/GitCommit.cmake), build type, CUDA/NCCL

@@ -12,7 +12,6 @@
 #include "syncbn/agreement.h"
 
 #include <algorithm>
-#include <charconv>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -33,18 +32,6 @@ constexpr const char* kTail = " — every rank must run the same options, build 
 
 // Options that may differ between ranks; agreement.h says why for each.
 const std::set<std::string> kMayDiffer = {"threads", "data-dir", "comm-timeout"};
-
-// Floating-point options, compared by their bits: OptionInfo::value() prints 6 significant digits.
-// An option missing here is still compared, by that text.
-struct ExactDouble {
-  const char* name;
-  double TrainConfig::*field;
-};
-constexpr ExactDouble kExactDoubles[] = {{"lr", &TrainConfig::lr},
-                                         {"momentum", &TrainConfig::momentum},
-                                         {"weight-decay", &TrainConfig::weight_decay},
-                                         {"lr-gamma", &TrainConfig::lr_gamma},
-                                         {"bn-eps", &TrainConfig::bn_eps}};
 
 // ---- hashing
 
@@ -135,12 +122,6 @@ struct Item {
   std::string shown;   // this rank's value for messages (data: the file it read)
   std::uint64_t hash;  // what is compared
 };
-
-std::string shortest(double v) {  // the shortest text that reads back as exactly v
-  char buf[64];
-  const auto r = std::to_chars(buf, buf + sizeof buf, v);
-  return std::string(buf, r.ptr);
-}
 
 // The instruction sets this translation unit was compiled for (-march): the same for the whole build.
 constexpr const char kIsa[] = ""
@@ -425,17 +406,9 @@ void agree_on_options(Communicator& world, const TrainOptions& options) {
   std::vector<Item> items = build_items();
   for (const auto& o : options.options()) {
     if (kMayDiffer.count(o.name)) continue;
-    Item it{Kind::kOption, "--" + o.name, o.value(), 0};
-    it.hash = hash_text(it.shown);
-    for (const auto& d : kExactDoubles)
-      if (o.name == d.name) {
-        const double v = options.config().*d.field;
-        it.shown = shortest(v);
-        std::uint64_t bits;
-        std::memcpy(&bits, &v, sizeof bits);
-        it.hash = mix64(bits);
-      }
-    items.push_back(std::move(it));
+    // Values print as the shortest text that reads back exactly (config.cpp), so texts compare exactly.
+    const std::string value = o.value();
+    items.push_back({Kind::kOption, "--" + o.name, value, hash_text(value)});
   }
   agree(world, items, "agreement: options and build");
 }

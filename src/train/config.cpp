@@ -26,9 +26,14 @@ namespace {
 
 std::string text_of(const std::string& v) { return v; }
 std::string text_of(bool v) { return v ? "true" : "false"; }
+// The shortest %g text that reads back as exactly v: config.ini, the resume fingerprint and the ranks'
+// agreement compare these texts, so 0.05 and 0.0500000001 must not print alike.
 std::string text_of(double v) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%g", v);
+  char buf[40];
+  for (int digits = 6; digits <= 17; ++digits) {
+    std::snprintf(buf, sizeof buf, "%.*g", digits, v);
+    if (std::strtod(buf, nullptr) == v || !std::isfinite(v)) break;
+  }
   return buf;
 }
 template <class T>
