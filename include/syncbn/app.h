@@ -14,18 +14,9 @@
 #include "syncbn/communicator.h"
 #include "syncbn/error.h"
 #include "syncbn/mpi_communicator.h"
+#include "syncbn/run_agreed.h"
 
 namespace syncbn {
-
-// Thrown on every rank by run_agreed(); the message is the one from the lowest failing rank.
-class AgreedError : public Error {
- public:
-  using Error::Error;
-};
-
-// Runs fn on every rank, then agrees: if fn threw on any rank, every rank throws AgreedError with the
-// lowest failing rank's message (prefixed with its rank and host when the world has several ranks).
-void run_agreed(Communicator& comm, const char* label, const std::function<void()>& fn);
 
 // Rank-0 output: printf-style lines on stdout, nothing on other ranks. Lines that are not data start
 // with '#' by convention of the callers (nccl-tests style) so outputs stay machine-parseable.

@@ -6,10 +6,13 @@
 //
 // Statistics are accumulated in double around a local shift and moved to a common pivot (bn_math.h);
 // element loops read fp32 and write fp32. No kernel allocates. Message layout: bn_math.h.
+// The combines' argument structs, their one builder (bn_combine_args, from a layer's BnLayerArrays) and
+// their per-channel steps are declared here and shared with the CUDA kernels.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -57,39 +60,134 @@ inline BnChunks bn_chunks(std::int64_t N, std::int64_t ghost_batch) {
   return {std::max<std::int64_t>(1, (N + ghost_batch - 1) / ghost_batch), ghost_batch};
 }
 
-// Arguments of bn_combine; pointers are host memory for the CPU kernel, device memory for CUDA.
-struct BnCombineArgs {
-  std::int64_t channels = 0;
-  int group_size = 1;           // ranks that summed the message
-  double tag = 0;               // this rank's tag for the message
-  double eps = 1e-5;
-  double factor = -1;           // running-stat factor (momentum, or 1/k for a cumulative average); < 0: none
-  const float* gamma = nullptr; // (C) or null: 1
-  const float* beta = nullptr;  // (C) or null: 0
-  float* running_mean = nullptr;  // (C) updated when factor >= 0
-  float* running_var = nullptr;   // (C)
-  double* pivot = nullptr;        // (C) in: the K used by bn_stats; out: this batch's global mean
-  double* mean = nullptr;         // (C) out, saved for backward
-  double* var = nullptr;          // (C) out: biased batch variance
-  double* invstd = nullptr;       // (C) out
-  float* hi = nullptr;            // (C) out: float(mean)
-  float* a = nullptr;             // (C) out: y = a·(x − hi) + b
-  float* b = nullptr;             // (C) out
+// How a forward combine moves the running statistics: r ← (1 − f)·r + f·batch (bn_running_update).
+struct BnRunningUpdate {
+  enum Kind : int {
+    kNone,        // leave them alone (eval, track_running_stats off)
+    kMomentum,    // f = momentum
+    kCumulative,  // f = 1/(k + 1) after k batches: the cumulative average (PyTorch momentum=None)
+  };
+  Kind kind = kNone;
+  double momentum = 0;               // kMomentum
+  std::int64_t batches_tracked = 0;  // kCumulative: k (the CUDA combine reads its device counter instead)
+
+  // A layer's update: kNone unless `update`; else kMomentum, or kCumulative when momentum is nullopt.
+  static BnRunningUpdate of(bool update, const std::optional<double>& momentum, std::int64_t batches_tracked);
+  // f; 0 for kNone (not read then).
+  SBN_HD double factor() const {
+    return kind == kMomentum ? momentum : kind == kCumulative ? bn_cumulative_factor(batches_tracked) : 0.0;
+  }
 };
 
-// Arguments of bn_backward_combine.
+// The per-channel arrays of a SyncBN layer that its combines read and write: host memory for the CPU
+// kernels, device memory for CUDA. Layer-wide arrays hold C values; per-batch arrays hold one block of C
+// per BN batch (ghost batches; one block otherwise), batch k's block at k·C.
+struct BnLayerArrays {
+  std::int64_t channels = 0;      // C
+  const float* gamma = nullptr;   // (C) or null: 1
+  const float* beta = nullptr;    // (C) or null: 0
+  float* running_mean = nullptr;  // (C) or null: no running statistics
+  float* running_var = nullptr;   // (C)
+  double* pivot = nullptr;        // (C) in: the K of bn_stats (null: 0); out: the batch's global mean
+  double* mean = nullptr;         // (batches, C) the forward's, saved for backward
+  double* var = nullptr;          // (batches, C) biased batch variance
+  double* invstd = nullptr;       // (batches, C)
+  float* hi = nullptr;            // (batches, C) float(mean)
+  float* a = nullptr;             // (batches, C) y = a·(x − hi) + b
+  float* b = nullptr;             // (batches, C)
+  float* k1 = nullptr;            // (batches, C) backward: dx = a·dy' + k1·(x − hi) + k0
+  float* k0 = nullptr;            // (batches, C)
+
+  // The same arrays with the per-batch ones moved to batch k's block.
+  BnLayerArrays batch(std::int64_t k) const;
+};
+
+// The arrays as an owner keeps them, in containers with data() and size() (std::vector on the host,
+// DeviceArray on a device): an owner that holds one names the set once, in arrays(). An empty container
+// is an absent array (null).
+template <class DoubleArray, class FloatArray>
+struct BnLayerBuffers {
+  FloatArray gamma, beta, running_mean, running_var;  // (C)
+  DoubleArray pivot;                                  // (C)
+  DoubleArray mean, var, invstd;                      // (batches, C)
+  FloatArray hi, a, b, k1, k0;                        // (batches, C)
+
+  BnLayerArrays arrays(std::int64_t channels) {
+    BnLayerArrays r;
+    r.channels = channels;
+    r.gamma = ptr(gamma), r.beta = ptr(beta);
+    r.running_mean = ptr(running_mean), r.running_var = ptr(running_var), r.pivot = ptr(pivot);
+    r.mean = ptr(mean), r.var = ptr(var), r.invstd = ptr(invstd);
+    r.hi = ptr(hi), r.a = ptr(a), r.b = ptr(b);
+    r.k1 = ptr(k1), r.k0 = ptr(k0);
+    return r;
+  }
+
+ private:
+  template <class Array>
+  static auto ptr(Array& v) -> decltype(v.data()) {
+    return v.size() ? v.data() : nullptr;
+  }
+};
+
+// Arguments of bn_combine, from bn_combine_args: which message, and the arrays of its BN batch.
+struct BnCombineArgs {
+  int group_size = 1;        // ranks that summed the message
+  double tag = 0;            // this rank's tag for the message
+  double eps = 1e-5;
+  BnRunningUpdate running;   // kNone: the running statistics are not touched
+  BnLayerArrays arrays;      // the batch's block: gamma, beta, running stats, pivot in; mean … b out
+};
+
+// Arguments of bn_backward_combine, from bn_backward_combine_args.
 struct BnBackwardCombineArgs {
-  std::int64_t channels = 0;
   int group_size = 1;
   double tag = 0;
-  double expected_count = 0;      // the group count seen by forward
-  const float* gamma = nullptr;   // (C) or null: 1
-  const double* mean = nullptr;   // (C) saved by forward
-  const double* invstd = nullptr; // (C)
-  const float* hi = nullptr;      // (C)
-  float* k1 = nullptr;            // (C) out: dx = a·dy' + k1·(x − hi) + k0
-  float* k0 = nullptr;            // (C) out
+  double expected_count = 0;  // the group count seen by forward
+  BnLayerArrays arrays;       // the batch's block: gamma, mean, invstd, hi in; k1, k0 out
 };
+
+// bn_combine's arguments for BN batch `batch` of `arrays`, whose message `group_size` ranks summed, with
+// this rank's `tag`. Throws if an output array is missing, or an update lacks a running array.
+BnCombineArgs bn_combine_args(const BnLayerArrays& arrays, std::int64_t batch, int group_size, double tag,
+                              double eps, BnRunningUpdate running);
+
+// bn_backward_combine's arguments for BN batch `batch`; `expected_count`: the group count its forward saw
+// (the CUDA combine reads it from the device instead). Throws if an array it needs is missing.
+BnBackwardCombineArgs bn_backward_combine_args(const BnLayerArrays& arrays, std::int64_t batch, int group_size,
+                                               double tag, double expected_count);
+
+// ---- per-channel steps of the combines (the CPU loops and the CUDA kernels run these same lines) ----
+
+// One channel of bn_combine, after its checks. `factor`: args.running.factor(), resolved once per call
+// (the CUDA kernel takes a cumulative k from its device counter).
+SBN_HD void bn_combine_channel(const double* msg, const BnCombineArgs& args, double factor, std::int64_t c) {
+  const BnLayerArrays& arr = args.arrays;
+  const double n = msg[kMsgCount];
+  const double* S1 = msg + kMsgHeader;
+  const double* S2 = S1 + arr.channels;
+  double mean = 0, var = 0;
+  bn_moments(S1[c], S2[c], n, arr.pivot ? arr.pivot[c] : 0.0, &mean, &var);
+  const double invstd = 1.0 / sqrt(var + args.eps);
+  arr.mean[c] = mean;
+  arr.var[c] = var;
+  arr.invstd[c] = invstd;
+  if (arr.pivot) arr.pivot[c] = mean;
+  if (args.running.kind != BnRunningUpdate::kNone)
+    bn_running_update(&arr.running_mean[c], &arr.running_var[c], mean, var, n, factor);
+  bn_forward_coefs(mean, invstd, arr.gamma ? arr.gamma[c] : 1.0, arr.beta ? arr.beta[c] : 0.0, &arr.hi[c], &arr.a[c],
+                   &arr.b[c]);
+}
+
+// One channel of bn_backward_combine, after its checks.
+SBN_HD void bn_backward_combine_channel(const double* msg, const BnBackwardCombineArgs& args, std::int64_t c) {
+  const BnLayerArrays& arr = args.arrays;
+  const double n = msg[kMsgCount];
+  const double* A = msg + kMsgHeader;
+  const double* B = A + arr.channels;
+  const double scale = (arr.gamma ? arr.gamma[c] : 1.0) * arr.invstd[c];
+  bn_backward_coefs(A[c], B[c], n, arr.mean[c], arr.hi[c], arr.invstd[c], scale, &arr.k1[c], &arr.k0[c]);
+}
 
 namespace cpu {
 

@@ -62,6 +62,11 @@ SBN_HD void bn_moments(double S1, double S2, double n, double pivot, double* mea
   *var = v > 0.0 ? v : 0.0;
 }
 
+// The factor f of a cumulative moving average after k batches (PyTorch momentum=None): 1/(k + 1).
+SBN_HD double bn_cumulative_factor(std::int64_t batches_tracked) {
+  return 1.0 / static_cast<double>(batches_tracked + 1);
+}
+
 // Running statistics: r ← (1−f)·r + f·batch, the variance unbiased with the GLOBAL count n.
 SBN_HD void bn_running_update(float* running_mean, float* running_var, double mean, double var,
                               double n, double factor) {

@@ -13,8 +13,9 @@
 
 namespace syncbn {
 
-// Builds the network for `spec` and the optimizer from `cfg`, parameters initialized from cfg.seed. For
-// the synced BN modes the model creates its sync group over `world` (collective over it).
+// Builds the network for `spec` and the optimizer from `cfg`, parameters initialized from cfg.seed (cfg's
+// normalization texts are not read: spec.norm is typed). For the synced BN modes the model creates the
+// sync group of spec.norm.sync over `world` (collective over it).
 std::unique_ptr<TrainModel> make_cpu_train_model(const ModelSpec& spec, const TrainConfig& cfg, Communicator& world);
 
 }  // namespace syncbn

@@ -16,7 +16,7 @@ struct ModelSpec {
                                  // resnet: channels of the first stage (then 2w, 4w)
   std::int64_t depth = 2;        // resnet: residual blocks per stage
   std::int64_t in_channels = 1, height = 28, width_px = 28, classes = 10;
-  NormSpec norm;
+  NormSpec norm;                 // the normalization slot, typed (norm_spec.h)
 };
 
 struct Model {
@@ -29,7 +29,9 @@ struct Model {
   std::vector<BufferRef> buffers;   // every non-parameter state array (checkpoints)
 };
 
-// Builds the network, allocates its parameters and initializes them from `seed`.
-std::unique_ptr<Model> build_model(const ModelSpec& spec, CpuContext& ctx, std::uint64_t seed);
+// Builds the network, allocates its parameters and initializes them from `seed`. `group`: the BatchNorm
+// layers' sync group, needed when spec.norm.communicates() (the caller makes it from spec.norm.sync).
+std::unique_ptr<Model> build_model(const ModelSpec& spec, CpuContext& ctx, std::uint64_t seed,
+                                   SyncGroup* group = nullptr);
 
 }  // namespace syncbn

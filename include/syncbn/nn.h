@@ -14,10 +14,10 @@
 
 #include <cstdint>
 #include <memory>
-#include <optional>
 #include <string>
 #include <vector>
 
+#include "syncbn/norm_spec.h"
 #include "syncbn/sync_batchnorm.h"
 #include "syncbn/tensor.h"
 
@@ -150,23 +150,16 @@ ModulePtr make_global_avgpool();
 // (N, C, H, W) NHWC → (N, H·W·C) as the features of a linear layer (no copy of data semantics: NHWC order).
 ModulePtr make_flatten();
 
-// The normalization slot: "sync", "sync:K", "local" (SyncBatchNorm over `group`), "groupnorm", "none".
-struct NormSpec {
-  std::string kind = "sync";      // sync | local | groupnorm | none (sync:K is kind "sync" with a group)
-  SyncGroup* group = nullptr;     // for BatchNorm kinds: the layers' sync group
-  std::int64_t gn_groups = 8;
-  std::int64_t ghost_batch = 0;
-  std::optional<double> momentum = 0.1;  // running-statistics momentum; nullopt: cumulative average
-  double eps = 1e-5;
-};
-// norm(x) followed by ReLU when `relu` (fused into BatchNorm's normalize pass).
+// The normalization slot (norm_spec.h): SyncBatchNorm, GroupNorm or nothing, then ReLU when `relu`
+// (fused into the normalization pass). `group`: the BatchNorm layers' sync group, made by the model from
+// spec.sync (SyncGroup's constructor is a collective); needed when spec.communicates(), ignored otherwise.
 ModulePtr make_norm(const std::string& name, std::int64_t channels, const NormSpec& spec, bool relu,
-                    ParamStore& store);
+                    ParamStore& store, SyncGroup* group = nullptr);
 
 // Residual block: conv3x3(s)-norm-relu-conv3x3-norm, plus the shortcut (identity, or 1x1 conv(s)-norm
-// when the shape changes), then ReLU.
+// when the shape changes), then ReLU. `group` as for make_norm.
 ModulePtr make_residual_block(const std::string& name, std::int64_t in, std::int64_t out, std::int64_t stride,
-                              const NormSpec& norm, ParamStore& store, CpuContext& ctx);
+                              const NormSpec& norm, ParamStore& store, CpuContext& ctx, SyncGroup* group = nullptr);
 
 // Softmax cross-entropy over logits (N, K): returns Σ loss over the N samples (double), counts correct
 // predictions, and writes dlogits = (softmax − onehot) · grad_scale.

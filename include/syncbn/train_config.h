@@ -7,10 +7,12 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "syncbn/data.h"
+#include "syncbn/norm_spec.h"
 
 namespace syncbn {
 
@@ -26,10 +28,10 @@ struct TrainConfig {
   std::int64_t width = 32;
   std::int64_t depth = 2;
   // normalization
-  std::string norm = "sync";
+  std::string norm = "sync";        // sync | sync:K | local | groupnorm | none (typed: TrainOptions::norm())
   std::int64_t gn_groups = 8;
   std::int64_t ghost_batch = 0;
-  std::string bn_momentum = "0.1";  // a number in [0, 1], or "none" (cumulative average)
+  std::string bn_momentum = "0.1";  // a number in [0, 1], or "none" (cumulative average); typed: norm()
   double bn_eps = 1e-5;
   // batching
   std::int64_t global_batch = 64;
@@ -89,8 +91,13 @@ class TrainOptions {
   // Rejects every bad value or combination with a one-line message naming the flag and the allowed
   // range: every number finite and within the bounds the code needs (no int64 product can overflow);
   // --resume FILE a regular file that can be opened (a FIFO would block its reader), --run-dir not an
-  // existing non-directory. world_size matters for sync:K and the per-rank batch.
-  void validate(int world_size) const;
+  // existing non-directory. world_size matters for sync:K and the per-rank batch. On success, keeps the
+  // normalization options typed (norm()).
+  void validate(int world_size);
+
+  // --norm, --gn-groups, --ghost-batch, --bn-momentum and --bn-eps as validate() parsed them: the one
+  // place their texts are read. Throws when validate() has not succeeded since the last parse().
+  const NormSpec& norm() const;
 
   TrainConfig& config() { return cfg_; }
   const TrainConfig& config() const { return cfg_; }
@@ -105,6 +112,7 @@ class TrainOptions {
  private:
   TrainConfig cfg_;
   std::vector<OptionInfo> options_;
+  std::optional<NormSpec> norm_;  // set by validate()
 };
 
 }  // namespace syncbn

@@ -9,6 +9,10 @@
 #include "syncbn/communicator.h"
 #include "syncbn/tensor.h"
 
+namespace syncbn {
+class Log0;
+}
+
 namespace syncbn::bench {
 
 struct BenchShape {
@@ -31,6 +35,17 @@ struct BenchOptions {
 struct BenchReport {
   std::vector<std::string> json;
 };
+
+// Medians of one shape's layer benchmark on this rank, in seconds: the synced layer's forward+backward,
+// the part of it inside its all-reduces, and the same layer without communication.
+struct LayerTimes {
+  double total = 0, comm = 0, local = 0;
+};
+
+// The layer table's row for `shape` (communication maximum over the ranks) and one JSON line per rank
+// (device "cpu" or "cuda"). Collective over `world`.
+void report_layer(const BenchShape& shape, const char* device, const LayerTimes& mine, Communicator& world,
+                  BenchReport& report, const Log0& log);
 
 // CUDA benchmark (kernels vs device copy, NCCL all-reduce latency, layer split); throws in CPU builds.
 void run_cuda_bench(const BenchOptions& opt, Communicator& world, BenchReport& report);

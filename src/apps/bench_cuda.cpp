@@ -77,13 +77,116 @@ void fill_random(Tensor& t, std::uint32_t seed, float mean, float std) {
 
 // ---- 1. kernels ---------------------------------------------------------------------------------
 
-void kernel_bench(const BenchOptions& opt, cudaStream_t s, BenchReport& report, const Log0& log) {
-  int dev = 0, l2 = 0;
-  SBN_CUDA_CHECK(cudaGetDevice(&dev), "bench");
+// The device tensors and per-channel arrays of one (shape, dtype) kernel benchmark, as one BN batch of a
+// layer with γ = 1, β = 0 (fixed seeds: every run times the same data).
+struct DeviceKernelData {
+  DeviceTensor x, dy, y, dx, copy_dst;
+  BnGeometry g;
+  BnLayerBuffers<DeviceArray<double>, DeviceArray<float>> bn;
+  DeviceArray<double> msg, ws, count;
+  DeviceArray<float> dgamma, dbeta;
+  DeviceArray<int> status;
+  cuda::BnWorkspace w;
+
+  DeviceKernelData(const BenchShape& shape, DType dt, int sms, cudaStream_t s)
+      : g(bn_geometry(shape.dims, shape.layout, "bench")) {
+    Tensor xh(shape.dims, shape.layout), dyh(shape.dims, shape.layout);
+    fill_random(xh, 1, 0.5f, 2.0f);
+    fill_random(dyh, 2, 0.0f, 1.0f);
+    cuda::copy_to_device(xh, dt, x, s);
+    cuda::copy_to_device(dyh, dt, dy, s);
+    y.resize(x.shape(), x.layout(), dt);
+    dx.resize(x.shape(), x.layout(), dt);
+    copy_dst.resize(x.shape(), x.layout(), dt);
+    const auto CC = static_cast<std::size_t>(g.channels);
+    msg.resize(static_cast<std::size_t>(bn_msg_size(g.channels)), "bench");
+    ws.resize(std::max<std::size_t>(cuda::bn_workspace_doubles(g, sms), 1), "bench");
+    for (auto* d : {&bn.pivot, &bn.mean, &bn.var, &bn.invstd}) d->resize(CC, "bench");
+    for (auto* d : {&bn.gamma, &bn.beta, &bn.running_mean, &bn.running_var, &bn.hi, &bn.a, &bn.b, &bn.k1, &bn.k0,
+                    &dgamma, &dbeta})
+      d->resize(CC, "bench");
+    count.resize(1, "bench");
+    status.resize(1, "bench");
+    cuda::copy_to_device(std::vector<double>(CC, 0.0), bn.pivot.data(), s);
+    for (auto* d : {&bn.gamma, &bn.running_var}) cuda::copy_to_device(std::vector<float>(CC, 1.0f), d->data(), s);
+    for (auto* d : {&bn.beta, &bn.running_mean, &dgamma, &dbeta})
+      cuda::copy_to_device(std::vector<float>(CC, 0.0f), d->data(), s);
+    SBN_CUDA_CHECK(cudaMemsetAsync(status.data(), 0, sizeof(int), s), "bench");
+    w.data = ws.data();
+    w.doubles = ws.size();
+    w.sm_count = sms;
+  }
+  BnLayerArrays arrays() { return bn.arrays(g.channels); }
+};
+
+// Valid coefficients for the elementwise passes: one forward and backward (untimed), momentum 0.1, tags 1
+// and 2.
+void prime_coefficients(DeviceKernelData& d, DType dt, bool relu, cudaStream_t s) {
+  auto& bn = d.bn;
+  const BnCombineArgs ca = bn_combine_args(d.arrays(), 0, 1, 1, 1e-5, BnRunningUpdate::of(true, 0.1, 0));
+  const BnBackwardCombineArgs ba = bn_backward_combine_args(d.arrays(), 0, 1, 2, 0);  // count: from d.count
+  cuda::BnDeviceReport rep;
+  rep.status = d.status.data();
+  rep.count = d.count.data();
+  cuda::bn_stats(d.x.data(), dt, d.g, bn.pivot.data(), 1, d.msg.data(), d.w, s);
+  cuda::bn_combine(d.msg.data(), ca, cuda::BnRunningCounter{}, rep, s);
+  cuda::bn_backward_reduce(d.dy.data(), d.x.data(), dt, d.g, bn.hi.data(), bn.a.data(), bn.b.data(), relu,
+                           bn.mean.data(), bn.invstd.data(), 2, d.msg.data(), d.dgamma.data(), d.dbeta.data(), d.w, s);
+  cuda::bn_backward_combine(d.msg.data(), ba, d.count.data(), rep, s);
+}
+
+// Median device seconds of each kernel and of the copy baseline.
+struct DeviceKernelTimes {
+  double copy, stats, norm, red, elemt;
+};
+
+// Times the copy and the four element kernels interleaved rep by rep, L2 flushed before every launch.
+DeviceKernelTimes time_kernels(const BenchOptions& opt, DeviceKernelData& d, DType dt, DeviceArray<char>& flush,
+                               int sms, cudaStream_t s) {
+  const int reps = opt.reps;
+  const BnGeometry& g = d.g;
+  auto& bn = d.bn;
+  EventTimer t_copy(reps), t_stats(reps), t_norm(reps), t_red(reps), t_elemt(reps);
+  auto timed = [&](EventTimer* t, int r, const std::function<void()>& fn) {
+    // Evict x, dy from L2 (untimed): the kernels must read HBM, as in a real step of a large model.
+    SBN_CUDA_CHECK(cudaMemsetAsync(flush.data(), r & 0xff, flush.size(), s), "bench L2 flush");
+    if (t) t->begin(r, s);
+    fn();
+    if (t) t->end(r, s);
+  };
+  for (int r = -opt.warmup; r < reps; ++r) {
+    const bool keep = r >= 0;
+    timed(keep ? &t_copy : nullptr, r, [&] {
+      SBN_CUDA_CHECK(cudaMemcpyAsync(d.copy_dst.data(), d.x.data(), d.x.bytes(), cudaMemcpyDeviceToDevice, s),
+                     "bench copy");
+    });
+    timed(keep ? &t_stats : nullptr, r,
+          [&] { cuda::bn_stats(d.x.data(), dt, g, bn.pivot.data(), 1, d.msg.data(), d.w, s); });
+    timed(keep ? &t_norm : nullptr, r, [&] {
+      cuda::bn_normalize(d.x.data(), dt, g, bn.hi.data(), bn.a.data(), bn.b.data(), opt.relu, d.y.data(), sms, s);
+    });
+    timed(keep ? &t_red : nullptr, r, [&] {
+      cuda::bn_backward_reduce(d.dy.data(), d.x.data(), dt, g, bn.hi.data(), bn.a.data(), bn.b.data(), opt.relu,
+                               bn.mean.data(), bn.invstd.data(), 2, d.msg.data(), d.dgamma.data(), d.dbeta.data(), d.w,
+                               s);
+    });
+    timed(keep ? &t_elemt : nullptr, r, [&] {
+      cuda::bn_backward_elemt(d.dy.data(), d.x.data(), dt, g, bn.hi.data(), bn.a.data(), bn.b.data(), opt.relu,
+                              bn.k1.data(), bn.k0.data(), d.dx.data(), sms, s);
+    });
+  }
+  SBN_CUDA_CHECK(cudaStreamSynchronize(s), "bench");
+  auto med = [](const EventTimer& t) {
+    std::vector<double> v = t.seconds();
+    return median(v);
+  };
+  return {med(t_copy), med(t_stats), med(t_norm), med(t_red), med(t_elemt)};
+}
+
+// The table's header lines: the device, the build, what is counted.
+void log_kernel_header(const BenchOptions& opt, int dev, int sms, int l2, const Log0& log) {
   cudaDeviceProp prop{};
   SBN_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev), "bench");
-  SBN_CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev), "bench");
-  const int sms = cuda::current_sm_count();
   log("# CUDA kernels on device %d (%s, %d SMs, L2 %.0f MB, sm_%d%d), built for %s; median of %d reps after %d "
       "warm-up; relu %s\n",
       dev, prop.name, sms, l2 / 1048576.0, prop.major, prop.minor, SBN_CUDA_ARCHITECTURES, opt.reps, opt.warmup,
@@ -93,112 +196,27 @@ void kernel_bench(const BenchOptions& opt, cudaStream_t s, BenchReport& report, 
       "# flushed before every timed launch. GB/s = 1e9 bytes/s; %% = of the copy's bandwidth.\n");
   log("%-20s %5s %9s %9s %9s %9s %9s %6s %6s %6s %6s\n", "#shape", "dtype", "stats", "normalize", "bwd_red",
       "bwd_elemt", "copy", "st%", "no%", "br%", "be%");
+}
+
+void kernel_bench(const BenchOptions& opt, cudaStream_t s, BenchReport& report, const Log0& log) {
+  int dev = 0, l2 = 0;
+  SBN_CUDA_CHECK(cudaGetDevice(&dev), "bench");
+  SBN_CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev), "bench");
+  const int sms = cuda::current_sm_count();
+  log_kernel_header(opt, dev, sms, l2, log);
   DeviceArray<char> flush;
   flush.resize(static_cast<std::size_t>(std::max(l2, 1 << 20)) * 2, "bench L2 flush");
   for (const BenchShape& shape : opt.shapes) {
     for (DType dt : {DType::kF32, DType::kBF16, DType::kF16}) {
-      Tensor xh(shape.dims, shape.layout), dyh(shape.dims, shape.layout);
-      fill_random(xh, 1, 0.5f, 2.0f);
-      fill_random(dyh, 2, 0.0f, 1.0f);
-      DeviceTensor x, dy, y, dx, copy_dst;
-      cuda::copy_to_device(xh, dt, x, s);
-      cuda::copy_to_device(dyh, dt, dy, s);
-      y.resize(x.shape(), x.layout(), dt);
-      dx.resize(x.shape(), x.layout(), dt);
-      copy_dst.resize(x.shape(), x.layout(), dt);
-      const BnGeometry g = bn_geometry(shape.dims, shape.layout, "bench");
-      const std::int64_t C = g.channels;
-      const auto CC = static_cast<std::size_t>(C);
-      DeviceArray<double> msg, ws, pivot, mean, var, invstd, count;
-      DeviceArray<float> gamma, beta, rm, rv, hi, a, b, k1, k0, dgamma, dbeta;
-      DeviceArray<int> status;
-      msg.resize(static_cast<std::size_t>(bn_msg_size(C)), "bench");
-      ws.resize(std::max<std::size_t>(cuda::bn_workspace_doubles(g, sms), 1), "bench");
-      for (auto* d : {&pivot, &mean, &var, &invstd}) d->resize(CC, "bench");
-      for (auto* d : {&gamma, &beta, &rm, &rv, &hi, &a, &b, &k1, &k0, &dgamma, &dbeta}) d->resize(CC, "bench");
-      count.resize(1, "bench");
-      status.resize(1, "bench");
-      cuda::copy_to_device(std::vector<double>(CC, 0.0), pivot.data(), s);
-      cuda::copy_to_device(std::vector<float>(CC, 1.0f), gamma.data(), s);
-      for (auto* d : {&beta, &rm, &dgamma, &dbeta}) cuda::copy_to_device(std::vector<float>(CC, 0.0f), d->data(), s);
-      cuda::copy_to_device(std::vector<float>(CC, 1.0f), rv.data(), s);
-      SBN_CUDA_CHECK(cudaMemsetAsync(status.data(), 0, sizeof(int), s), "bench");
-      cuda::BnWorkspace w;
-      w.data = ws.data();
-      w.doubles = ws.size();
-      w.sm_count = sms;
-      BnCombineArgs ca;
-      ca.channels = C;
-      ca.tag = 1;
-      ca.factor = 0.1;
-      ca.gamma = gamma.data();
-      ca.beta = beta.data();
-      ca.running_mean = rm.data();
-      ca.running_var = rv.data();
-      ca.pivot = pivot.data();
-      ca.mean = mean.data();
-      ca.var = var.data();
-      ca.invstd = invstd.data();
-      ca.hi = hi.data();
-      ca.a = a.data();
-      ca.b = b.data();
-      BnBackwardCombineArgs ba;
-      ba.channels = C;
-      ba.tag = 2;
-      ba.gamma = gamma.data();
-      ba.mean = mean.data();
-      ba.invstd = invstd.data();
-      ba.hi = hi.data();
-      ba.k1 = k1.data();
-      ba.k0 = k0.data();
-      cuda::BnDeviceReport rep;
-      rep.status = status.data();
-      rep.count = count.data();
-      // Valid coefficients for the elementwise passes (one forward + backward, untimed).
-      cuda::bn_stats(x.data(), dt, g, pivot.data(), 1, msg.data(), w, s);
-      cuda::bn_combine(msg.data(), ca, cuda::BnRunningCounter{}, rep, s);
-      cuda::bn_backward_reduce(dy.data(), x.data(), dt, g, hi.data(), a.data(), b.data(), opt.relu, mean.data(),
-                               invstd.data(), 2, msg.data(), dgamma.data(), dbeta.data(), w, s);
-      cuda::bn_backward_combine(msg.data(), ba, count.data(), rep, s);
-
-      const int reps = opt.reps;
-      EventTimer t_copy(reps), t_stats(reps), t_norm(reps), t_red(reps), t_elemt(reps);
-      auto timed = [&](EventTimer* t, int r, const std::function<void()>& fn) {
-        // Evict x, dy from L2 (untimed): the kernels must read HBM, as in a real step of a large model.
-        SBN_CUDA_CHECK(cudaMemsetAsync(flush.data(), r & 0xff, flush.size(), s), "bench L2 flush");
-        if (t) t->begin(r, s);
-        fn();
-        if (t) t->end(r, s);
-      };
-      for (int r = -opt.warmup; r < reps; ++r) {
-        const bool keep = r >= 0;
-        timed(keep ? &t_copy : nullptr, r, [&] {
-          SBN_CUDA_CHECK(cudaMemcpyAsync(copy_dst.data(), x.data(), x.bytes(), cudaMemcpyDeviceToDevice, s), "bench copy");
-        });
-        timed(keep ? &t_stats : nullptr, r, [&] { cuda::bn_stats(x.data(), dt, g, pivot.data(), 1, msg.data(), w, s); });
-        timed(keep ? &t_norm : nullptr, r, [&] {
-          cuda::bn_normalize(x.data(), dt, g, hi.data(), a.data(), b.data(), opt.relu, y.data(), sms, s);
-        });
-        timed(keep ? &t_red : nullptr, r, [&] {
-          cuda::bn_backward_reduce(dy.data(), x.data(), dt, g, hi.data(), a.data(), b.data(), opt.relu, mean.data(),
-                                   invstd.data(), 2, msg.data(), dgamma.data(), dbeta.data(), w, s);
-        });
-        timed(keep ? &t_elemt : nullptr, r, [&] {
-          cuda::bn_backward_elemt(dy.data(), x.data(), dt, g, hi.data(), a.data(), b.data(), opt.relu, k1.data(),
-                                  k0.data(), dx.data(), sms, s);
-        });
-      }
-      SBN_CUDA_CHECK(cudaStreamSynchronize(s), "bench");
-      auto med = [](const EventTimer& t) {
-        std::vector<double> v = t.seconds();
-        return median(v);
-      };
-      const double n_bytes = static_cast<double>(x.bytes());
-      const double copy_bw = 2 * n_bytes / med(t_copy) * 1e-9;
-      const double stats_bw = n_bytes / med(t_stats) * 1e-9;
-      const double norm_bw = 2 * n_bytes / med(t_norm) * 1e-9;
-      const double red_bw = 2 * n_bytes / med(t_red) * 1e-9;
-      const double elemt_bw = 3 * n_bytes / med(t_elemt) * 1e-9;
+      DeviceKernelData d(shape, dt, sms, s);
+      prime_coefficients(d, dt, opt.relu, s);
+      const DeviceKernelTimes t = time_kernels(opt, d, dt, flush, sms, s);
+      const double n_bytes = static_cast<double>(d.x.bytes());
+      const double copy_bw = 2 * n_bytes / t.copy * 1e-9;
+      const double stats_bw = n_bytes / t.stats * 1e-9;
+      const double norm_bw = 2 * n_bytes / t.norm * 1e-9;
+      const double red_bw = 2 * n_bytes / t.red * 1e-9;
+      const double elemt_bw = 3 * n_bytes / t.elemt * 1e-9;
       log("%-20s %5s %9.1f %9.1f %9.1f %9.1f %9.1f %5.0f%% %5.0f%% %5.0f%% %5.0f%%\n", shape.str().c_str(),
           cuda::dtype_name(dt), stats_bw, norm_bw, red_bw, elemt_bw, copy_bw, 100 * stats_bw / copy_bw,
           100 * norm_bw / copy_bw, 100 * red_bw / copy_bw, 100 * elemt_bw / copy_bw);
@@ -207,9 +225,9 @@ void kernel_bench(const BenchOptions& opt, cudaStream_t s, BenchReport& report, 
           cuda::dtype_name(dt) + "\",\"relu\":" + (opt.relu ? "true" : "false") + ",\"stats_gbs\":" +
           fmt("%.2f", stats_bw) + ",\"normalize_gbs\":" + fmt("%.2f", norm_bw) + ",\"bwd_reduce_gbs\":" +
           fmt("%.2f", red_bw) + ",\"bwd_elemt_gbs\":" + fmt("%.2f", elemt_bw) + ",\"copy_gbs\":" + fmt("%.2f", copy_bw) +
-          ",\"stats_ms\":" + fmt("%.4f", med(t_stats) * 1e3) + ",\"normalize_ms\":" + fmt("%.4f", med(t_norm) * 1e3) +
-          ",\"bwd_reduce_ms\":" + fmt("%.4f", med(t_red) * 1e3) + ",\"bwd_elemt_ms\":" +
-          fmt("%.4f", med(t_elemt) * 1e3) + ",\"reps\":" + std::to_string(reps) + "}");
+          ",\"stats_ms\":" + fmt("%.4f", t.stats * 1e3) + ",\"normalize_ms\":" + fmt("%.4f", t.norm * 1e3) +
+          ",\"bwd_reduce_ms\":" + fmt("%.4f", t.red * 1e3) + ",\"bwd_elemt_ms\":" + fmt("%.4f", t.elemt * 1e3) +
+          ",\"reps\":" + std::to_string(opt.reps) + "}");
     }
   }
 }
@@ -294,24 +312,7 @@ void layer_bench(const BenchOptions& opt, cuda::NcclCommunicator& nccl, Communic
       if (r >= 0) comm.push_back(synced.comm_seconds());
     }
     std::vector<double> tot = t_sync.seconds(), loc = t_local.seconds();
-    const double mt = median(tot), mc = median(comm), ml = median(loc);
-    std::vector<double> per_rank(static_cast<std::size_t>(3 * P), 0.0);
-    per_rank[static_cast<std::size_t>(3 * world.rank())] = mt;
-    per_rank[static_cast<std::size_t>(3 * world.rank() + 1)] = mc;
-    per_rank[static_cast<std::size_t>(3 * world.rank() + 2)] = ml;
-    world.allreduce_sum(per_rank.data(), per_rank.size(), "bench.layer.gather");
-    double comm_max = 0;
-    for (int q = 0; q < P; ++q) comm_max = std::max(comm_max, per_rank[static_cast<std::size_t>(3 * q + 1)]);
-    log("%-20s %6d %9.3f %10.3f %9.3f %9.3f %9.3f\n", shape.str().c_str(), P, mt * 1e3, (mt - mc) * 1e3, mc * 1e3,
-        comm_max * 1e3, ml * 1e3);
-    for (int q = 0; q < P; ++q) {
-      const double t = per_rank[static_cast<std::size_t>(3 * q)], c = per_rank[static_cast<std::size_t>(3 * q + 1)];
-      report.json.push_back("{\"kind\":\"layer\",\"device\":\"cuda\",\"shape\":\"" + shape.str() +
-                            "\",\"world_size\":" + std::to_string(P) + ",\"rank\":" + std::to_string(q) +
-                            ",\"total_ms\":" + fmt("%.4f", t * 1e3) + ",\"compute_ms\":" + fmt("%.4f", (t - c) * 1e3) +
-                            ",\"comm_ms\":" + fmt("%.4f", c * 1e3) + ",\"local_ms\":" +
-                            fmt("%.4f", per_rank[static_cast<std::size_t>(3 * q + 2)] * 1e3) + "}");
-    }
+    report_layer(shape, "cuda", {median(tot), median(comm), median(loc)}, world, report, log);
   }
 }
 

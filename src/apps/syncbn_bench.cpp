@@ -69,6 +69,80 @@ __attribute__((noinline)) void triad(float* __restrict a, const float* __restric
   for (std::int64_t i = 0; i < n; ++i) a[i] = b[i] + s * c[i];
 }
 
+// The tensors and per-channel arrays of one shape's kernel benchmark (fixed seeds: every run times the
+// same data), as one BN batch of a layer with γ = 1, β = 0.
+struct KernelData {
+  Tensor x, y, dy, dx, ta, tb, tc;  // (dims): input, output and their gradients; triad arrays
+  BnGeometry g;
+  BnLayerBuffers<std::vector<double>, std::vector<float>> bn;
+  std::vector<double> msg;
+  std::vector<float> dgamma, dbeta;
+
+  explicit KernelData(const BenchShape& s)
+      : x(s.dims, s.layout), y(s.dims, s.layout), dy(s.dims, s.layout), dx(s.dims, s.layout), ta(s.dims), tb(s.dims),
+        tc(s.dims), g(bn_geometry(s.dims, s.layout, "bench")) {
+    fill_random(x, 1, 0.5f, 2.0f);
+    fill_random(dy, 2, 0.0f, 1.0f);
+    fill_random(tb, 3, 0.0f, 1.0f);
+    fill_random(tc, 4, 0.0f, 1.0f);
+    const std::size_t C = static_cast<std::size_t>(g.channels);
+    msg.resize(static_cast<std::size_t>(bn_msg_size(g.channels)));
+    for (auto* v : {&bn.pivot, &bn.mean, &bn.var, &bn.invstd}) v->assign(C, 0.0);
+    for (auto* v : {&bn.gamma, &bn.running_var}) v->assign(C, 1.0f);
+    for (auto* v : {&bn.beta, &bn.running_mean, &bn.hi, &bn.a, &bn.b, &bn.k1, &bn.k0, &dgamma, &dbeta})
+      v->assign(C, 0.0f);
+  }
+};
+
+// Medians of one shape's repetitions, in seconds.
+struct KernelTimes {
+  double forward, backward, both, triad;
+};
+
+// Times triad, forward (stats, combine, normalize) and backward (reduce, combine, elemt) interleaved rep by
+// rep, so all three see the same machine state.
+KernelTimes time_kernels(const BenchOptions& opt, KernelData& d) {
+  const BnGeometry& g = d.g;
+  auto& bn = d.bn;
+  const std::int64_t n = d.x.numel();
+  const BatchNormOptions layer;  // a default layer's eps, momentum and streaming threshold; one rank, tag 1
+  const bool stream = n * 4 >= layer.stream_threshold_bytes;
+  const BnCombineArgs ca =
+      bn_combine_args(bn.arrays(g.channels), 0, 1, 1.0, layer.eps, BnRunningUpdate::of(true, layer.momentum, 0));
+  const BnBackwardCombineArgs ba =
+      bn_backward_combine_args(bn.arrays(g.channels), 0, 1, 1.0, static_cast<double>(g.per_channel()));
+  auto forward = [&] {
+    cpu::bn_stats(d.x.data(), g, bn.pivot.data(), 1.0, d.msg.data());
+    SBN_CHECK(cpu::bn_combine(d.msg.data(), ca) == kBnOk, "bench: combine failed");
+    cpu::bn_normalize(d.x.data(), g, bn.hi.data(), bn.a.data(), bn.b.data(), opt.relu, stream, d.y.data());
+  };
+  auto backward = [&] {
+    cpu::bn_backward_reduce(d.dy.data(), d.x.data(), g, bn.hi.data(), bn.a.data(), bn.b.data(), opt.relu,
+                            bn.mean.data(), bn.invstd.data(), 1.0, d.msg.data(), d.dgamma.data(), d.dbeta.data());
+    SBN_CHECK(cpu::bn_backward_combine(d.msg.data(), ba) == kBnOk, "bench: backward combine failed");
+    cpu::bn_backward_elemt(d.dy.data(), d.x.data(), g, bn.hi.data(), bn.a.data(), bn.b.data(), opt.relu,
+                           bn.k1.data(), bn.k0.data(), stream, d.dx.data());
+  };
+  std::vector<double> tf, tbw, tt;
+  for (int r = -opt.warmup; r < opt.reps; ++r) {
+    double t0 = now_seconds();
+    triad(d.ta.data(), d.tb.data(), d.tc.data(), n);
+    double t1 = now_seconds();
+    forward();
+    double t2 = now_seconds();
+    backward();
+    double t3 = now_seconds();
+    if (r >= 0) {
+      tt.push_back(t1 - t0);
+      tf.push_back(t2 - t1);
+      tbw.push_back(t3 - t2);
+    }
+  }
+  std::vector<double> tfb(tf.size());
+  for (std::size_t i = 0; i < tf.size(); ++i) tfb[i] = tf[i] + tbw[i];
+  return {median(tf), median(tbw), median(tfb), median(tt)};
+}
+
 void kernel_bench(const BenchOptions& opt, BenchReport& report, const Log0& log) {
   log("# CPU kernels: 1 thread, fp32, median of %d reps after %d warm-up; relu %s; %s build, -march=%s\n",
       opt.reps, opt.warmup, opt.relu ? "fused" : "off", SBN_BUILD_TYPE, SBN_CPU_ARCH);
@@ -77,76 +151,10 @@ void kernel_bench(const BenchOptions& opt, BenchReport& report, const Log0& log)
   log("%-20s %7s %7s %7s %7s %9s %9s %9s %8s %6s\n", "#shape", "fwd_ms", "bwd_ms", "fb_ms", "fwd_GBs",
       "bwd_GBs", "fb_GBs", "triad_GBs", "fb/triad", "");
   for (const BenchShape& s : opt.shapes) {
-    Tensor x(s.dims, s.layout), y(s.dims, s.layout), dy(s.dims, s.layout), dx(s.dims, s.layout);
-    Tensor ta(s.dims), tb(s.dims), tc(s.dims);
-    fill_random(x, 1, 0.5f, 2.0f);
-    fill_random(dy, 2, 0.0f, 1.0f);
-    fill_random(tb, 3, 0.0f, 1.0f);
-    fill_random(tc, 4, 0.0f, 1.0f);
-    const BnGeometry g = bn_geometry(s.dims, s.layout, "bench");
-    const std::int64_t C = g.channels, n = x.numel();
-    std::vector<double> msg(static_cast<std::size_t>(bn_msg_size(C))), pivot(C, 0.0), mean(C), var(C),
-        invstd(C);
-    std::vector<float> gamma(C, 1.0f), beta(C, 0.0f), rm(C, 0.0f), rv(C, 1.0f), hi(C), a(C), b(C),
-        k1(C), k0(C), dgamma(C, 0.0f), dbeta(C, 0.0f);
-    const bool stream = n * 4 >= BatchNormOptions{}.stream_threshold_bytes;
-    BnCombineArgs ca;
-    ca.channels = C;
-    ca.tag = 1.0;
-    ca.factor = 0.1;
-    ca.gamma = gamma.data();
-    ca.beta = beta.data();
-    ca.running_mean = rm.data();
-    ca.running_var = rv.data();
-    ca.pivot = pivot.data();
-    ca.mean = mean.data();
-    ca.var = var.data();
-    ca.invstd = invstd.data();
-    ca.hi = hi.data();
-    ca.a = a.data();
-    ca.b = b.data();
-    BnBackwardCombineArgs ba;
-    ba.channels = C;
-    ba.tag = 1.0;
-    ba.gamma = gamma.data();
-    ba.mean = mean.data();
-    ba.invstd = invstd.data();
-    ba.hi = hi.data();
-    ba.k1 = k1.data();
-    ba.k0 = k0.data();
-
-    auto forward = [&] {
-      cpu::bn_stats(x.data(), g, pivot.data(), 1.0, msg.data());
-      SBN_CHECK(cpu::bn_combine(msg.data(), ca) == kBnOk, "bench: combine failed");
-      cpu::bn_normalize(x.data(), g, hi.data(), a.data(), b.data(), opt.relu, stream, y.data());
-    };
-    auto backward = [&] {
-      cpu::bn_backward_reduce(dy.data(), x.data(), g, hi.data(), a.data(), b.data(), opt.relu, mean.data(),
-                              invstd.data(), 1.0, msg.data(), dgamma.data(), dbeta.data());
-      ba.expected_count = msg[kMsgCount];
-      SBN_CHECK(cpu::bn_backward_combine(msg.data(), ba) == kBnOk, "bench: backward combine failed");
-      cpu::bn_backward_elemt(dy.data(), x.data(), g, hi.data(), a.data(), b.data(), opt.relu, k1.data(),
-                             k0.data(), stream, dx.data());
-    };
-    std::vector<double> tf, tbw, tt;
-    for (int r = -opt.warmup; r < opt.reps; ++r) {
-      double t0 = now_seconds();
-      triad(ta.data(), tb.data(), tc.data(), n);
-      double t1 = now_seconds();
-      forward();
-      double t2 = now_seconds();
-      backward();
-      double t3 = now_seconds();
-      if (r >= 0) {
-        tt.push_back(t1 - t0);
-        tf.push_back(t2 - t1);
-        tbw.push_back(t3 - t2);
-      }
-    }
-    std::vector<double> tfb(tf.size());
-    for (std::size_t i = 0; i < tf.size(); ++i) tfb[i] = tf[i] + tbw[i];
-    const double mf = median(tf), mb = median(tbw), mfb = median(tfb), mt = median(tt);
-    const double gb = 1e-9 * static_cast<double>(n);
+    KernelData d(s);
+    const KernelTimes t = time_kernels(opt, d);
+    const double mf = t.forward, mb = t.backward, mfb = t.both, mt = t.triad;
+    const double gb = 1e-9 * static_cast<double>(d.x.numel());
     const double fwd_bw = 12 * gb / mf, bwd_bw = 20 * gb / mb, fb_bw = 32 * gb / mfb, triad_bw = 12 * gb / mt;
     log("%-20s %7.3f %7.3f %7.3f %7.1f %9.1f %9.1f %9.1f %7.0f%%\n", s.str().c_str(), mf * 1e3, mb * 1e3,
         mfb * 1e3, fwd_bw, bwd_bw, fb_bw, triad_bw, 100 * fb_bw / triad_bw);
@@ -194,28 +202,34 @@ void layer_bench(const BenchOptions& opt, Communicator& world, BenchReport& repo
         loc.push_back(t2 - t1);
       }
     }
-    const double mt = median(tot), mc = median(comm), ml = median(loc);
-    std::vector<double> per_rank(static_cast<std::size_t>(3 * P), 0.0);
-    per_rank[static_cast<std::size_t>(3 * world.rank())] = mt;
-    per_rank[static_cast<std::size_t>(3 * world.rank() + 1)] = mc;
-    per_rank[static_cast<std::size_t>(3 * world.rank() + 2)] = ml;
-    world.allreduce_sum(per_rank.data(), per_rank.size(), "bench.layer.gather");
-    double comm_max = 0;
-    for (int r = 0; r < P; ++r) comm_max = std::max(comm_max, per_rank[static_cast<std::size_t>(3 * r + 1)]);
-    log("%-20s %6d %9.3f %10.3f %9.3f %9.3f %9.3f\n", s.str().c_str(), P, mt * 1e3, (mt - mc) * 1e3, mc * 1e3,
-        comm_max * 1e3, ml * 1e3);
-    for (int r = 0; r < P; ++r) {
-      const double t = per_rank[static_cast<std::size_t>(3 * r)], c = per_rank[static_cast<std::size_t>(3 * r + 1)];
-      report.json.push_back("{\"kind\":\"layer\",\"device\":\"cpu\",\"shape\":\"" + s.str() +
-                            "\",\"world_size\":" + std::to_string(P) + ",\"rank\":" + std::to_string(r) +
-                            ",\"total_ms\":" + fmt("%.4f", t * 1e3) + ",\"compute_ms\":" +
-                            fmt("%.4f", (t - c) * 1e3) + ",\"comm_ms\":" + fmt("%.4f", c * 1e3) +
-                            ",\"local_ms\":" + fmt("%.4f", per_rank[static_cast<std::size_t>(3 * r + 2)] * 1e3) + "}");
-    }
+    report_layer(s, "cpu", {median(tot), median(comm), median(loc)}, world, report, log);
   }
 }
 
 }  // namespace
+
+void report_layer(const BenchShape& shape, const char* device, const LayerTimes& mine, Communicator& world,
+                  BenchReport& report, const Log0& log) {
+  const int P = world.size();
+  const double mt = mine.total, mc = mine.comm, ml = mine.local;
+  std::vector<double> per_rank(static_cast<std::size_t>(3 * P), 0.0);
+  per_rank[static_cast<std::size_t>(3 * world.rank())] = mt;
+  per_rank[static_cast<std::size_t>(3 * world.rank() + 1)] = mc;
+  per_rank[static_cast<std::size_t>(3 * world.rank() + 2)] = ml;
+  world.allreduce_sum(per_rank.data(), per_rank.size(), "bench.layer.gather");
+  double comm_max = 0;
+  for (int r = 0; r < P; ++r) comm_max = std::max(comm_max, per_rank[static_cast<std::size_t>(3 * r + 1)]);
+  log("%-20s %6d %9.3f %10.3f %9.3f %9.3f %9.3f\n", shape.str().c_str(), P, mt * 1e3, (mt - mc) * 1e3, mc * 1e3,
+      comm_max * 1e3, ml * 1e3);
+  for (int r = 0; r < P; ++r) {
+    const double t = per_rank[static_cast<std::size_t>(3 * r)], c = per_rank[static_cast<std::size_t>(3 * r + 1)];
+    report.json.push_back("{\"kind\":\"layer\",\"device\":\"" + std::string(device) + "\",\"shape\":\"" +
+                          shape.str() + "\",\"world_size\":" + std::to_string(P) + ",\"rank\":" +
+                          std::to_string(r) + ",\"total_ms\":" + fmt("%.4f", t * 1e3) + ",\"compute_ms\":" +
+                          fmt("%.4f", (t - c) * 1e3) + ",\"comm_ms\":" + fmt("%.4f", c * 1e3) + ",\"local_ms\":" +
+                          fmt("%.4f", per_rank[static_cast<std::size_t>(3 * r + 2)] * 1e3) + "}");
+  }
+}
 
 std::string BenchShape::str() const {
   std::string out;

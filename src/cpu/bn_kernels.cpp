@@ -43,6 +43,44 @@ BnGeometry bn_geometry(const std::vector<std::int64_t>& shape, Layout layout, co
   return g;
 }
 
+// ---- combine arguments (shared by the CPU and CUDA paths) ---------------------------------------
+
+BnRunningUpdate BnRunningUpdate::of(bool update, const std::optional<double>& momentum,
+                                    std::int64_t batches_tracked) {
+  BnRunningUpdate u;
+  if (!update) return u;
+  u.kind = momentum ? kMomentum : kCumulative;
+  u.momentum = momentum.value_or(0.0);
+  u.batches_tracked = batches_tracked;
+  return u;
+}
+
+BnLayerArrays BnLayerArrays::batch(std::int64_t k) const {
+  const std::int64_t p = k * channels;
+  BnLayerArrays r = *this;
+  for (double** v : {&r.mean, &r.var, &r.invstd})
+    if (*v) *v += p;
+  for (float** v : {&r.hi, &r.a, &r.b, &r.k1, &r.k0})
+    if (*v) *v += p;
+  return r;
+}
+
+BnCombineArgs bn_combine_args(const BnLayerArrays& arrays, std::int64_t batch, int group_size, double tag,
+                              double eps, BnRunningUpdate running) {
+  SBN_CHECK(arrays.mean && arrays.var && arrays.invstd && arrays.hi && arrays.a && arrays.b,
+            "bn_combine_args: an output array is missing");
+  SBN_CHECK(running.kind == BnRunningUpdate::kNone || (arrays.running_mean && arrays.running_var),
+            "bn_combine_args: a running-statistics update without both running arrays");
+  return {group_size, tag, eps, running, arrays.batch(batch)};
+}
+
+BnBackwardCombineArgs bn_backward_combine_args(const BnLayerArrays& arrays, std::int64_t batch, int group_size,
+                                               double tag, double expected_count) {
+  SBN_CHECK(arrays.mean && arrays.invstd && arrays.hi && arrays.k1 && arrays.k0,
+            "bn_backward_combine_args: an input or output array is missing");
+  return {group_size, tag, expected_count, arrays.batch(batch)};
+}
+
 namespace cpu {
 namespace {
 
@@ -308,22 +346,8 @@ BnStatus bn_combine(const double* msg, const BnCombineArgs& args, ChannelRange r
   const double n = msg[kMsgCount];
   if (n < 1) return kBnEmptyBatch;
   if (n < 2) return kBnSingleSample;
-  const std::int64_t C = args.channels;
-  const double* S1 = msg + kMsgHeader;
-  const double* S2 = S1 + C;
-  for (std::int64_t c = r.begin; c < r.stop(C); ++c) {
-    double mean = 0, var = 0;
-    bn_moments(S1[c], S2[c], n, args.pivot ? args.pivot[c] : 0.0, &mean, &var);
-    const double invstd = 1.0 / std::sqrt(var + args.eps);
-    args.mean[c] = mean;
-    args.var[c] = var;
-    args.invstd[c] = invstd;
-    if (args.pivot) args.pivot[c] = mean;
-    if (args.factor >= 0 && args.running_mean)
-      bn_running_update(&args.running_mean[c], &args.running_var[c], mean, var, n, args.factor);
-    bn_forward_coefs(mean, invstd, args.gamma ? args.gamma[c] : 1.0, args.beta ? args.beta[c] : 0.0,
-                     &args.hi[c], &args.a[c], &args.b[c]);
-  }
+  const double factor = args.running.factor();
+  for (std::int64_t c = r.begin; c < r.stop(args.arrays.channels); ++c) bn_combine_channel(msg, args, factor, c);
   return kBnOk;
 }
 
@@ -384,16 +408,8 @@ void bn_backward_reduce(const float* dy, const float* x, const BnGeometry& g, co
 
 BnStatus bn_backward_combine(const double* msg, const BnBackwardCombineArgs& args, ChannelRange r) {
   if (!bn_tags_agree(msg[kMsgTag], msg[kMsgTag2], args.group_size, args.tag)) return kBnTagMismatch;
-  const double n = msg[kMsgCount];
-  if (n != args.expected_count) return kBnCountMismatch;
-  const std::int64_t C = args.channels;
-  const double* A = msg + kMsgHeader;
-  const double* B = A + C;
-  for (std::int64_t c = r.begin; c < r.stop(C); ++c) {
-    const double scale = (args.gamma ? args.gamma[c] : 1.0) * args.invstd[c];
-    bn_backward_coefs(A[c], B[c], n, args.mean[c], args.hi[c], args.invstd[c], scale, &args.k1[c],
-                      &args.k0[c]);
-  }
+  if (msg[kMsgCount] != args.expected_count) return kBnCountMismatch;
+  for (std::int64_t c = r.begin; c < r.stop(args.arrays.channels); ++c) bn_backward_combine_channel(msg, args, c);
   return kBnOk;
 }
 

@@ -49,24 +49,20 @@ void bn_backward_elemt(const void* dy, const void* x, DType dtype, const BnGeome
   SBN_CHECK(dy && x && dx && hi && a && b && k1 && k0, "bn_backward_elemt: null pointer");
   const BnTile t = detail::plan(BnPass::kElementwise, g, dtype,
                                 detail::addr(x) | detail::addr(dy) | detail::addr(dx), sm_count);
-  detail::with_dtype(dtype, [&](auto* tag_ptr) {
+  detail::with_dtype_vec_relu(dtype, t.vec, relu, [&](auto* tag_ptr, auto v, auto r) {
     using T = std::remove_pointer_t<decltype(tag_ptr)>;
+    constexpr int V = decltype(v)::value;
+    constexpr bool kRelu = decltype(r)::value;
     const T* xt = static_cast<const T*>(x);
     const T* dyt = static_cast<const T*>(dy);
     T* dxt = static_cast<T*>(dx);
-    detail::with_vec<T>(t.vec, [&](auto v) {
-      constexpr int V = decltype(v)::value;
-      detail::with_flag(relu, [&](auto r) {
-        constexpr bool kRelu = decltype(r)::value;
-        if (t.channels_last) {
-          elemt_rows_kernel<T, V, kRelu>
-              <<<detail::grid_of(t), detail::block_of(t), 0, stream>>>(dyt, xt, dxt, t, hi, a, b, k1, k0);
-        } else {
-          elemt_planar_kernel<T, V, kRelu>
-              <<<detail::grid_of(t), detail::block_of(t), 0, stream>>>(dyt, xt, dxt, t, hi, a, b, k1, k0);
-        }
-      });
-    });
+    if (t.channels_last) {
+      elemt_rows_kernel<T, V, kRelu>
+          <<<detail::grid_of(t), detail::block_of(t), 0, stream>>>(dyt, xt, dxt, t, hi, a, b, k1, k0);
+    } else {
+      elemt_planar_kernel<T, V, kRelu>
+          <<<detail::grid_of(t), detail::block_of(t), 0, stream>>>(dyt, xt, dxt, t, hi, a, b, k1, k0);
+    }
   });
   SBN_CUDA_LAUNCH_CHECK("bn_backward_elemt: " + detail::describe(t, dtype));
 }

@@ -21,9 +21,6 @@
 namespace syncbn::cuda {
 namespace {
 
-using detail::block_sum2;
-using detail::block_sum_rows;
-
 // ---- kernels -------------------------------------------------------------------------------------
 
 template <class T, int V, bool kRelu>
@@ -35,11 +32,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   double sa = 0.0, sb = 0.0;
   backward_thread_planar<T, V, kRelu>(dy, x, t, c, blockIdx.y, threadIdx.x, threadIdx.y, hi[c], a[c], b[c], &sa,
                                       &sb);
-  block_sum2(sa, sb);
-  if (threadIdx.x == 0 && threadIdx.y == 0) {
-    ws[bn_partial_index(blockIdx.y, 0, t.channels, c)] = sa;
-    ws[bn_partial_index(blockIdx.y, 1, t.channels, c)] = sb;
-  }
+  detail::store_planar_partials(sa, sb, t, ws);
 }
 
 template <class T, int V, bool kRelu>
@@ -49,14 +42,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
                          double* __restrict__ ws) {
   double sa[V], sb[V];
   backward_thread_rows<T, V, kRelu>(dy, x, t, blockIdx.x, blockIdx.y, threadIdx.x, threadIdx.y, hi, a, b, sa, sb);
-  double ta = 0.0, tb = 0.0;
-  if (block_sum_rows<V>(sa, sb, t.tx, &ta, &tb)) {
-    const std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * t.tx * V + threadIdx.y * t.tx + threadIdx.x;
-    if (c < t.channels) {
-      ws[bn_partial_index(blockIdx.y, 0, t.channels, c)] = ta;
-      ws[bn_partial_index(blockIdx.y, 1, t.channels, c)] = tb;
-    }
-  }
+  detail::store_rows_partials<V>(sa, sb, t, ws);
 }
 
 // One thread per channel: Σ over splits, message entries, local dγ/dβ.
@@ -91,23 +77,19 @@ void bn_backward_reduce(const void* dy, const void* x, DType dtype, const BnGeom
     SBN_CHECK(x && dy && ws.data && ws.doubles >= need,
               "bn_backward_reduce: workspace of " + std::to_string(ws.doubles) + " doubles, the launch needs " +
                   std::to_string(need) + " (size it with bn_workspace_doubles)");
-    detail::with_dtype(dtype, [&](auto* tag_ptr) {
+    detail::with_dtype_vec_relu(dtype, t.vec, relu, [&](auto* tag_ptr, auto v, auto r) {
       using T = std::remove_pointer_t<decltype(tag_ptr)>;
+      constexpr int V = decltype(v)::value;
+      constexpr bool kRelu = decltype(r)::value;
       const T* xt = static_cast<const T*>(x);
       const T* dyt = static_cast<const T*>(dy);
-      detail::with_vec<T>(t.vec, [&](auto v) {
-        constexpr int V = decltype(v)::value;
-        detail::with_flag(relu, [&](auto r) {
-          constexpr bool kRelu = decltype(r)::value;
-          if (t.channels_last) {
-            backward_rows_kernel<T, V, kRelu>
-                <<<detail::grid_of(t), detail::block_of(t), 0, stream>>>(dyt, xt, t, hi, a, b, ws.data);
-          } else {
-            backward_planar_kernel<T, V, kRelu>
-                <<<detail::grid_of(t), detail::block_of(t), 0, stream>>>(dyt, xt, t, hi, a, b, ws.data);
-          }
-        });
-      });
+      if (t.channels_last) {
+        backward_rows_kernel<T, V, kRelu>
+            <<<detail::grid_of(t), detail::block_of(t), 0, stream>>>(dyt, xt, t, hi, a, b, ws.data);
+      } else {
+        backward_planar_kernel<T, V, kRelu>
+            <<<detail::grid_of(t), detail::block_of(t), 0, stream>>>(dyt, xt, t, hi, a, b, ws.data);
+      }
     });
     SBN_CUDA_LAUNCH_CHECK("bn_backward_reduce: partial sums, " + detail::describe(t, dtype));
   }

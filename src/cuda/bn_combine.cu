@@ -32,11 +32,11 @@ __global__ void __launch_bounds__(detail::kChannelThreads)
     report_status(report, st);
   }
   if (st != kBnOk) return;  // uniform: every thread saw the same header
-  const bool update = args.factor >= 0 && args.running_mean != nullptr;
-  double factor = update ? args.factor : -1.0;
-  if (update && counter.cumulative && counter.batches_tracked)
-    factor = 1.0 / static_cast<double>(*counter.batches_tracked + 1);
-  for (std::int64_t c = threadIdx.x; c < args.channels; c += blockDim.x) bn_combine_channel(msg, args, c, factor);
+  BnRunningUpdate running = args.running;
+  if (running.kind == BnRunningUpdate::kCumulative) running.batches_tracked = *counter.batches_tracked;
+  const double factor = running.factor();
+  for (std::int64_t c = threadIdx.x; c < args.arrays.channels; c += blockDim.x)
+    bn_combine_channel(msg, args, factor, c);
   if (counter.batches_tracked) {
     __syncthreads();  // every thread has read the counter above
     if (threadIdx.x == 0) *counter.batches_tracked += 1;
@@ -56,7 +56,8 @@ __global__ void __launch_bounds__(detail::kChannelThreads)
     report_status(report, st);
   }
   if (st != kBnOk) return;
-  for (std::int64_t c = threadIdx.x; c < args.channels; c += blockDim.x) bn_backward_combine_channel(msg, args, c);
+  for (std::int64_t c = threadIdx.x; c < args.arrays.channels; c += blockDim.x)
+    bn_backward_combine_channel(msg, args, c);
 }
 
 __global__ void __launch_bounds__(detail::kChannelThreads)
@@ -74,10 +75,13 @@ __global__ void __launch_bounds__(detail::kChannelThreads)
 
 void bn_combine(const double* msg, const BnCombineArgs& args, const BnRunningCounter& counter,
                 const BnDeviceReport& report, cudaStream_t stream) {
-  SBN_CHECK(msg && report.status && args.mean && args.var && args.invstd && args.hi && args.a && args.b,
+  const BnLayerArrays& arr = args.arrays;
+  SBN_CHECK(msg && report.status && arr.mean && arr.var && arr.invstd && arr.hi && arr.a && arr.b,
             "bn_combine: null message, status or output pointer");
-  SBN_CHECK(!(args.factor >= 0 && args.running_mean) || args.running_var,
-            "bn_combine: running mean without running variance");
+  SBN_CHECK(args.running.kind == BnRunningUpdate::kNone || (arr.running_mean && arr.running_var),
+            "bn_combine: a running-statistics update without both running arrays");
+  SBN_CHECK(args.running.kind != BnRunningUpdate::kCumulative || counter.batches_tracked,
+            "bn_combine: a cumulative average without the device batch counter");
   combine_kernel<<<1, detail::kChannelThreads, 0, stream>>>(msg, args, counter, report);
   SBN_CUDA_LAUNCH_CHECK("bn_combine");
 }
@@ -90,7 +94,8 @@ void bn_count_batch(std::int64_t* batches_tracked, cudaStream_t stream) {
 
 void bn_backward_combine(const double* msg, const BnBackwardCombineArgs& args, const double* expected_count,
                          const BnDeviceReport& report, cudaStream_t stream) {
-  SBN_CHECK(msg && expected_count && report.status && args.mean && args.invstd && args.hi && args.k1 && args.k0,
+  const BnLayerArrays& arr = args.arrays;
+  SBN_CHECK(msg && expected_count && report.status && arr.mean && arr.invstd && arr.hi && arr.k1 && arr.k0,
             "bn_backward_combine: null message, count, status or output pointer");
   backward_combine_kernel<<<1, detail::kChannelThreads, 0, stream>>>(msg, args, expected_count, report);
   SBN_CUDA_LAUNCH_CHECK("bn_backward_combine");

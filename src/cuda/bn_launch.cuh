@@ -85,6 +85,31 @@ __device__ __forceinline__ bool block_sum_rows(double (&a)[V], double (&b)[V], i
   return true;
 }
 
+// The block (c = blockIdx.x, split = blockIdx.y) of a planar reduction: its threads' sums a, b into the
+// workspace partials ws[split][0|1][c].
+__device__ __forceinline__ void store_planar_partials(double a, double b, const BnTile& t, double* __restrict__ ws) {
+  block_sum2(a, b);
+  if (threadIdx.x == 0 && threadIdx.y == 0) {
+    ws[bn_partial_index(blockIdx.y, 0, t.channels, blockIdx.x)] = a;
+    ws[bn_partial_index(blockIdx.y, 1, t.channels, blockIdx.x)] = b;
+  }
+}
+
+// The block (channel tile blockIdx.x, split blockIdx.y) of a channels-last reduction: its threads' per-lane
+// sums into ws[split][0|1][the tile's channels].
+template <int V>
+__device__ __forceinline__ void store_rows_partials(double (&a)[V], double (&b)[V], const BnTile& t,
+                                                    double* __restrict__ ws) {
+  double ta = 0.0, tb = 0.0;
+  if (block_sum_rows<V>(a, b, t.tx, &ta, &tb)) {
+    const std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * t.tx * V + threadIdx.y * t.tx + threadIdx.x;
+    if (c < t.channels) {
+      ws[bn_partial_index(blockIdx.y, 0, t.channels, c)] = ta;
+      ws[bn_partial_index(blockIdx.y, 1, t.channels, c)] = tb;
+    }
+  }
+}
+
 // ---- dispatch (host) ------------------------------------------------------------------------------
 
 inline std::uint64_t addr(const void* p) { return static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(p)); }
@@ -132,6 +157,16 @@ void with_flag(bool flag, F&& f) {
   } else {
     f(std::false_type{});
   }
+}
+
+// The three dispatches of a SyncBN element or reduction launcher: calls f(T*{}, integral_constant V,
+// bool_constant kRelu) for the element type of `dtype`, the plan's vector width and `relu`.
+template <class F>
+void with_dtype_vec_relu(DType dtype, int vec, bool relu, F&& f) {
+  with_dtype(dtype, [&](auto* tag_ptr) {
+    using T = std::remove_pointer_t<decltype(tag_ptr)>;
+    with_vec<T>(vec, [&](auto v) { with_flag(relu, [&](auto r) { f(tag_ptr, v, r); }); });
+  });
 }
 
 inline dim3 grid_of(const BnTile& t) {

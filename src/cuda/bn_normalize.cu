@@ -50,23 +50,19 @@ void bn_normalize(const void* x, DType dtype, const BnGeometry& g, const float* 
   if (g.numel() == 0) return;
   SBN_CHECK(x && y && hi && a && b, "bn_normalize: null pointer");
   const BnTile t = detail::plan(BnPass::kElementwise, g, dtype, detail::addr(x) | detail::addr(y), sm_count);
-  detail::with_dtype(dtype, [&](auto* tag_ptr) {
+  detail::with_dtype_vec_relu(dtype, t.vec, relu, [&](auto* tag_ptr, auto v, auto r) {
     using T = std::remove_pointer_t<decltype(tag_ptr)>;
+    constexpr int V = decltype(v)::value;
+    constexpr bool kRelu = decltype(r)::value;
     const T* xt = static_cast<const T*>(x);
     T* yt = static_cast<T*>(y);
-    detail::with_vec<T>(t.vec, [&](auto v) {
-      constexpr int V = decltype(v)::value;
-      detail::with_flag(relu, [&](auto r) {
-        constexpr bool kRelu = decltype(r)::value;
-        if (t.channels_last) {
-          normalize_rows_kernel<T, V, kRelu>
-              <<<detail::grid_of(t), detail::block_of(t), 0, stream>>>(xt, yt, t, hi, a, b);
-        } else {
-          normalize_planar_kernel<T, V, kRelu>
-              <<<detail::grid_of(t), detail::block_of(t), 0, stream>>>(xt, yt, t, hi, a, b);
-        }
-      });
-    });
+    if (t.channels_last) {
+      normalize_rows_kernel<T, V, kRelu>
+          <<<detail::grid_of(t), detail::block_of(t), 0, stream>>>(xt, yt, t, hi, a, b);
+    } else {
+      normalize_planar_kernel<T, V, kRelu>
+          <<<detail::grid_of(t), detail::block_of(t), 0, stream>>>(xt, yt, t, hi, a, b);
+    }
   });
   SBN_CUDA_LAUNCH_CHECK("bn_normalize: " + detail::describe(t, dtype));
 }

@@ -28,9 +28,6 @@
 namespace syncbn::cuda {
 namespace {
 
-using detail::block_sum2;
-using detail::block_sum_rows;
-
 // ---- kernels -------------------------------------------------------------------------------------
 
 // Block (c, split) of a planar tensor → ws[split][0|1][c].
@@ -39,11 +36,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) stats_planar_kernel
                                                                  double* __restrict__ ws) {
   double s1 = 0.0, s2 = 0.0;
   stats_thread_planar<T, V>(x, t, blockIdx.x, blockIdx.y, threadIdx.x, threadIdx.y, &s1, &s2);
-  block_sum2(s1, s2);
-  if (threadIdx.x == 0 && threadIdx.y == 0) {
-    ws[bn_partial_index(blockIdx.y, 0, t.channels, blockIdx.x)] = s1;
-    ws[bn_partial_index(blockIdx.y, 1, t.channels, blockIdx.x)] = s2;
-  }
+  detail::store_planar_partials(s1, s2, t, ws);
 }
 
 // Block (channel tile, split) of a channels-last tensor → ws[split][0|1][tile's channels].
@@ -52,14 +45,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) stats_rows_kernel(c
                                                                double* __restrict__ ws) {
   double s1[V], s2[V];
   stats_thread_rows<T, V>(x, t, blockIdx.x, blockIdx.y, threadIdx.x, threadIdx.y, s1, s2);
-  double a = 0.0, b = 0.0;
-  if (block_sum_rows<V>(s1, s2, t.tx, &a, &b)) {
-    const std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * t.tx * V + threadIdx.y * t.tx + threadIdx.x;
-    if (c < t.channels) {
-      ws[bn_partial_index(blockIdx.y, 0, t.channels, c)] = a;
-      ws[bn_partial_index(blockIdx.y, 1, t.channels, c)] = b;
-    }
-  }
+  detail::store_rows_partials<V>(s1, s2, t, ws);
 }
 
 // One thread per channel: Σ over splits, shift to the pivot, write the message (and its header).

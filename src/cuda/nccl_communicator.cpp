@@ -20,9 +20,9 @@
 #include <thread>
 #include <vector>
 
-#include "syncbn/app.h"
 #include "syncbn/cuda/check.h"
 #include "syncbn/cuda/device.h"
+#include "syncbn/run_agreed.h"
 
 static_assert(NCCL_VERSION_CODE >= 21800, "syncbn needs NCCL >= 2.18 (ncclCommSplit, non-blocking init)");
 

@@ -201,28 +201,24 @@ void CudaSyncBatchNorm::forward(const DeviceTensor& x, DeviceTensor& y, bool tra
     } else {
       bn_stats(xk, dt, gk, pivot_.data(), fwd_tag_, msg_.data(), workspace(), stream_);
       if (comm) reduce("forward");
-      BnCombineArgs args;
-      args.channels = C;
-      args.group_size = comm ? group_size_ : 1;
-      args.tag = fwd_tag_;
-      args.eps = opt_.eps;
+      BnLayerArrays arrays;
+      arrays.channels = C;
+      arrays.gamma = gamma;
+      arrays.beta = beta;
+      arrays.running_mean = running_mean_.data();
+      arrays.running_var = running_var_.data();
+      arrays.pivot = pivot_.data();
+      arrays.mean = mean_.data();
+      arrays.var = var_.data();
+      arrays.invstd = invstd_.data();
+      arrays.hi = hi_.data();
+      arrays.a = a_.data();
+      arrays.b = b_.data();
+      // A cumulative average takes its k from the device counter (graph replays stay correct), not from 0.
+      const BnCombineArgs args = bn_combine_args(arrays, k, comm ? group_size_ : 1, fwd_tag_, opt_.eps,
+                                                 BnRunningUpdate::of(update, opt_.momentum, 0));
       BnRunningCounter counter;
-      if (update) {
-        args.factor = opt_.momentum ? *opt_.momentum : 0.0;  // cumulative: from the device counter
-        args.running_mean = running_mean_.data();
-        args.running_var = running_var_.data();
-        counter.batches_tracked = batches_tracked_.data();
-        counter.cumulative = !opt_.momentum;
-      }
-      args.gamma = gamma;
-      args.beta = beta;
-      args.pivot = pivot_.data();
-      args.mean = mean_.data() + p;
-      args.var = var_.data() + p;
-      args.invstd = invstd_.data() + p;
-      args.hi = hi_.data() + p;
-      args.a = a_.data() + p;
-      args.b = b_.data() + p;
+      if (update) counter.batches_tracked = batches_tracked_.data();
       BnDeviceReport report;
       report.status = member_ptr<int>(status_.data(), offsetof(StepStatus, forward));
       report.count = counts_.data() + k;
@@ -273,16 +269,16 @@ void CudaSyncBatchNorm::backward(const DeviceTensor& x, const DeviceTensor& dy, 
                        stream_);
     if (saved_batch_stats_) {
       if (comm) reduce("backward");
-      BnBackwardCombineArgs args;
-      args.channels = C;
-      args.group_size = comm ? group_size_ : 1;
-      args.tag = bwd_tag_;
-      args.gamma = opt_.affine ? gamma_.data() : nullptr;
-      args.mean = mean_.data() + p;
-      args.invstd = invstd_.data() + p;
-      args.hi = hi_.data() + p;
-      args.k1 = k1_.data() + p;
-      args.k0 = k0_.data() + p;
+      BnLayerArrays arrays;
+      arrays.channels = C;
+      arrays.gamma = opt_.affine ? gamma_.data() : nullptr;
+      arrays.mean = mean_.data();
+      arrays.invstd = invstd_.data();
+      arrays.hi = hi_.data();
+      arrays.k1 = k1_.data();
+      arrays.k0 = k0_.data();
+      // The expected count is the device value the forward combine wrote (counts_), not this 0.
+      const BnBackwardCombineArgs args = bn_backward_combine_args(arrays, k, comm ? group_size_ : 1, bwd_tag_, 0);
       BnDeviceReport report;
       report.status = member_ptr<int>(status_.data(), offsetof(StepStatus, backward));
       report.count = member_ptr<double>(status_.data(), offsetof(StepStatus, backward_count));

@@ -10,15 +10,15 @@ namespace {
 class ResidualBlock final : public Module {
  public:
   ResidualBlock(const std::string& name, std::int64_t in, std::int64_t out, std::int64_t stride, const NormSpec& norm,
-                ParamStore& store, CpuContext& ctx) {
-    const bool bias = norm.kind == "none";
+                ParamStore& store, CpuContext& ctx, SyncGroup* group) {
+    const bool bias = norm.kind == NormKind::kNone;
     conv1_ = make_conv2d(name + ".conv1", {in, out, 3, stride, 1, bias}, store, ctx);
-    n1_ = make_norm(name + ".bn1", out, norm, true, store);
+    n1_ = make_norm(name + ".bn1", out, norm, true, store, group);
     conv2_ = make_conv2d(name + ".conv2", {out, out, 3, 1, 1, bias}, store, ctx);
-    n2_ = make_norm(name + ".bn2", out, norm, false, store);
+    n2_ = make_norm(name + ".bn2", out, norm, false, store, group);
     if (stride != 1 || in != out) {
       sc_conv_ = make_conv2d(name + ".shortcut.conv", {in, out, 1, stride, 0, bias}, store, ctx);
-      sc_norm_ = make_norm(name + ".shortcut.bn", out, norm, false, store);
+      sc_norm_ = make_norm(name + ".shortcut.bn", out, norm, false, store, group);
     }
   }
 
@@ -84,17 +84,17 @@ std::int64_t pooled(std::int64_t n, int times) {
 }  // namespace
 
 ModulePtr make_residual_block(const std::string& name, std::int64_t in, std::int64_t out, std::int64_t stride,
-                              const NormSpec& norm, ParamStore& store, CpuContext& ctx) {
-  return std::make_unique<ResidualBlock>(name, in, out, stride, norm, store, ctx);
+                              const NormSpec& norm, ParamStore& store, CpuContext& ctx, SyncGroup* group) {
+  return std::make_unique<ResidualBlock>(name, in, out, stride, norm, store, ctx, group);
 }
 
-std::unique_ptr<Model> build_model(const ModelSpec& spec, CpuContext& ctx, std::uint64_t seed) {
+std::unique_ptr<Model> build_model(const ModelSpec& spec, CpuContext& ctx, std::uint64_t seed, SyncGroup* group) {
   SBN_CHECK(spec.width > 0 && spec.width <= 4096, "--width must be in [1, 4096], got " + std::to_string(spec.width));
   auto model = std::make_unique<Model>();
   auto net = std::make_unique<Sequential>();
   ParamStore& ps = model->params;
   const NormSpec& norm = spec.norm;
-  const bool bias = norm.kind == "none";  // a norm's shift makes a conv bias redundant
+  const bool bias = norm.kind == NormKind::kNone;  // a norm's shift makes a conv bias redundant
   const std::int64_t w = spec.width;
   if (spec.arch == "convnet") {
     std::int64_t c = spec.in_channels;
@@ -102,7 +102,7 @@ std::unique_ptr<Model> build_model(const ModelSpec& spec, CpuContext& ctx, std::
       const std::int64_t out = w << i;
       const std::string name = "conv" + std::to_string(i + 1);
       net->add(make_conv2d(name, {c, out, 3, 1, 1, bias}, ps, ctx));
-      net->add(make_norm(name + ".bn", out, norm, true, ps));
+      net->add(make_norm(name + ".bn", out, norm, true, ps, group));
       net->add(make_maxpool(2));
       c = out;
     }
@@ -111,19 +111,19 @@ std::unique_ptr<Model> build_model(const ModelSpec& spec, CpuContext& ctx, std::
                                    " is too small for three 2x2 poolings");
     net->add(make_flatten());
     net->add(make_linear("fc1", c * h * wd, 8 * w, bias, false, ps));
-    net->add(make_norm("fc1.bn", 8 * w, norm, true, ps));
+    net->add(make_norm("fc1.bn", 8 * w, norm, true, ps, group));
     net->add(make_linear("fc2", 8 * w, spec.classes, true, true, ps));
   } else if (spec.arch == "resnet") {
     SBN_CHECK(spec.depth >= 1 && spec.depth <= 64, "--depth must be in [1, 64], got " + std::to_string(spec.depth));
     net->add(make_conv2d("stem", {spec.in_channels, w, 3, 1, 1, bias}, ps, ctx));
-    net->add(make_norm("stem.bn", w, norm, true, ps));
+    net->add(make_norm("stem.bn", w, norm, true, ps, group));
     std::int64_t c = w;
     for (int stage = 0; stage < 3; ++stage) {
       const std::int64_t out = w << stage;
       for (std::int64_t b = 0; b < spec.depth; ++b) {
         const std::int64_t stride = (stage > 0 && b == 0) ? 2 : 1;
         net->add(make_residual_block("layer" + std::to_string(stage + 1) + "." + std::to_string(b), c, out, stride,
-                                     norm, ps, ctx));
+                                     norm, ps, ctx, group));
         c = out;
       }
     }
@@ -138,7 +138,7 @@ std::unique_ptr<Model> build_model(const ModelSpec& spec, CpuContext& ctx, std::
   net->buffers(model->buffers);
   std::string sig = spec.arch + ";in=" + std::to_string(spec.in_channels) + "x" + std::to_string(spec.height) + "x" +
                     std::to_string(spec.width_px) + ";classes=" + std::to_string(spec.classes) +
-                    ";norm=" + norm.kind;
+                    ";norm=" + norm.signature_text();
   for (const auto& p : ps.all()) {
     sig += ";" + p.name + "[";
     for (std::size_t i = 0; i < p.shape.size(); ++i) sig += (i ? "x" : "") + std::to_string(p.shape[i]);

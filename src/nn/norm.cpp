@@ -18,20 +18,18 @@ namespace {
 class BatchNormModule final : public Module {
  public:
   BatchNormModule(const std::string& name, std::int64_t channels, const NormSpec& spec, bool relu,
-                  ParamStore& store)
-      : store_(store) {
+                  ParamStore& store, SyncGroup* group)
+      : store_(store), mode_(spec.sync.str()) {
     BatchNormOptions opt;
     opt.channels = channels;
     opt.eps = spec.eps;
     opt.momentum = spec.momentum;
     opt.fuse_relu = relu;
     opt.ghost_batch = spec.ghost_batch;
-    SyncGroup* group = spec.kind == "local" ? nullptr : spec.group;
-    SBN_CHECK(spec.kind == "local" || group, name + ": a synced BatchNorm needs a sync group");
-    bn_ = std::make_unique<SyncBatchNorm>(name, opt, group);
+    SBN_CHECK(!spec.communicates() || group, name + ": a synced BatchNorm needs a sync group");
+    bn_ = std::make_unique<SyncBatchNorm>(name, opt, spec.communicates() ? group : nullptr);
     gamma_ = store.add(name + ".weight", {channels}, false, ParamInit::kOnes);
     beta_ = store.add(name + ".bias", {channels}, false, ParamInit::kZeros);
-    mode_ = spec.kind == "local" ? "local" : group->mode().str();
   }
 
   void forward(const Tensor& x, Tensor& y, bool training) override {
@@ -83,7 +81,7 @@ class BatchNormModule final : public Module {
   ParamStore& store_;
   std::unique_ptr<SyncBatchNorm> bn_;
   int gamma_ = -1, beta_ = -1;
-  std::string mode_;
+  std::string mode_;  // the --norm text: "local", "sync", "sync:K"
 };
 
 // GroupNorm over NHWC (N, C, H, W) or (N, C) activations. Per sample, the loops run over positions with
@@ -286,12 +284,13 @@ class Identity final : public Module {
 }  // namespace
 
 ModulePtr make_norm(const std::string& name, std::int64_t channels, const NormSpec& spec, bool relu,
-                    ParamStore& store) {
-  if (spec.kind == "sync" || spec.kind == "local")
-    return std::make_unique<BatchNormModule>(name, channels, spec, relu, store);
-  if (spec.kind == "groupnorm")
-    return std::make_unique<GroupNorm>(name, channels, spec.gn_groups, spec.eps, relu, store);
-  SBN_CHECK(spec.kind == "none", "unknown normalization '" + spec.kind + "'");
+                    ParamStore& store, SyncGroup* group) {
+  switch (spec.kind) {
+    case NormKind::kBatchNorm: return std::make_unique<BatchNormModule>(name, channels, spec, relu, store, group);
+    case NormKind::kGroupNorm:
+      return std::make_unique<GroupNorm>(name, channels, spec.gn_groups, spec.eps, relu, store);
+    case NormKind::kNone: break;
+  }
   if (relu) return make_relu();
   return std::make_unique<Identity>();
 }

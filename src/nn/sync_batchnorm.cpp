@@ -229,26 +229,22 @@ void SyncBatchNorm::forward(const Tensor& x, Tensor& y, bool training) {
       // mean); local ones need no common pivot, so they use the batch's own first values (exact, and
       // independent of history: local BN on P ranks, ghost batches and accumulation then agree bit for bit).
       double* pivot = comm ? pivot_.data() : local_pivot_.data();
-      BnCombineArgs args;
-      args.channels = C;
-      args.group_size = comm ? group_size_ : 1;
-      args.tag = fwd_tag_;
-      args.eps = opt_.eps;
+      BnLayerArrays arrays;
+      arrays.channels = C;
+      arrays.gamma = gamma;
+      arrays.beta = beta;
+      arrays.running_mean = running_mean_.data();
+      arrays.running_var = running_var_.data();
+      arrays.pivot = pivot;
+      arrays.mean = mean_.data();
+      arrays.var = var_.data();
+      arrays.invstd = invstd_.data();
+      arrays.hi = hi_.data();
+      arrays.a = a_.data();
+      arrays.b = b_.data();
       const bool update = training && opt_.track_running_stats;
-      if (update) {
-        args.factor = opt_.momentum ? *opt_.momentum : 1.0 / static_cast<double>(num_batches_tracked_ + 1);
-        args.running_mean = running_mean_.data();
-        args.running_var = running_var_.data();
-      }
-      args.gamma = gamma;
-      args.beta = beta;
-      args.pivot = pivot;
-      args.mean = &mean_[p];
-      args.var = &var_[p];
-      args.invstd = &invstd_[p];
-      args.hi = &hi_[p];
-      args.a = &a_[p];
-      args.b = &b_[p];
+      const BnCombineArgs args = bn_combine_args(arrays, k, comm ? group_size_ : 1, fwd_tag_, opt_.eps,
+                                                 BnRunningUpdate::of(update, opt_.momentum, num_batches_tracked_));
       // Synced: one pass over every channel, the all-reduce, then normalize. Local: no all-reduce in
       // between, so an L2-sized block of channels goes through stats, combine and normalize before the
       // next block: normalize reads the block from cache, and the forward reads x from memory once.
@@ -317,17 +313,16 @@ void SyncBatchNorm::backward(const Tensor& x, const Tensor& dy, Tensor& dx) {
       }
       if (saved_batch_stats_) {
         if (comm) reduce("backward");
-        BnBackwardCombineArgs args;
-        args.channels = C;
-        args.group_size = comm ? group_size_ : 1;
-        args.tag = bwd_tag_;
-        args.expected_count = counts_[static_cast<std::size_t>(k)];
-        args.gamma = opt_.affine ? gamma_.data() : nullptr;
-        args.mean = &mean_[p];
-        args.invstd = &invstd_[p];
-        args.hi = &hi_[p];
-        args.k1 = &k1_[p];
-        args.k0 = &k0_[p];
+        BnLayerArrays arrays;
+        arrays.channels = C;
+        arrays.gamma = opt_.affine ? gamma_.data() : nullptr;
+        arrays.mean = mean_.data();
+        arrays.invstd = invstd_.data();
+        arrays.hi = hi_.data();
+        arrays.k1 = k1_.data();
+        arrays.k0 = k0_.data();
+        const BnBackwardCombineArgs args = bn_backward_combine_args(arrays, k, comm ? group_size_ : 1, bwd_tag_,
+                                                                    counts_[static_cast<std::size_t>(k)]);
         const BnStatus st = cpu::bn_backward_combine(msg_.data(), args, range);
         if (st != kBnOk)
           throw_bn_status(st, name_, "backward", comm ? group_size_ : 0, msg_[kMsgCount], args.expected_count);

@@ -20,6 +20,7 @@
 
 #include "syncbn/app.h"
 #include "syncbn/config.h"
+#include "syncbn/cuda/train_model.h"
 
 namespace syncbn {
 namespace {
@@ -164,9 +165,7 @@ std::string cpu_target() {
 }
 
 std::vector<Item> build_items() {
-  std::string gpu = SBN_HAS_CUDA ? std::string("CUDA (") + SBN_CUDA_ARCHITECTURES + ")" : std::string("none");
-  if (SBN_HAS_NCCL) gpu += ", NCCL";
-  if (SBN_HAS_CUDNN) gpu += ", cuDNN";
+  const std::string gpu = gpu_build_description();
   const std::pair<const char*, std::string> build[] = {
       {"syncbn version", SBN_VERSION}, {"git commit", SBN_GIT_COMMIT}, {"build type", SBN_BUILD_TYPE},
       {"GPU support", gpu},            {"CPU target", cpu_target()},  {"compiler", __VERSION__},
@@ -258,84 +257,38 @@ struct Group {
   std::vector<int> ranks;
 };
 
-void agree(Communicator& world, const std::vector<Item>& items, const char* label) {
-  std::uint64_t all = fold(0, items.size());
-  for (const auto& it : items) all = fold(fold(all, hash_text(it.label)), it.hash);
-  if (world.all_equal(all, label)) return;
-
-  // 1. Rank 0's item list is the reference.
-  std::string labels;
-  for (const auto& it : items) labels += it.label + '\n';
-  broadcast_text(world, labels, 0, label);
-  std::vector<std::string> names;
-  for (std::size_t b = 0, e; (e = labels.find('\n', b)) != std::string::npos; b = e + 1) names.push_back(labels.substr(b, e - b));
-  std::vector<Kind> kinds(names.size(), Kind::kOption);  // only rank 0's matter (it prints)
-  std::map<std::string, const Item*> mine;
-  for (const auto& it : items) mine[it.label] = &it;
-  for (std::size_t j = 0; j < names.size(); ++j)
-    if (auto f = mine.find(names[j]); f != mine.end()) kinds[j] = f->second->kind;
-
-  // 2. Every rank's hash of every item: rank 0's items, then one column for items rank 0 does not have.
-  const std::size_t n = names.size() + 1, P = static_cast<std::size_t>(world.size());
-  constexpr std::uint64_t kAbsent = 0xAB5E47AB5E47AB5Eull;
-  std::vector<std::uint64_t> row(n, kAbsent);
-  std::string extra;
-  for (std::size_t j = 0; j + 1 < n; ++j)
-    if (auto f = mine.find(names[j]); f != mine.end()) row[j] = f->second->hash;
-  for (const auto& it : items)
-    if (std::find(names.begin(), names.end(), it.label) == names.end()) extra += (extra.empty() ? "" : ", ") + it.label;
-  row[n - 1] = extra.empty() ? 0 : hash_text(extra);
-  std::vector<double> matrix(P * n * 2, 0.0);
-  double* my = matrix.data() + static_cast<std::size_t>(world.rank()) * n * 2;
-  for (std::size_t j = 0; j < n; ++j) {
-    my[2 * j] = static_cast<double>(row[j] >> 32);
-    my[2 * j + 1] = static_cast<double>(row[j] & 0xFFFFFFFFull);
-  }
-  world.allreduce_sum(matrix.data(), matrix.size(), label);
-  const auto hash_of = [&](std::size_t r, std::size_t j) {
-    const double* m = matrix.data() + (r * n + j) * 2;
-    return (static_cast<std::uint64_t>(m[0]) << 32) | static_cast<std::uint64_t>(m[1]);
-  };
-
-  // 3. Per differing item, the groups of ranks that differ from rank 0.
-  std::vector<std::pair<std::size_t, std::vector<Group>>> differ;
-  for (std::size_t j = 0; j < n; ++j) {
-    std::vector<Group> groups;
-    for (std::size_t r = 1; r < P; ++r) {
-      const std::uint64_t h = hash_of(r, j);
-      if (h == hash_of(0, j)) continue;
-      auto g = std::find_if(groups.begin(), groups.end(), [&](const Group& x) { return x.hash == h; });
-      if (g == groups.end()) g = groups.insert(groups.end(), Group{h, {}});
-      g->ranks.push_back(static_cast<int>(r));
-    }
-    if (!groups.empty()) differ.emplace_back(j, std::move(groups));
-  }
-  if (differ.empty()) {  // only the label order differs (not possible within one build): say so anyway
-    throw AgreedError("ranks disagree on the order of their start-up checks" + std::string(kTail));
+// What every rank knows after the mismatch path's collectives: rank 0's item list (the reference), and
+// every rank's hash of every item, plus one column for the items rank 0 does not have.
+class Mismatch {
+ public:
+  Mismatch(Communicator& world, const std::vector<Item>& items, const char* label)
+      : world_(world), label_(label) {
+    for (const auto& it : items) mine_[it.label] = &it;
+    share_labels(items);
+    share_hashes(items);
   }
 
-  // The value texts of the shown items: rank 0's and each shown group's first rank's.
-  const auto value_of = [&](std::size_t j, int root) {
-    std::string text;
-    if (world.rank() == root) {
-      if (j + 1 == n) {
-        text = extra.empty() ? "(none)" : extra;
-      } else {
-        auto f = mine.find(names[j]);
-        text = f == mine.end() ? "(not in this build)" : f->second->shown;
+  // Per item that differs somewhere, the groups of ranks that differ from rank 0 (the same on every rank).
+  std::vector<std::pair<std::size_t, std::vector<Group>>> differing() const {
+    std::vector<std::pair<std::size_t, std::vector<Group>>> out;
+    for (std::size_t j = 0; j < n_; ++j) {
+      std::vector<Group> groups;
+      for (std::size_t r = 1; r < P(); ++r) {
+        const std::uint64_t h = hash_of(r, j);
+        if (h == hash_of(0, j)) continue;
+        auto g = std::find_if(groups.begin(), groups.end(), [&](const Group& x) { return x.hash == h; });
+        if (g == groups.end()) g = groups.insert(groups.end(), Group{h, {}});
+        g->ranks.push_back(static_cast<int>(r));
       }
+      if (!groups.empty()) out.emplace_back(j, std::move(groups));
     }
-    broadcast_text(world, text, root, label);
-    return clip(text);
-  };
-  std::string build, options, data;
-  const auto append = [](std::string& to, const std::string& sep, const std::string& what) {
-    to += (to.empty() ? "" : sep) + what;
-  };
-  for (std::size_t k = 0; k < differ.size() && k < kMaxItemsShown; ++k) {
-    const auto& [j, groups] = differ[k];
-    const Kind kind = j + 1 == n ? Kind::kOption : kinds[j];
-    const std::string name = j + 1 == n ? "options unknown to rank 0" : names[j];
+    return out;
+  }
+
+  // One item's part of the message; broadcasts the value texts it shows (collective).
+  void describe(std::size_t j, const std::vector<Group>& groups, std::string& build, std::string& options,
+                std::string& data) {
+    const Kind kind = j + 1 == n_ ? Kind::kOption : kinds_[j];
     const std::string v0 = value_of(j, 0);
     std::string values = "rank 0: " + v0;
     bool same_text = true;
@@ -358,21 +311,107 @@ void agree(Communicator& world, const std::vector<Item>& items, const char* labe
     }
     if (kind == Kind::kData) {
       std::sort(all_ranks.begin(), all_ranks.end());
-      const std::string who = rank_list(all_ranks);
-      append(data, "; ", name + " (" + (same_text ? v0 : values) + "): " + who +
+      append(data, "; ", name(j) + " (" + (same_text ? v0 : values) + "): " + rank_list(all_ranks) +
                              (all_ranks.size() == 1 ? " differs" : " differ") + " from rank 0");
     } else {
-      append(kind == Kind::kBuild ? build : options, ", ", name + " (" + values + ")");
+      append(kind == Kind::kBuild ? build : options, ", ", name(j) + " (" + values + ")");
     }
   }
+
+  std::string name(std::size_t j) const { return j + 1 == n_ ? "options unknown to rank 0" : names_[j]; }
+
+  static void append(std::string& to, const std::string& sep, const std::string& what) {
+    to += (to.empty() ? "" : sep) + what;
+  }
+
+ private:
+  std::size_t P() const { return static_cast<std::size_t>(world_.size()); }
+
+  // 1. Rank 0's item labels are the reference (ranks of another build may have other options).
+  void share_labels(const std::vector<Item>& items) {
+    std::string labels;
+    for (const auto& it : items) labels += it.label + '\n';
+    broadcast_text(world_, labels, 0, label_);
+    for (std::size_t b = 0, e; (e = labels.find('\n', b)) != std::string::npos; b = e + 1)
+      names_.push_back(labels.substr(b, e - b));
+    kinds_.assign(names_.size(), Kind::kOption);  // only rank 0's matter (it prints)
+    for (std::size_t j = 0; j < names_.size(); ++j)
+      if (auto f = mine_.find(names_[j]); f != mine_.end()) kinds_[j] = f->second->kind;
+    n_ = names_.size() + 1;
+  }
+
+  // 2. One allreduce_sum of a P x n matrix: each rank fills its own row with its hashes (as two exact
+  //    32-bit halves per double); the last column hashes the items rank 0 does not have.
+  void share_hashes(const std::vector<Item>& items) {
+    constexpr std::uint64_t kAbsent = 0xAB5E47AB5E47AB5Eull;
+    std::vector<std::uint64_t> row(n_, kAbsent);
+    for (std::size_t j = 0; j + 1 < n_; ++j)
+      if (auto f = mine_.find(names_[j]); f != mine_.end()) row[j] = f->second->hash;
+    for (const auto& it : items)
+      if (std::find(names_.begin(), names_.end(), it.label) == names_.end()) append(extra_, ", ", it.label);
+    row[n_ - 1] = extra_.empty() ? 0 : hash_text(extra_);
+    matrix_.assign(P() * n_ * 2, 0.0);
+    double* my = matrix_.data() + static_cast<std::size_t>(world_.rank()) * n_ * 2;
+    for (std::size_t j = 0; j < n_; ++j) {
+      my[2 * j] = static_cast<double>(row[j] >> 32);
+      my[2 * j + 1] = static_cast<double>(row[j] & 0xFFFFFFFFull);
+    }
+    world_.allreduce_sum(matrix_.data(), matrix_.size(), label_);
+  }
+
+  std::uint64_t hash_of(std::size_t r, std::size_t j) const {
+    const double* m = matrix_.data() + (r * n_ + j) * 2;
+    return (static_cast<std::uint64_t>(m[0]) << 32) | static_cast<std::uint64_t>(m[1]);
+  }
+
+  // Item j's value text on rank `root`, on every rank (collective).
+  std::string value_of(std::size_t j, int root) {
+    std::string text;
+    if (world_.rank() == root) {
+      if (j + 1 == n_) {
+        text = extra_.empty() ? "(none)" : extra_;
+      } else {
+        auto f = mine_.find(names_[j]);
+        text = f == mine_.end() ? "(not in this build)" : f->second->shown;
+      }
+    }
+    broadcast_text(world_, text, root, label_);
+    return clip(text);
+  }
+
+  Communicator& world_;
+  const char* label_;
+  std::map<std::string, const Item*> mine_;
+  std::vector<std::string> names_;
+  std::vector<Kind> kinds_;
+  std::size_t n_ = 0;
+  std::string extra_;  // this rank's items that rank 0 does not have
+  std::vector<double> matrix_;
+};
+
+void agree(Communicator& world, const std::vector<Item>& items, const char* label) {
+  std::uint64_t all = fold(0, items.size());
+  for (const auto& it : items) all = fold(fold(all, hash_text(it.label)), it.hash);
+  if (world.all_equal(all, label)) return;
+
+  // 3. Every rank groups the ranks that differ from rank 0 by value, identically, and the first rank of
+  //    each shown group broadcasts its value text for the message.
+  Mismatch m(world, items, label);
+  const auto differ = m.differing();
+  if (differ.empty()) {  // only the label order differs (not possible within one build): say so anyway
+    throw AgreedError("ranks disagree on the order of their start-up checks" + std::string(kTail));
+  }
+  std::string build, options, data;
+  for (std::size_t k = 0; k < differ.size() && k < kMaxItemsShown; ++k)
+    m.describe(differ[k].first, differ[k].second, build, options, data);
   std::string msg;
-  if (!build.empty()) append(msg, "; ", "ranks run different builds: " + build);
-  if (!options.empty()) append(msg, "; ", "ranks disagree on " + options);
-  if (!data.empty()) append(msg, "; ", "ranks disagree on the data: " + data);
+  if (!build.empty()) Mismatch::append(msg, "; ", "ranks run different builds: " + build);
+  if (!options.empty()) Mismatch::append(msg, "; ", "ranks disagree on " + options);
+  if (!data.empty()) Mismatch::append(msg, "; ", "ranks disagree on the data: " + data);
   if (differ.size() > kMaxItemsShown) {
     std::string more;
     for (std::size_t k = kMaxItemsShown; k < differ.size() && k < kMaxItemsShown + kMaxNamesListed; ++k)
-      append(more, ", ", differ[k].first + 1 == n ? "options unknown to rank 0" : names[differ[k].first]);
+      Mismatch::append(more, ", ", m.name(differ[k].first));
     if (differ.size() > kMaxItemsShown + kMaxNamesListed) more += ", ...";
     msg += " and " + std::to_string(differ.size() - kMaxItemsShown) + " more: " + more;
   }

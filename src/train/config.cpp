@@ -15,8 +15,8 @@
 #include "syncbn/config.h"
 #include "syncbn/data.h"
 #include "syncbn/error.h"
+#include "syncbn/norm_spec.h"
 #include "syncbn/sampler.h"
-#include "syncbn/sync_batchnorm.h"
 #include "syncbn/train_config.h"
 
 namespace po = boost::program_options;
@@ -116,33 +116,72 @@ struct Registry {
   }
 };
 
-}  // namespace
-
-DataOptions data_options(const TrainConfig& cfg) {
-  DataOptions d;
-  d.dataset = cfg.dataset;
-  d.dir = cfg.data_dir;
-  d.synthetic_train = cfg.synthetic_train;
-  d.synthetic_test = cfg.synthetic_test;
-  d.synthetic_shape = cfg.synthetic_shape;
-  d.seed = cfg.seed;
-  return d;
+void check_positive(std::int64_t v, const char* flag, std::int64_t max) {
+  SBN_CHECK(v > 0 && v <= max, std::string("--") + flag + " must be a positive integer in [1, " + std::to_string(max) +
+                                   "], got " + std::to_string(v));
+}
+void check_non_negative(std::int64_t v, const char* flag, std::int64_t max) {
+  SBN_CHECK(v >= 0 && v <= max, std::string("--") + flag + " must be an integer in [0, " + std::to_string(max) +
+                                    "], got " + std::to_string(v));
 }
 
-TrainOptions::TrainOptions() = default;
+// The normalization options, checked and typed: the one place the texts of --norm and --bn-momentum
+// are parsed (TrainOptions::norm() hands the result to the trainer and the models).
+NormSpec checked_norm(const TrainConfig& c, int world_size) {
+  NormSpec norm = parse_norm(c.norm);  // throws for an unknown text, sync:0, sync:x
+  if (norm.batchnorm() && norm.sync.kind == SyncMode::kGroups)
+    SBN_CHECK(world_size % norm.sync.group_size == 0, "--norm " + c.norm + ": K = " + std::to_string(norm.sync.group_size) +
+                                                          " does not divide the world size " + std::to_string(world_size));
+  check_positive(c.gn_groups, "gn-groups", kMaxGroups);
+  if (norm.kind == NormKind::kGroupNorm)
+    SBN_CHECK(c.width % c.gn_groups == 0, "--gn-groups " + std::to_string(c.gn_groups) +
+                                              " must divide --width " + std::to_string(c.width));
+  check_non_negative(c.ghost_batch, "ghost-batch", kMaxSamples);
+  SBN_CHECK(c.ghost_batch == 0 || (norm.batchnorm() && !norm.communicates()),
+            "--ghost-batch needs --norm local (ghost batches are per-rank statistics)");
+  SBN_CHECK(c.ghost_batch != 1, "--ghost-batch 1 leaves one value per channel: BN needs at least 2");
+  if (c.bn_momentum == "none") {
+    norm.momentum.reset();  // cumulative average
+  } else {
+    char* end = nullptr;
+    const double m = std::strtod(c.bn_momentum.c_str(), &end);
+    SBN_CHECK(!c.bn_momentum.empty() && *end == '\0' && m >= 0 && m <= 1,
+              "--bn-momentum must be a number in [0, 1] or none, got '" + c.bn_momentum + "'");
+    norm.momentum = m;
+  }
+  SBN_CHECK(std::isfinite(c.bn_eps) && c.bn_eps > 0, "--bn-eps must be positive and finite, got " + text_of(c.bn_eps));
+  norm.gn_groups = c.gn_groups;
+  norm.ghost_batch = c.ghost_batch;
+  norm.eps = c.bn_eps;
+  return norm;
+}
 
-ParseResult TrainOptions::parse(int argc, char** argv) {
-  options_.clear();
-  Registry reg;
-  reg.infos = &options_;
-  TrainConfig& c = cfg_;
-  std::string config_file;
-  bool help = false, help_markdown = false;
-  reg.group("General").add_options()
-      ("help,h", po::bool_switch(&help), "show this help and exit")
-      ("help-markdown", po::bool_switch(&help_markdown), "print the flag table of README.md and exit")
-      ("config,c", po::value(&config_file)->value_name("FILE"),
-       "read options from an INI file (key = value, same names as the flags); the command line wins");
+// Every BN batch (a sync group's share of a micro-batch, or a ghost batch) needs 2+ samples; a rank with
+// no samples in local mode just has nothing to normalize. --global-batch and --accum-steps already checked.
+void check_bn_batches(const TrainConfig& c, const NormSpec& norm, int world_size) {
+  if (!norm.batchnorm()) return;
+  const std::int64_t micro = c.global_batch / c.accum_steps;
+  const int group = norm.sync.kind == SyncMode::kLocal    ? 1
+                    : norm.sync.kind == SyncMode::kGroups ? norm.sync.group_size
+                                                          : world_size;
+  for (int g0 = 0; g0 < world_size; g0 += group) {
+    std::int64_t n = 0;
+    for (int r = g0; r < g0 + group; ++r) n += rank_slice(micro, world_size, r).count;
+    const std::string who = group == 1 ? "rank " + std::to_string(g0) : "sync group of ranks " + std::to_string(g0) +
+                                                                            ".." + std::to_string(g0 + group - 1);
+    SBN_CHECK(n != 1 && (n != 0 || group == 1),
+              "--global-batch " + std::to_string(c.global_batch) + " / --accum-steps " + std::to_string(c.accum_steps) +
+                  " over " + std::to_string(world_size) + " ranks gives the " + who + " " + std::to_string(n) +
+                  " sample(s) per micro-batch: BatchNorm needs at least 2 per sync group");
+    if (c.ghost_batch > 0 && n % c.ghost_batch == 1)
+      SBN_FAIL("--ghost-batch " + std::to_string(c.ghost_batch) + " splits the " + std::to_string(n) + " samples of " +
+               who + " into a last ghost batch of 1 sample: BatchNorm needs at least 2");
+  }
+}
+
+// Every flag of syncbn-train, in --help order: name, field, help text, and whether a resumed run may
+// change it (run length, output and runtime flags).
+void register_options(Registry& reg, TrainConfig& c) {
   reg.add("Data", "dataset", &c.dataset, "fashion-mnist | mnist | cifar10 | synthetic");
   reg.add("Data", "data-dir", &c.data_dir,
           "dataset directory (default: /usr/share/datasets/fashion-mnist for fashion-mnist, "
@@ -196,9 +235,10 @@ ParseResult TrainOptions::parse(int argc, char** argv) {
           "auto | cpu | cuda: auto = cuda when this build has the CUDA path and every rank sees a GPU", true);
   reg.add("Runtime", "precision", &c.precision,
           "fp32 | bf16 | fp16: activation precision on the GPU (fp16 with dynamic loss scaling); the CPU path is fp32");
+}
 
-  po::options_description all("syncbn-train: data-parallel training with Synchronized BatchNorm");
-  for (auto& g : reg.groups) all.add(g.second);
+// Parses argv, then --config's INI file (the command line wins), into the fields `all` points at.
+void store_options(int argc, char** argv, const po::options_description& all, const Registry& reg) {
   po::variables_map vm;
   try {
     // A flag given twice keeps its last value (so a wrapper's default can be overridden by appending
@@ -221,6 +261,51 @@ ParseResult TrainOptions::parse(int argc, char** argv) {
   } catch (const po::error& e) {
     SBN_FAIL(std::string(e.what()) + " (see --help)");
   }
+}
+
+// README.md's flag table (readme_flags checks it against this).
+std::string markdown_table(const std::vector<OptionInfo>& options) {
+  std::string t = "| flag | default | meaning |\n|---|---|---|\n";
+  for (const auto& o : options) {
+    std::string v = o.value(), text;
+    for (char ch : o.help) text += ch == '|' ? std::string("\\|") : std::string(1, ch);
+    t += "| `--" + o.name + "` | " + (v.empty() ? "" : "`" + v + "`") + " | " + text + " |\n";
+  }
+  return t;
+}
+
+}  // namespace
+
+DataOptions data_options(const TrainConfig& cfg) {
+  DataOptions d;
+  d.dataset = cfg.dataset;
+  d.dir = cfg.data_dir;
+  d.synthetic_train = cfg.synthetic_train;
+  d.synthetic_test = cfg.synthetic_test;
+  d.synthetic_shape = cfg.synthetic_shape;
+  d.seed = cfg.seed;
+  return d;
+}
+
+TrainOptions::TrainOptions() = default;
+
+ParseResult TrainOptions::parse(int argc, char** argv) {
+  options_.clear();
+  norm_.reset();  // validate() types the new values
+  Registry reg;
+  reg.infos = &options_;
+  TrainConfig& c = cfg_;
+  std::string config_file;
+  bool help = false, help_markdown = false;
+  reg.group("General").add_options()
+      ("help,h", po::bool_switch(&help), "show this help and exit")
+      ("help-markdown", po::bool_switch(&help_markdown), "print the flag table of README.md and exit")
+      ("config,c", po::value(&config_file)->value_name("FILE"),
+       "read options from an INI file (key = value, same names as the flags); the command line wins");
+  register_options(reg, c);
+  po::options_description all("syncbn-train: data-parallel training with Synchronized BatchNorm");
+  for (auto& g : reg.groups) all.add(g.second);
+  store_options(argc, argv, all, reg);
   ParseResult r;
   if (help) {
     std::ostringstream os;
@@ -228,97 +313,39 @@ ParseResult TrainOptions::parse(int argc, char** argv) {
     r.help = true;
     r.help_text = os.str();
   } else if (help_markdown) {
-    std::string t = "| flag | default | meaning |\n|---|---|---|\n";
-    for (const auto& o : options_) {
-      std::string v = o.value(), text;
-      for (char ch : o.help) text += ch == '|' ? std::string("\\|") : std::string(1, ch);
-      t += "| `--" + o.name + "` | " + (v.empty() ? "" : "`" + v + "`") + " | " + text + " |\n";
-    }
     r.help = true;
-    r.help_text = t;
+    r.help_text = markdown_table(options_);
   }
   return r;
 }
 
-void TrainOptions::validate(int world_size) const {
+void TrainOptions::validate(int world_size) {
   const TrainConfig& c = cfg_;
-  auto positive = [](std::int64_t v, const char* flag, std::int64_t max) {
-    SBN_CHECK(v > 0 && v <= max, std::string("--") + flag + " must be a positive integer in [1, " +
-                                     std::to_string(max) + "], got " + std::to_string(v));
-  };
-  auto non_negative = [](std::int64_t v, const char* flag, std::int64_t max) {
-    SBN_CHECK(v >= 0 && v <= max, std::string("--") + flag + " must be an integer in [0, " + std::to_string(max) +
-                                      "], got " + std::to_string(v));
-  };
+  norm_.reset();
   validate_data_options(data_options(c));
   SBN_CHECK(c.augment == "auto" || c.augment == "on" || c.augment == "off",
             "--augment must be auto, on or off, got '" + c.augment + "'");
   SBN_CHECK(c.model == "convnet" || c.model == "resnet", "unknown --model '" + c.model + "'; expected convnet or resnet");
   SBN_CHECK(c.width >= 1 && c.width <= 4096, "--width must be in [1, 4096], got " + std::to_string(c.width));
   SBN_CHECK(c.depth >= 1 && c.depth <= 64, "--depth must be in [1, 64], got " + std::to_string(c.depth));
-  // Normalization.
-  const bool bn = c.norm == "sync" || c.norm == "local" || c.norm.rfind("sync:", 0) == 0;
-  SBN_CHECK(bn || c.norm == "groupnorm" || c.norm == "none",
-            "unknown --norm '" + c.norm + "'; expected sync, sync:K, local, groupnorm or none");
-  int group = world_size;
-  if (bn) {
-    const SyncMode m = parse_sync_mode(c.norm);  // throws for sync:0, sync:x
-    if (m.kind == SyncMode::kGroups) {
-      SBN_CHECK(world_size % m.group_size == 0, "--norm " + c.norm + ": K = " + std::to_string(m.group_size) +
-                                                    " does not divide the world size " + std::to_string(world_size));
-      group = m.group_size;
-    }
-    if (m.kind == SyncMode::kLocal) group = 1;
-  }
-  positive(c.gn_groups, "gn-groups", kMaxGroups);
-  if (c.norm == "groupnorm")
-    SBN_CHECK(c.width % c.gn_groups == 0, "--gn-groups " + std::to_string(c.gn_groups) +
-                                              " must divide --width " + std::to_string(c.width));
-  non_negative(c.ghost_batch, "ghost-batch", kMaxSamples);
-  SBN_CHECK(c.ghost_batch == 0 || c.norm == "local",
-            "--ghost-batch needs --norm local (ghost batches are per-rank statistics)");
-  SBN_CHECK(c.ghost_batch != 1, "--ghost-batch 1 leaves one value per channel: BN needs at least 2");
-  if (c.bn_momentum != "none") {
-    char* end = nullptr;
-    const double m = std::strtod(c.bn_momentum.c_str(), &end);
-    SBN_CHECK(!c.bn_momentum.empty() && *end == '\0' && m >= 0 && m <= 1,
-              "--bn-momentum must be a number in [0, 1] or none, got '" + c.bn_momentum + "'");
-  }
-  SBN_CHECK(std::isfinite(c.bn_eps) && c.bn_eps > 0, "--bn-eps must be positive and finite, got " + text_of(c.bn_eps));
+  const NormSpec norm = checked_norm(c, world_size);  // normalization
   // Batching.
-  positive(c.global_batch, "global-batch", kMaxSamples);
-  positive(c.accum_steps, "accum-steps", kMaxSamples);
+  check_positive(c.global_batch, "global-batch", kMaxSamples);
+  check_positive(c.accum_steps, "accum-steps", kMaxSamples);
   SBN_CHECK(c.global_batch % c.accum_steps == 0, "--accum-steps " + std::to_string(c.accum_steps) +
                                                      " does not divide --global-batch " + std::to_string(c.global_batch));
   SBN_CHECK(c.grad_accum == "fp32" || c.grad_accum == "fp64",
             "--grad-accum must be fp32 or fp64, got '" + c.grad_accum + "'");
-  const std::int64_t micro = c.global_batch / c.accum_steps;
-  if (bn) {
-    // Every BN batch (a sync group's share of a micro-batch, or a ghost batch) needs 2+ samples; a rank
-    // with no samples in local mode just has nothing to normalize.
-    for (int g0 = 0; g0 < world_size; g0 += group) {
-      std::int64_t n = 0;
-      for (int r = g0; r < g0 + group; ++r) n += rank_slice(micro, world_size, r).count;
-      const std::string who = group == 1 ? "rank " + std::to_string(g0) : "sync group of ranks " + std::to_string(g0) +
-                                                                              ".." + std::to_string(g0 + group - 1);
-      SBN_CHECK(n != 1 && (n != 0 || group == 1),
-                "--global-batch " + std::to_string(c.global_batch) + " / --accum-steps " + std::to_string(c.accum_steps) +
-                    " over " + std::to_string(world_size) + " ranks gives the " + who + " " + std::to_string(n) +
-                    " sample(s) per micro-batch: BatchNorm needs at least 2 per sync group");
-      if (c.ghost_batch > 0 && n % c.ghost_batch == 1)
-        SBN_FAIL("--ghost-batch " + std::to_string(c.ghost_batch) + " splits the " + std::to_string(n) + " samples of " +
-                 who + " into a last ghost batch of 1 sample: BatchNorm needs at least 2");
-    }
-  }
+  check_bn_batches(c, norm, world_size);
   // Schedule.
-  positive(c.epochs, "epochs", kMaxEpochs);
-  non_negative(c.max_steps, "max-steps", kMaxSteps);
-  non_negative(c.stop_after, "stop-after", kMaxSteps);
+  check_positive(c.epochs, "epochs", kMaxEpochs);
+  check_non_negative(c.max_steps, "max-steps", kMaxSteps);
+  check_non_negative(c.stop_after, "stop-after", kMaxSteps);
   SBN_CHECK(std::isfinite(c.lr) && c.lr > 0, "--lr must be positive and finite, got " + text_of(c.lr));
   SBN_CHECK(c.momentum >= 0 && c.momentum < 1, "--momentum must be in [0, 1), got " + text_of(c.momentum));
   SBN_CHECK(std::isfinite(c.weight_decay) && c.weight_decay >= 0,
             "--weight-decay must be finite and >= 0, got " + text_of(c.weight_decay));
-  non_negative(c.warmup_steps, "warmup-steps", kMaxSteps);
+  check_non_negative(c.warmup_steps, "warmup-steps", kMaxSteps);
   SBN_CHECK(c.lr_schedule == "cosine" || c.lr_schedule == "step" || c.lr_schedule == "constant",
             "--lr-schedule must be cosine, step or constant, got '" + c.lr_schedule + "'");
   if (!c.lr_steps.empty()) {
@@ -336,9 +363,9 @@ void TrainOptions::validate(int world_size) const {
   }
   SBN_CHECK(c.lr_gamma > 0 && c.lr_gamma <= 1, "--lr-gamma must be in (0, 1], got " + text_of(c.lr_gamma));
   // Output.
-  non_negative(c.eval_every, "eval-every", kMaxSteps);
-  positive(c.log_every, "log-every", kMaxSteps);
-  non_negative(c.save_every, "save-every", kMaxSteps);
+  check_non_negative(c.eval_every, "eval-every", kMaxSteps);
+  check_positive(c.log_every, "log-every", kMaxSteps);
+  check_non_negative(c.save_every, "save-every", kMaxSteps);
   SBN_CHECK(c.save_every == 0 || !c.run_dir.empty(), "--save-every needs --run-dir");
   SBN_CHECK(c.resume != "latest" || !c.run_dir.empty(), "--resume latest needs --run-dir");
   // Paths, checked before anything opens them: a FIFO given as the checkpoint would block its reader
@@ -355,7 +382,7 @@ void TrainOptions::validate(int world_size) const {
               "--run-dir " + c.run_dir + ": exists and is not a directory");
   }
   // Runtime.
-  positive(c.threads, "threads", kMaxThreads);
+  check_positive(c.threads, "threads", kMaxThreads);
   SBN_CHECK(c.comm_timeout >= 0 && c.comm_timeout <= kMaxCommTimeout,
             "--comm-timeout must be in [0, " + text_of(kMaxCommTimeout) + "] seconds (0: never; " +
                 text_of(kMaxCommTimeout) + " = one week), got " + text_of(c.comm_timeout));
@@ -363,6 +390,12 @@ void TrainOptions::validate(int world_size) const {
             "--device must be auto, cpu or cuda, got '" + c.device + "'");
   SBN_CHECK(c.precision == "fp32" || c.precision == "bf16" || c.precision == "fp16",
             "--precision must be fp32, bf16 or fp16, got '" + c.precision + "'");
+  norm_ = norm;
+}
+
+const NormSpec& TrainOptions::norm() const {
+  SBN_CHECK(norm_.has_value(), "TrainOptions::norm() before a successful validate()");
+  return *norm_;
 }
 
 std::string TrainOptions::to_ini() const {

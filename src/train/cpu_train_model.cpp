@@ -23,11 +23,8 @@ class CpuTrainModel final : public TrainModel {
   CpuTrainModel(const ModelSpec& spec, const TrainConfig& cfg, Communicator& world) : spec_(spec) {
     omp_set_num_threads(static_cast<int>(cfg.threads));
     openblas_set_num_threads(static_cast<int>(cfg.threads));
-    if (spec_.norm.kind == "sync") {
-      group_ = std::make_unique<SyncGroup>(world, parse_sync_mode(cfg.norm));
-      spec_.norm.group = group_.get();
-    }
-    model_ = build_model(spec_, ctx_, cfg.seed);
+    if (spec_.norm.communicates()) group_ = std::make_unique<SyncGroup>(world, spec_.norm.sync);
+    model_ = build_model(spec_, ctx_, cfg.seed, group_.get());
     if (cfg.grad_accum == "fp64") model_->params.enable_fp64_grads();
     sgd_ = std::make_unique<Sgd>(model_->params, cfg.momentum, cfg.weight_decay, cfg.nesterov, cfg.decay_norm_bias);
   }

@@ -15,13 +15,10 @@
 #include "syncbn/data.h"
 #include "syncbn/error.h"
 #include "syncbn/metrics.h"
-#include "syncbn/cpu_train_model.h"
+#include "syncbn/model_factory.h"
 #include "syncbn/optimizer.h"
 #include "syncbn/run_control.h"
 #include "syncbn/sampler.h"
-#if SBN_HAS_CUDA
-#include "syncbn/cuda/train_model.h"
-#endif
 
 namespace syncbn {
 namespace {
@@ -92,18 +89,6 @@ EvalResult evaluate(TrainModel& model, const Dataset& test, Communicator& world)
   return {sums[0] / static_cast<double>(test.size()), sums[1] / static_cast<double>(test.size())};
 }
 
-// --device auto: cuda when this build has the CUDA path and every rank sees a device, else cpu.
-std::string resolve_device(const std::string& requested, Communicator& world) {
-  if (requested != "auto") return requested;
-#if SBN_HAS_CUDA
-  const bool mine = cuda_device_available();
-  return world.any(!mine, "device selection") ? "cpu" : "cuda";
-#else
-  (void)world;
-  return "cpu";
-#endif
-}
-
 // One training job on this rank: set-up (agreement, data, run dir, model, resume), then optimizer
 // steps with logging, evaluation and checkpoints. Every decision that ends the job early (a stop
 // signal, a failed metrics write, a non-finite step) is taken by every rank at the same step boundary:
@@ -161,7 +146,6 @@ class TrainingRun {
     agree_on_options(world_, options_);  // before anything acts on them
     device_ = resolve_device(cfg_.device, world_);
     run_agreed(world_, "device", [&] {
-      SBN_CHECK(device_ == "cpu" || SBN_HAS_CUDA, "--device cuda: this syncbn was built without CUDA (configure with nvcc available)");
       SBN_CHECK(device_ == "cuda" || cfg_.precision == "fp32", "--precision " + cfg_.precision + " needs --device cuda; the CPU path computes in fp32");
     });
     // Every rank must train the same thing (options and build agreed above); nothing is written before
@@ -205,8 +189,6 @@ class TrainingRun {
 
   void build_model() {
     const Dataset& train = data_.train;
-    batchnorm_ = cfg_.norm != "groupnorm" && cfg_.norm != "none";
-    communicating_norm_ = batchnorm_ && cfg_.norm != "local";
     ModelSpec spec;
     spec.arch = cfg_.model;
     spec.width = cfg_.width;
@@ -215,21 +197,8 @@ class TrainingRun {
     spec.height = train.height;
     spec.width_px = train.width;
     spec.classes = train.num_classes;
-    spec.norm.kind = !batchnorm_ ? cfg_.norm : cfg_.norm == "local" ? "local" : "sync";
-    spec.norm.gn_groups = cfg_.gn_groups;
-    spec.norm.ghost_batch = cfg_.ghost_batch;
-    if (cfg_.bn_momentum == "none") spec.norm.momentum.reset();  // cumulative average
-    else spec.norm.momentum = std::stod(cfg_.bn_momentum);
-    spec.norm.eps = cfg_.bn_eps;
-    run_agreed(world_, "model", [&] {
-#if SBN_HAS_CUDA
-      if (device_ == "cuda") {
-        model_ = make_cuda_train_model(spec, cfg_, world_);
-        return;
-      }
-#endif
-      model_ = make_cpu_train_model(spec, cfg_, world_);
-    });
+    spec.norm = norm_;
+    run_agreed(world_, "model", [&] { model_ = make_train_model(device_, spec, cfg_, world_); });
     print_rank_table(world_, log_, model_->device());
     log_("# model %s\n# %.3f M parameters, %d SyncBN layers\n", model_->describe().c_str(),
          static_cast<double>(model_->num_params()) / 1e6, model_->num_syncbn_layers());
@@ -242,11 +211,11 @@ class TrainingRun {
     total_steps_ = cfg_.max_steps > 0 ? cfg_.max_steps : cfg_.epochs * steps_per_epoch_;
     micro_ = cfg_.global_batch / cfg_.accum_steps;
     my_ = rank_slice(micro_, P, rank_);
-    const SyncMode mode = batchnorm_ ? parse_sync_mode(cfg_.norm) : SyncMode{};
-    bn_batch_ = !batchnorm_ ? 0
-                : cfg_.norm == "local" ? (cfg_.ghost_batch ? cfg_.ghost_batch : rank_slice(micro_, P, 0).count)
-                : mode.kind == SyncMode::kSync ? micro_
-                                               : micro_ * mode.group_size / P;
+    const SyncMode& sync = norm_.sync;
+    bn_batch_ = !norm_.batchnorm()              ? 0
+                : sync.kind == SyncMode::kLocal ? (norm_.ghost_batch ? norm_.ghost_batch : rank_slice(micro_, P, 0).count)
+                : sync.kind == SyncMode::kSync  ? micro_
+                                                : micro_ * sync.group_size / P;
     log_("# %lld steps/epoch, %lld steps; global batch %lld = %lld micro-batch(es) of %lld; rank %d takes %lld; "
          "BN batch %lld\n",
          static_cast<long long>(steps_per_epoch_), static_cast<long long>(total_steps_),
@@ -286,7 +255,7 @@ class TrainingRun {
     // Σ loss and Σ correct over this rank's samples, then the flags every rank must act on together.
     double sums[4] = {0, 0, 0, 0};
     for (std::int64_t m = 0; m < cfg_.accum_steps; ++m) {
-      if (my_.count == 0 && !communicating_norm_) continue;  // nothing to compute, nobody waits for us here
+      if (my_.count == 0 && !norm_.communicates()) continue;  // nothing to compute, nobody waits for us here
       gather_batch(data_.train, batch + m * micro_ + my_.first, my_.count, augment ? &aug : nullptr, images_.data(),
                    labels_.data());
       std::int64_t correct = 0;
@@ -390,7 +359,7 @@ class TrainingRun {
   std::int64_t epoch_of(std::int64_t step) const { return step > 0 ? (step - 1) / steps_per_epoch_ + 1 : 1; }
 
   EvalResult run_eval(std::int64_t step) {
-    if (batchnorm_ && !communicating_norm_) model_->average_running_stats(world_);
+    if (norm_.batchnorm() && !norm_.communicates()) model_->average_running_stats(world_);
     const EvalResult e = evaluate(*model_, data_.test, world_);
     log_("eval  epoch %lld step %lld: test loss %.4f acc %.2f%%\n", static_cast<long long>(epoch_of(step)),
          static_cast<long long>(step), e.loss, 100 * e.acc);
@@ -404,7 +373,7 @@ class TrainingRun {
   // A checkpoint of the current position (rank 0 writes; agreed); its path is kept for messages.
   void save() {
     if (cfg_.run_dir.empty()) return;
-    if (batchnorm_ && !communicating_norm_) model_->average_running_stats(world_);
+    if (norm_.batchnorm() && !norm_.communicates()) model_->average_running_stats(world_);
     const std::string path = checkpoint_path(cfg_.run_dir, pos_.step);
     model_->state_to_host();
     run_agreed(world_, "checkpoint save", [&] {
@@ -437,7 +406,7 @@ class TrainingRun {
 
   std::string device_;
   DataSplits data_;
-  bool batchnorm_ = false, communicating_norm_ = false;
+  const NormSpec& norm_ = options_.norm();  // --norm & co., typed by TrainOptions::validate()
   std::unique_ptr<TrainModel> model_;
   std::unique_ptr<Sampler> sampler_;
   std::int64_t steps_per_epoch_ = 0, total_steps_ = 0, micro_ = 0, bn_batch_ = 0;

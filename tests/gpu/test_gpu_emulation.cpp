@@ -357,46 +357,49 @@ std::vector<double> emulate_reduce(const T* x, const T* dy, const BnGeometry& g,
   return msg;
 }
 
-template <class T, bool kRelu>
-void emulate_normalize(const T* x, const BnGeometry& g, int sm_count, const float* hi, const float* a, const float* b,
-                       T* y) {
+// Calls f(integral_constant V, tile, bx, by, tx, ty) for every thread of the elementwise launch plan
+// over g, in block order; `addr`: the tensors' addresses or-ed (they decide the vector width).
+template <class T, class F>
+void for_each_elementwise_thread(const BnGeometry& g, std::uint64_t addr, int sm_count, F&& f) {
   if (g.numel() == 0) return;
   const BnTile t = cuda::bn_plan(BnPass::kElementwise, g.outer, g.channels, g.inner, g.channels_last, sizeof(T),
-                                 addr_of(x) | addr_of(y), sm_count);
+                                 addr, sm_count);
   with_vec<T>(t.vec, [&](auto v) {
-    constexpr int V = decltype(v)::value;
     for (std::int64_t bx = 0; bx < t.grid_x; ++bx)
       for (std::int64_t by = 0; by < t.grid_y; ++by)
         for (int yy = 0; yy < t.ty; ++yy)
-          for (int xx = 0; xx < t.tx; ++xx) {
-            if (g.channels_last) {
-              cuda::normalize_thread_rows<T, V, kRelu>(x, y, t, bx, by, xx, yy, hi, a, b);
-            } else {
-              cuda::normalize_thread_planar<T, V, kRelu>(x, y, t, bx, xx, yy, hi, a, b);
-            }
-          }
+          for (int xx = 0; xx < t.tx; ++xx) f(v, t, bx, by, xx, yy);
   });
+}
+
+template <class T, bool kRelu>
+void emulate_normalize(const T* x, const BnGeometry& g, int sm_count, const float* hi, const float* a, const float* b,
+                       T* y) {
+  for_each_elementwise_thread<T>(
+      g, addr_of(x) | addr_of(y), sm_count,
+      [&](auto v, const BnTile& t, std::int64_t bx, std::int64_t by, int xx, int yy) {
+        constexpr int V = decltype(v)::value;
+        if (g.channels_last) {
+          cuda::normalize_thread_rows<T, V, kRelu>(x, y, t, bx, by, xx, yy, hi, a, b);
+        } else {
+          cuda::normalize_thread_planar<T, V, kRelu>(x, y, t, bx, xx, yy, hi, a, b);
+        }
+      });
 }
 
 template <class T, bool kRelu>
 void emulate_elemt(const T* dy, const T* x, const BnGeometry& g, int sm_count, const float* hi, const float* a,
                    const float* b, const float* k1, const float* k0, T* dx) {
-  if (g.numel() == 0) return;
-  const BnTile t = cuda::bn_plan(BnPass::kElementwise, g.outer, g.channels, g.inner, g.channels_last, sizeof(T),
-                                 addr_of(x) | addr_of(dy) | addr_of(dx), sm_count);
-  with_vec<T>(t.vec, [&](auto v) {
-    constexpr int V = decltype(v)::value;
-    for (std::int64_t bx = 0; bx < t.grid_x; ++bx)
-      for (std::int64_t by = 0; by < t.grid_y; ++by)
-        for (int yy = 0; yy < t.ty; ++yy)
-          for (int xx = 0; xx < t.tx; ++xx) {
-            if (g.channels_last) {
-              cuda::elemt_thread_rows<T, V, kRelu>(dy, x, dx, t, bx, by, xx, yy, hi, a, b, k1, k0);
-            } else {
-              cuda::elemt_thread_planar<T, V, kRelu>(dy, x, dx, t, bx, xx, yy, hi, a, b, k1, k0);
-            }
-          }
-  });
+  for_each_elementwise_thread<T>(
+      g, addr_of(x) | addr_of(dy) | addr_of(dx), sm_count,
+      [&](auto v, const BnTile& t, std::int64_t bx, std::int64_t by, int xx, int yy) {
+        constexpr int V = decltype(v)::value;
+        if (g.channels_last) {
+          cuda::elemt_thread_rows<T, V, kRelu>(dy, x, dx, t, bx, by, xx, yy, hi, a, b, k1, k0);
+        } else {
+          cuda::elemt_thread_planar<T, V, kRelu>(dy, x, dx, t, bx, xx, yy, hi, a, b, k1, k0);
+        }
+      });
 }
 
 struct Scenario {
@@ -430,40 +433,78 @@ bool same_bits(const T* got, const std::vector<float>& ref_f, std::int64_t n, st
   return true;
 }
 
-// One scenario in dtype T: stats, combine, normalize, backward reduce, backward combine, elemt — each
-// emulated from the CPU's inputs and compared with the CPU's outputs.
+// One scenario's data in dtype T as the emulated device holds it (x, dy) and as the CPU kernels read it
+// (x.f, dy.f: the same values in fp32), with the pivot and tag every step uses.
 template <class T>
-bool run_scenario(const Scenario& sc, bool relu, int sm_count, std::string& why) {
-  const std::int64_t C = sc.shape[1];
-  std::int64_t S = 1;
-  for (std::size_t i = 2; i < sc.shape.size(); ++i) S *= sc.shape[i];
-  const Tensor xt = to_tensor(make_data(31, 0, sc.shape[0], C, S, sc.mean, sc.std), sc.shape, sc.layout);
-  const Tensor dyt = to_tensor(make_data(32, 0, sc.shape[0], C, S, 0.0, 1.0), sc.shape, sc.layout);
-  HostData<T> x = make_host<T>(xt, sc.shift), dy = make_host<T>(dyt, sc.shift);
-  const BnGeometry g = bn_geometry(sc.shape, sc.layout, "emulation");
-  const std::int64_t n = g.per_channel(), numel = g.numel();
-  const double tag = 12345;
-  std::vector<double> pivot(static_cast<std::size_t>(C));
-  for (std::int64_t c = 0; c < C; ++c) pivot[static_cast<std::size_t>(c)] = sc.mean + 0.25 * static_cast<double>(c % 3);
-  bool ok = true;
+struct EmuCase {
+  std::int64_t C = 0, n = 0, numel = 0;
+  BnGeometry g;
+  HostData<T> x, dy;
+  std::vector<double> pivot;        // (C)
+  std::vector<float> gamma, beta;   // (C)
+  double tag = 12345;
 
-  // stats
-  std::vector<double> cpu_msg(static_cast<std::size_t>(bn_msg_size(C)));
-  cpu::bn_stats(x.f.data(), g, pivot.data(), tag, cpu_msg.data());
-  const std::vector<double> emu_msg = emulate_reduce<T, false, false>(x.data(), nullptr, g, sm_count, pivot.data(),
-                                                                      nullptr, nullptr, nullptr, nullptr, nullptr,
-                                                                      tag, nullptr, nullptr);
+  explicit EmuCase(const Scenario& sc) : C(sc.shape[1]), g(bn_geometry(sc.shape, sc.layout, "emulation")) {
+    std::int64_t S = 1;
+    for (std::size_t i = 2; i < sc.shape.size(); ++i) S *= sc.shape[i];
+    const Tensor xt = to_tensor(make_data(31, 0, sc.shape[0], C, S, sc.mean, sc.std), sc.shape, sc.layout);
+    const Tensor dyt = to_tensor(make_data(32, 0, sc.shape[0], C, S, 0.0, 1.0), sc.shape, sc.layout);
+    x = make_host<T>(xt, sc.shift);
+    dy = make_host<T>(dyt, sc.shift);
+    n = g.per_channel();
+    numel = g.numel();
+    const auto CC = static_cast<std::size_t>(C);
+    pivot.resize(CC);
+    gamma.resize(CC);
+    beta.resize(CC);
+    for (std::size_t c = 0; c < CC; ++c) {
+      pivot[c] = sc.mean + 0.25 * static_cast<double>(c % 3);
+      gamma[c] = 1.0f + 0.1f * static_cast<float>(c % 4);
+      beta[c] = 0.3f - 0.05f * static_cast<float>(c % 5);
+    }
+  }
+};
+
+using HostBuffers = BnLayerBuffers<std::vector<double>, std::vector<float>>;
+
+// The per-channel arrays of a combine (one set for the CPU kernel, one for the emulated device): a layer
+// with the given γ and β (empty: 1 and 0), running statistics 0.5 / 2.0 and the given pivot.
+HostBuffers combine_buffers(const std::vector<double>& pivot, const std::vector<float>& gamma,
+                            const std::vector<float>& beta) {
+  const std::size_t C = pivot.size();
+  HostBuffers o;
+  o.pivot = pivot;
+  o.gamma = gamma;
+  o.beta = beta;
+  for (auto* v : {&o.mean, &o.var, &o.invstd}) v->assign(C, 0.0);
+  for (auto* v : {&o.hi, &o.a, &o.b, &o.k1, &o.k0}) v->assign(C, 0.0f);
+  o.running_mean.assign(C, 0.5f);
+  o.running_var.assign(C, 2.0f);
+  return o;
+}
+
+// stats: the emulated reduction against cpu::bn_stats (header exact, moments within fp32-partial
+// tolerance); leaves the CPU's message in cpu_msg.
+template <class T>
+bool check_stats(EmuCase<T>& e, int sm_count, std::vector<double>& cpu_msg, std::string& why) {
+  const std::int64_t C = e.C;
+  bool ok = true;
+  cpu_msg.assign(static_cast<std::size_t>(bn_msg_size(C)), 0.0);
+  cpu::bn_stats(e.x.f.data(), e.g, e.pivot.data(), e.tag, cpu_msg.data());
+  const std::vector<double> emu_msg = emulate_reduce<T, false, false>(e.x.data(), nullptr, e.g, sm_count,
+                                                                      e.pivot.data(), nullptr, nullptr, nullptr,
+                                                                      nullptr, nullptr, e.tag, nullptr, nullptr);
   for (int h = 0; h < kMsgHeader; ++h)
     if (emu_msg[static_cast<std::size_t>(h)] != cpu_msg[static_cast<std::size_t>(h)]) {
       ok = false;
       why += "stats header entry " + std::to_string(h) + " differs\n";
     }
-  if (n > 0) {
+  if (e.n > 0) {
     double max_mean = 0, max_var = 0;
     for (std::int64_t c = 0; c < C; ++c) {
       double m0, v0, m1, v1;
-      moments(cpu_msg, C, c, pivot.data(), &m0, &v0);
-      moments(emu_msg, C, c, pivot.data(), &m1, &v1);
+      moments(cpu_msg, C, c, e.pivot.data(), &m0, &v0);
+      moments(emu_msg, C, c, e.pivot.data(), &m1, &v1);
       const double sd = std::sqrt(v0);
       // fp32 partials of ≤ 64 values around a data value: errors ~1e-7 typical, 1e-5 bound.
       const double em = std::fabs(m1 - m0) / (sd + 1e-30), ev = std::fabs(v1 - v0) / (v0 + 1e-30);
@@ -476,79 +517,63 @@ bool run_scenario(const Scenario& sc, bool relu, int sm_count, std::string& why)
              " relative\n";
     }
   }
-  if (n < 2) return ok;  // combine would (rightly) refuse: no coefficients to go on with
+  return ok;
+}
 
-  // combine: the device per-channel step vs cpu::bn_combine on the same (CPU) message, bit for bit
-  const auto CC = static_cast<std::size_t>(C);
-  std::vector<float> gamma(CC), beta(CC), rm0(CC, 0.5f), rv0(CC, 2.0f);
-  for (std::int64_t c = 0; c < C; ++c) {
-    gamma[static_cast<std::size_t>(c)] = 1.0f + 0.1f * static_cast<float>(c % 4);
-    beta[static_cast<std::size_t>(c)] = 0.3f - 0.05f * static_cast<float>(c % 5);
-  }
-  struct Out {
-    std::vector<double> pivot, mean, var, invstd;
-    std::vector<float> rm, rv, hi, a, b;
-  };
-  auto make_args = [&](Out& o, const std::vector<double>& piv) {
-    o.pivot = piv;
-    o.mean.assign(CC, 0);
-    o.var.assign(CC, 0);
-    o.invstd.assign(CC, 0);
-    o.rm = rm0;
-    o.rv = rv0;
-    o.hi.assign(CC, 0);
-    o.a.assign(CC, 0);
-    o.b.assign(CC, 0);
-    BnCombineArgs args;
-    args.channels = C;
-    args.group_size = 1;
-    args.tag = tag;
-    args.factor = 0.1;
-    args.gamma = gamma.data();
-    args.beta = beta.data();
-    args.running_mean = o.rm.data();
-    args.running_var = o.rv.data();
-    args.pivot = o.pivot.data();
-    args.mean = o.mean.data();
-    args.var = o.var.data();
-    args.invstd = o.invstd.data();
-    args.hi = o.hi.data();
-    args.a = o.a.data();
-    args.b = o.b.data();
-    return args;
-  };
-  Out oc, oe;
-  const BnCombineArgs ac = make_args(oc, pivot), ae = make_args(oe, pivot);
+// combine: the device per-channel step vs cpu::bn_combine on the same (CPU) message, bit for bit; oc gets
+// the CPU's outputs.
+template <class T>
+bool check_combine(const EmuCase<T>& e, const std::vector<double>& cpu_msg, HostBuffers& oc, HostBuffers& oe,
+                   std::string& why) {
+  const BnRunningUpdate momentum = BnRunningUpdate::of(true, 0.1, 0);
+  const BnCombineArgs ac = bn_combine_args(oc.arrays(e.C), 0, 1, e.tag, 1e-5, momentum);
+  const BnCombineArgs ae = bn_combine_args(oe.arrays(e.C), 0, 1, e.tag, 1e-5, momentum);
+  const std::int64_t C = e.C;
   const BnStatus st_cpu = cpu::bn_combine(cpu_msg.data(), ac);
   const BnStatus st_emu = cuda::bn_forward_status(cpu_msg.data(), ae.group_size, ae.tag);
   if (st_emu == kBnOk)
-    for (std::int64_t c = 0; c < C; ++c) cuda::bn_combine_channel(cpu_msg.data(), ae, c, ae.factor);
+    for (std::int64_t c = 0; c < C; ++c) bn_combine_channel(cpu_msg.data(), ae, ae.running.factor(), c);
   if (st_cpu != st_emu || oc.pivot != oe.pivot || oc.mean != oe.mean || oc.var != oe.var || oc.invstd != oe.invstd ||
-      oc.rm != oe.rm || oc.rv != oe.rv || oc.hi != oe.hi || oc.a != oe.a || oc.b != oe.b) {
-    ok = false;
+      oc.running_mean != oe.running_mean || oc.running_var != oe.running_var || oc.hi != oe.hi || oc.a != oe.a ||
+      oc.b != oe.b) {
     why += "combine: device step differs from cpu::bn_combine\n";
+    return false;
   }
+  return true;
+}
 
-  // normalize: bit-exact against the CPU output rounded to T
-  std::vector<float> y_cpu(static_cast<std::size_t>(numel));
-  cpu::bn_normalize(x.f.data(), g, oc.hi.data(), oc.a.data(), oc.b.data(), relu, false, y_cpu.data());
-  std::vector<T> y_store(static_cast<std::size_t>(numel + sc.shift + 1));
+// normalize: bit-exact against the CPU output rounded to T
+template <class T>
+bool check_normalize(EmuCase<T>& e, const Scenario& sc, bool relu, int sm_count, HostBuffers& oc,
+                     std::string& why) {
+  std::vector<float> y_cpu(static_cast<std::size_t>(e.numel));
+  cpu::bn_normalize(e.x.f.data(), e.g, oc.hi.data(), oc.a.data(), oc.b.data(), relu, false, y_cpu.data());
+  std::vector<T> y_store(static_cast<std::size_t>(e.numel + sc.shift + 1));
   T* y = y_store.data() + sc.shift;
   with_flag(relu, [&](auto r) {
-    emulate_normalize<T, decltype(r)::value>(x.data(), g, sm_count, oc.hi.data(), oc.a.data(), oc.b.data(), y);
+    emulate_normalize<T, decltype(r)::value>(e.x.data(), e.g, sm_count, oc.hi.data(), oc.a.data(), oc.b.data(), y);
   });
-  ok &= same_bits(y, y_cpu, numel, why, "normalize");
+  return same_bits(y, y_cpu, e.numel, why, "normalize");
+}
 
-  // backward reduce (+ local dγ, dβ)
-  std::vector<double> cpu_bmsg(static_cast<std::size_t>(bn_msg_size(C)));
+// backward reduce (+ local dγ, dβ): sums and parameter gradients within tolerance of the CPU's, scaled
+// by Σ|dy'| and Σ|dy'·(x − hi)| of the channel; leaves the CPU's message in cpu_bmsg.
+template <class T>
+bool check_backward_reduce(EmuCase<T>& e, bool relu, int sm_count, HostBuffers& oc,
+                           std::vector<double>& cpu_bmsg, std::string& why) {
+  const std::int64_t C = e.C, numel = e.numel;
+  const auto CC = static_cast<std::size_t>(C);
+  const BnGeometry& g = e.g;
+  bool ok = true;
+  cpu_bmsg.assign(static_cast<std::size_t>(bn_msg_size(C)), 0.0);
   std::vector<float> dg_cpu(CC, 0.25f), db_cpu(CC, -0.5f), dg_emu(dg_cpu), db_emu(db_cpu);
-  cpu::bn_backward_reduce(dy.f.data(), x.f.data(), g, oc.hi.data(), oc.a.data(), oc.b.data(), relu, oc.mean.data(),
-                          oc.invstd.data(), tag + 1, cpu_bmsg.data(), dg_cpu.data(), db_cpu.data());
+  cpu::bn_backward_reduce(e.dy.f.data(), e.x.f.data(), g, oc.hi.data(), oc.a.data(), oc.b.data(), relu,
+                          oc.mean.data(), oc.invstd.data(), e.tag + 1, cpu_bmsg.data(), dg_cpu.data(), db_cpu.data());
   std::vector<double> emu_bmsg;
   with_flag(relu, [&](auto r) {
-    emu_bmsg = emulate_reduce<T, true, decltype(r)::value>(x.data(), dy.data(), g, sm_count, nullptr, oc.hi.data(),
-                                                          oc.a.data(), oc.b.data(), oc.mean.data(), oc.invstd.data(),
-                                                          tag + 1, dg_emu.data(), db_emu.data());
+    emu_bmsg = emulate_reduce<T, true, decltype(r)::value>(e.x.data(), e.dy.data(), g, sm_count, nullptr,
+                                                          oc.hi.data(), oc.a.data(), oc.b.data(), oc.mean.data(),
+                                                          oc.invstd.data(), e.tag + 1, dg_emu.data(), db_emu.data());
   });
   for (int h = 0; h < kMsgHeader; ++h)
     if (emu_bmsg[static_cast<std::size_t>(h)] != cpu_bmsg[static_cast<std::size_t>(h)]) {
@@ -558,13 +583,13 @@ bool run_scenario(const Scenario& sc, bool relu, int sm_count, std::string& why)
   for (std::int64_t c = 0; c < C; ++c) {
     // Scales: Σ|dy'| and Σ|dy'·(x − hi)| of the channel, from the fp32 data.
     double sa = 0, sb = 0;
-    for (std::int64_t e = 0; e < numel; ++e) {
-      const std::int64_t ch = g.channels_last ? e % C : (e / g.inner) % C;
+    for (std::int64_t el = 0; el < numel; ++el) {
+      const std::int64_t ch = g.channels_last ? el % C : (el / g.inner) % C;
       if (ch != c) continue;
-      const float xh = x.f[static_cast<std::size_t>(e)] - oc.hi[static_cast<std::size_t>(c)];
-      const float gd = cuda::bn_gate<true>(dy.f[static_cast<std::size_t>(e)], xh, oc.a[static_cast<std::size_t>(c)],
+      const float xh = e.x.f[static_cast<std::size_t>(el)] - oc.hi[static_cast<std::size_t>(c)];
+      const float gd = cuda::bn_gate<true>(e.dy.f[static_cast<std::size_t>(el)], xh, oc.a[static_cast<std::size_t>(c)],
                                            oc.b[static_cast<std::size_t>(c)]);
-      const double gg = relu ? gd : dy.f[static_cast<std::size_t>(e)];
+      const double gg = relu ? gd : e.dy.f[static_cast<std::size_t>(el)];
       sa += std::fabs(gg);
       sb += std::fabs(gg * xh);
     }
@@ -583,41 +608,58 @@ bool run_scenario(const Scenario& sc, bool relu, int sm_count, std::string& why)
       break;
     }
   }
+  return ok;
+}
 
-  // backward combine, bit for bit, then elemt bit-exact
-  std::vector<float> k1c(CC), k0c(CC), k1e(CC), k0e(CC);
-  BnBackwardCombineArgs bc;
-  bc.channels = C;
-  bc.group_size = 1;
-  bc.tag = tag + 1;
-  bc.expected_count = cpu_msg[kMsgCount];
-  bc.gamma = gamma.data();
-  bc.mean = oc.mean.data();
-  bc.invstd = oc.invstd.data();
-  bc.hi = oc.hi.data();
-  BnBackwardCombineArgs be = bc;
-  bc.k1 = k1c.data();
-  bc.k0 = k0c.data();
-  be.k1 = k1e.data();
-  be.k0 = k0e.data();
+// backward combine, bit for bit (into oc's and oe's k1, k0), then elemt bit-exact with the CPU's
+// coefficients.
+template <class T>
+bool check_backward_combine_elemt(EmuCase<T>& e, const Scenario& sc, bool relu, int sm_count,
+                                  const std::vector<double>& cpu_msg, const std::vector<double>& cpu_bmsg,
+                                  HostBuffers& oc, HostBuffers& oe, std::string& why) {
+  bool ok = true;
+  // Both from the CPU's forward outputs; each writes its own k1, k0.
+  BnLayerArrays cpu_arrays = oc.arrays(e.C), emu_arrays = cpu_arrays;
+  emu_arrays.k1 = oe.k1.data();
+  emu_arrays.k0 = oe.k0.data();
+  const BnBackwardCombineArgs bc = bn_backward_combine_args(cpu_arrays, 0, 1, e.tag + 1, cpu_msg[kMsgCount]);
+  const BnBackwardCombineArgs be = bn_backward_combine_args(emu_arrays, 0, 1, e.tag + 1, cpu_msg[kMsgCount]);
   const BnStatus bst_cpu = cpu::bn_backward_combine(cpu_bmsg.data(), bc);
-  const BnStatus bst_emu = cuda::bn_backward_status(cpu_bmsg.data(), 1, tag + 1, cpu_msg[kMsgCount]);
+  const BnStatus bst_emu = cuda::bn_backward_status(cpu_bmsg.data(), 1, e.tag + 1, cpu_msg[kMsgCount]);
   if (bst_emu == kBnOk)
-    for (std::int64_t c = 0; c < C; ++c) cuda::bn_backward_combine_channel(cpu_bmsg.data(), be, c);
-  if (bst_cpu != bst_emu || k1c != k1e || k0c != k0e) {
+    for (std::int64_t c = 0; c < e.C; ++c) bn_backward_combine_channel(cpu_bmsg.data(), be, c);
+  if (bst_cpu != bst_emu || oc.k1 != oe.k1 || oc.k0 != oe.k0) {
     ok = false;
     why += "backward combine: device step differs from cpu::bn_backward_combine\n";
   }
-  std::vector<float> dx_cpu(static_cast<std::size_t>(numel));
-  cpu::bn_backward_elemt(dy.f.data(), x.f.data(), g, oc.hi.data(), oc.a.data(), oc.b.data(), relu, k1c.data(),
-                         k0c.data(), false, dx_cpu.data());
-  std::vector<T> dx_store(static_cast<std::size_t>(numel + sc.shift + 1));
+  std::vector<float> dx_cpu(static_cast<std::size_t>(e.numel));
+  cpu::bn_backward_elemt(e.dy.f.data(), e.x.f.data(), e.g, oc.hi.data(), oc.a.data(), oc.b.data(), relu,
+                         oc.k1.data(), oc.k0.data(), false, dx_cpu.data());
+  std::vector<T> dx_store(static_cast<std::size_t>(e.numel + sc.shift + 1));
   T* dx = dx_store.data() + sc.shift;
   with_flag(relu, [&](auto r) {
-    emulate_elemt<T, decltype(r)::value>(dy.data(), x.data(), g, sm_count, oc.hi.data(), oc.a.data(), oc.b.data(),
-                                         k1c.data(), k0c.data(), dx);
+    emulate_elemt<T, decltype(r)::value>(e.dy.data(), e.x.data(), e.g, sm_count, oc.hi.data(), oc.a.data(),
+                                         oc.b.data(), oc.k1.data(), oc.k0.data(), dx);
   });
-  ok &= same_bits(dx, dx_cpu, numel, why, "backward_elemt");
+  ok &= same_bits(dx, dx_cpu, e.numel, why, "backward_elemt");
+  return ok;
+}
+
+// One scenario in dtype T: stats, combine, normalize, backward reduce, backward combine, elemt — each
+// emulated from the CPU's inputs and compared with the CPU's outputs.
+template <class T>
+bool run_scenario(const Scenario& sc, bool relu, int sm_count, std::string& why) {
+  EmuCase<T> e(sc);
+  std::vector<double> cpu_msg, cpu_bmsg;
+  bool ok = check_stats(e, sm_count, cpu_msg, why);
+  if (e.n < 2) return ok;  // combine would (rightly) refuse: no coefficients to go on with
+
+  // The CPU's outputs and the emulated device's.
+  HostBuffers oc = combine_buffers(e.pivot, e.gamma, e.beta), oe = combine_buffers(e.pivot, e.gamma, e.beta);
+  ok &= check_combine(e, cpu_msg, oc, oe, why);
+  ok &= check_normalize(e, sc, relu, sm_count, oc, why);
+  ok &= check_backward_reduce(e, relu, sm_count, oc, cpu_bmsg, why);
+  ok &= check_backward_combine_elemt(e, sc, relu, sm_count, cpu_msg, cpu_bmsg, oc, oe, why);
   return ok;
 }
 
@@ -666,19 +708,9 @@ TEST(GpuEmulation, DeviceChecksAgreeWithCpuCombines) {
     msg[3] = msg[4] = 1.0;
     msg[5] = msg[6] = 3.0;
   };
-  std::vector<double> piv(2, 0.0), mean(2), var(2), invstd(2);
-  std::vector<float> hi(2), a(2), b(2), k1(2), k0(2);
-  BnCombineArgs args;
-  args.channels = C;
-  args.group_size = 3;
-  args.tag = 7;
-  args.pivot = piv.data();
-  args.mean = mean.data();
-  args.var = var.data();
-  args.invstd = invstd.data();
-  args.hi = hi.data();
-  args.a = a.data();
-  args.b = b.data();
+  HostBuffers out = combine_buffers(std::vector<double>(C, 0.0), {}, {});  // γ = 1, β = 0
+  const BnLayerArrays arrays = out.arrays(C);
+  const BnCombineArgs args = bn_combine_args(arrays, 0, 3, 7, 1e-5, BnRunningUpdate{});
   struct Case {
     double s, s2, n;
   };
@@ -688,18 +720,9 @@ TEST(GpuEmulation, DeviceChecksAgreeWithCpuCombines) {
     EXPECT_EQ(cuda::bn_forward_status(msg.data(), 3, 7), cpu::bn_combine(msg.data(), args))
         << k.s << " " << k.s2 << " " << k.n;
   }
-  BnBackwardCombineArgs bargs;
-  bargs.channels = C;
-  bargs.group_size = 3;
-  bargs.tag = 7;
-  bargs.mean = mean.data();
-  bargs.invstd = invstd.data();
-  bargs.hi = hi.data();
-  bargs.k1 = k1.data();
-  bargs.k0 = k0.data();
   for (double expected : {10.0, 11.0}) {
     set(21, 147, 10);
-    bargs.expected_count = expected;
+    const BnBackwardCombineArgs bargs = bn_backward_combine_args(arrays, 0, 3, 7, expected);
     EXPECT_EQ(cuda::bn_backward_status(msg.data(), 3, 7, expected), cpu::bn_backward_combine(msg.data(), bargs));
   }
 }

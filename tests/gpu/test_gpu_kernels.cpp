@@ -53,67 +53,112 @@ struct Scenario {
   double mean, std;
 };
 
-// Everything for one scenario; returns this rank's verdict with the reasons.
-bool run_scenario(const Scenario& sc, DType dt, bool relu, cudaStream_t s, int sms, std::string& why) {
-  const std::int64_t C = sc.shape[1];
-  std::int64_t S = 1;
-  for (std::size_t i = 2; i < sc.shape.size(); ++i) S *= sc.shape[i];
-  const BnGeometry g = bn_geometry(sc.shape, sc.layout, "gpu test");
-  const std::int64_t n = g.per_channel(), numel = g.numel();
-  const auto CC = static_cast<std::size_t>(C);
-  const std::size_t esz = cuda::dtype_size(dt);
-  // Device tensors with `shift` elements of slack in front (to misalign on purpose).
-  std::vector<std::int64_t> padded = {numel + sc.shift};
+// One scenario's inputs: x and dy on the device in dtype dt, `shift` elements into their allocations (to
+// misalign on purpose), the same dtype-rounded values in fp32 for the CPU kernels, a workspace, the pivot.
+struct KernelCase {
+  const Scenario& sc;
+  DType dt;
+  cudaStream_t s;
+  int sms;
+  BnGeometry g;
+  std::int64_t C = 0, n = 0, numel = 0;
   DeviceTensor xd, dyd, yd, dxd;
-  for (DeviceTensor* t : {&xd, &dyd, &yd, &dxd}) t->resize(padded, Layout::kPlanar, dt);
-  auto at = [&](DeviceTensor& t) { return static_cast<char*>(t.data()) + sc.shift * esz; };
-  // Data as the device holds it: upload fp32, read back the dtype-rounded values.
-  const Tensor xh = to_tensor(make_data(41, 0, sc.shape[0], C, S, sc.mean, sc.std), sc.shape, sc.layout);
-  const Tensor dyh = to_tensor(make_data(42, 0, sc.shape[0], C, S, 0.0, 1.0), sc.shape, sc.layout);
-  {
+  Tensor xf, dyf;
+  DeviceArray<double> wsd;
+  cuda::BnWorkspace ws;
+  std::vector<double> pivot;  // (C)
+  double tag = 777;
+
+  KernelCase(const Scenario& scenario, DType dtype, cudaStream_t stream, int sm_count)
+      : sc(scenario), dt(dtype), s(stream), sms(sm_count), g(bn_geometry(sc.shape, sc.layout, "gpu test")),
+        C(sc.shape[1]), n(g.per_channel()), numel(g.numel()), xf(sc.shape, sc.layout), dyf(sc.shape, sc.layout) {
+    std::int64_t S = 1;
+    for (std::size_t i = 2; i < sc.shape.size(); ++i) S *= sc.shape[i];
+    std::vector<std::int64_t> padded = {numel + sc.shift};
+    for (DeviceTensor* t : {&xd, &dyd, &yd, &dxd}) t->resize(padded, Layout::kPlanar, dt);
+    // Data as the device holds it: upload fp32, read back the dtype-rounded values.
+    const Tensor xh = to_tensor(make_data(41, 0, sc.shape[0], C, S, sc.mean, sc.std), sc.shape, sc.layout);
+    const Tensor dyh = to_tensor(make_data(42, 0, sc.shape[0], C, S, 0.0, 1.0), sc.shape, sc.layout);
     DeviceTensor tmp;
     cuda::copy_to_device(xh, dt, tmp, s);
     SBN_CUDA_CHECK(cudaMemcpyAsync(at(xd), tmp.data(), tmp.bytes(), cudaMemcpyDeviceToDevice, s), "test");
     cuda::copy_to_device(dyh, dt, tmp, s);
     SBN_CUDA_CHECK(cudaMemcpyAsync(at(dyd), tmp.data(), tmp.bytes(), cudaMemcpyDeviceToDevice, s), "test");
-  }
-  Tensor xf(sc.shape, sc.layout), dyf(sc.shape, sc.layout);
-  {
     const std::vector<double> xr = round_to_dtype(as_double(xh), dt), dr = round_to_dtype(as_double(dyh), dt);
     for (std::int64_t i = 0; i < numel; ++i) {
       xf[i] = static_cast<float>(xr[static_cast<std::size_t>(i)]);
       dyf[i] = static_cast<float>(dr[static_cast<std::size_t>(i)]);
     }
+    wsd.resize(std::max<std::size_t>(cuda::bn_workspace_doubles(g, sms), 1), "test workspace");
+    ws.data = wsd.data();
+    ws.doubles = wsd.size();
+    ws.sm_count = sms;
+    pivot.resize(static_cast<std::size_t>(C));
+    for (std::size_t c = 0; c < pivot.size(); ++c) pivot[c] = sc.mean + 0.5 * static_cast<double>(c % 3);
   }
-  cuda::BnWorkspace ws;
-  DeviceArray<double> wsd;
-  wsd.resize(std::max<std::size_t>(cuda::bn_workspace_doubles(g, sms), 1), "test workspace");
-  ws.data = wsd.data();
-  ws.doubles = wsd.size();
-  ws.sm_count = sms;
-  bool ok = true;
-  const double tag = 777;
+  // The first element of t's data (after the slack).
+  char* at(DeviceTensor& t) const { return static_cast<char*>(t.data()) + sc.shift * cuda::dtype_size(dt); }
+};
 
-  // ---- stats
-  std::vector<double> pivot(CC);
-  for (std::size_t c = 0; c < CC; ++c) pivot[c] = sc.mean + 0.5 * static_cast<double>(c % 3);
-  std::vector<double> cpu_msg(static_cast<std::size_t>(bn_msg_size(C)));
-  cpu::bn_stats(xf.data(), g, pivot.data(), tag, cpu_msg.data());
-  auto pivot_d = upload(pivot, s);
-  DeviceArray<double> msg_d;
-  msg_d.resize(cpu_msg.size(), "test message");
-  cuda::bn_stats(at(xd), dt, g, pivot_d.data(), tag, msg_d.data(), ws, s);
-  const std::vector<double> gpu_msg = download(msg_d, cpu_msg.size(), s);
+using HostBuffers = BnLayerBuffers<std::vector<double>, std::vector<float>>;
+using DeviceBuffers = BnLayerBuffers<DeviceArray<double>, DeviceArray<float>>;
+
+// The combines' arrays on the host (the CPU kernels' reference), as a layer with running statistics
+// 0.25 / 1.5 and the given pivot.
+HostBuffers host_buffers(const std::vector<double>& pivot) {
+  const std::size_t CC = pivot.size();
+  HostBuffers h;
+  h.pivot = pivot;
+  for (auto* v : {&h.mean, &h.var, &h.invstd}) v->assign(CC, 0.0);
+  for (auto* v : {&h.gamma, &h.beta, &h.hi, &h.a, &h.b, &h.k1, &h.k0}) v->assign(CC, 0.0f);
+  h.running_mean.assign(CC, 0.25f);
+  h.running_var.assign(CC, 1.5f);
+  for (std::size_t c = 0; c < CC; ++c) {
+    h.gamma[c] = 0.9f + 0.05f * static_cast<float>(c % 5);
+    h.beta[c] = 0.1f * static_cast<float>(c % 3) - 0.1f;
+  }
+  return h;
+}
+
+// Their device twins, uploaded from the host values before any combine ran; the message and status words.
+struct DeviceArrays : DeviceBuffers {
+  DeviceArray<double> msg, count, expected;
+  DeviceArray<int> status;
+  DeviceArrays(const HostBuffers& h, cudaStream_t s) {
+    const std::size_t CC = h.pivot.size();
+    pivot = upload(h.pivot, s);
+    gamma = upload(h.gamma, s);
+    beta = upload(h.beta, s);
+    running_mean = upload(h.running_mean, s);
+    running_var = upload(h.running_var, s);
+    for (auto* d : {&mean, &var, &invstd}) d->resize(CC, "test");
+    for (auto* d : {&hi, &a, &b, &k1, &k0}) d->resize(CC, "test");
+    msg.resize(static_cast<std::size_t>(bn_msg_size(static_cast<std::int64_t>(CC))), "test message");
+    for (auto* d : {&count, &expected}) d->resize(1, "test");
+    status.resize(1, "test");
+    SBN_CUDA_CHECK(cudaMemsetAsync(status.data(), 0, sizeof(int), s), "test");
+  }
+};
+
+// ---- stats: the message's header exactly, mean and variance within fp32-partial tolerance; cpu_msg gets
+// the CPU's message.
+bool check_stats(KernelCase& k, DeviceArrays& d, std::vector<double>& cpu_msg, std::string& why) {
+  bool ok = true;
+  const std::int64_t C = k.C;
+  cpu_msg.assign(static_cast<std::size_t>(bn_msg_size(C)), 0.0);
+  cpu::bn_stats(k.xf.data(), k.g, k.pivot.data(), k.tag, cpu_msg.data());
+  cuda::bn_stats(k.at(k.xd), k.dt, k.g, d.pivot.data(), k.tag, d.msg.data(), k.ws, k.s);
+  const std::vector<double> gpu_msg = download(d.msg, cpu_msg.size(), k.s);
   for (int h = 0; h < kMsgHeader; ++h)
     if (gpu_msg[static_cast<std::size_t>(h)] != cpu_msg[static_cast<std::size_t>(h)]) {
       ok = false;
       why += "stats header " + std::to_string(h) + "\n";
     }
-  for (std::int64_t c = 0; c < C && n > 0; ++c) {
+  for (std::int64_t c = 0; c < C && k.n > 0; ++c) {
     double m0, v0, m1, v1;
     const auto i1 = static_cast<std::size_t>(kMsgHeader + c), i2 = static_cast<std::size_t>(kMsgHeader + C + c);
-    bn_moments(cpu_msg[i1], cpu_msg[i2], cpu_msg[kMsgCount], pivot[static_cast<std::size_t>(c)], &m0, &v0);
-    bn_moments(gpu_msg[i1], gpu_msg[i2], gpu_msg[kMsgCount], pivot[static_cast<std::size_t>(c)], &m1, &v1);
+    bn_moments(cpu_msg[i1], cpu_msg[i2], cpu_msg[kMsgCount], k.pivot[static_cast<std::size_t>(c)], &m0, &v0);
+    bn_moments(gpu_msg[i1], gpu_msg[i2], gpu_msg[kMsgCount], k.pivot[static_cast<std::size_t>(c)], &m1, &v1);
     const double sd = std::sqrt(v0);
     if (!(std::fabs(m1 - m0) <= 1e-5 * sd + 1e-12 * std::fabs(m0) && std::fabs(v1 - v0) <= 1e-5 * v0 + 1e-30)) {
       ok = false;
@@ -122,114 +167,80 @@ bool run_scenario(const Scenario& sc, DType dt, bool relu, cudaStream_t s, int s
       break;
     }
   }
-  if (n < 2) return ok;
+  return ok;
+}
 
-  // ---- combine (on the CPU's message): bit-identical outputs
-  std::vector<float> gamma(CC), beta(CC);
-  for (std::size_t c = 0; c < CC; ++c) {
-    gamma[c] = 0.9f + 0.05f * static_cast<float>(c % 5);
-    beta[c] = 0.1f * static_cast<float>(c % 3) - 0.1f;
-  }
-  std::vector<double> mean(CC), var(CC), invstd(CC), piv_cpu = pivot;
-  std::vector<float> rm(CC, 0.25f), rv(CC, 1.5f), hi(CC), a(CC), b(CC);
-  BnCombineArgs ca;
-  ca.channels = C;
-  ca.tag = tag;
-  ca.factor = 0.1;
-  ca.gamma = gamma.data();
-  ca.beta = beta.data();
-  ca.running_mean = rm.data();
-  ca.running_var = rv.data();
-  ca.pivot = piv_cpu.data();
-  ca.mean = mean.data();
-  ca.var = var.data();
-  ca.invstd = invstd.data();
-  ca.hi = hi.data();
-  ca.a = a.data();
-  ca.b = b.data();
-  if (cpu::bn_combine(cpu_msg.data(), ca) != kBnOk) {
-    why += "cpu combine failed\n";
-    return false;
-  }
-  auto cmsg_d = upload(cpu_msg, s);
-  auto gamma_d = upload(gamma, s), beta_d = upload(beta, s);
-  auto rm_d = upload(std::vector<float>(CC, 0.25f), s), rv_d = upload(std::vector<float>(CC, 1.5f), s);
-  DeviceArray<double> mean_d, var_d, invstd_d;
-  DeviceArray<float> hi_d, a_d, b_d, k1_d, k0_d;
-  for (auto* d : {&mean_d, &var_d, &invstd_d}) d->resize(CC, "test");
-  for (auto* d : {&hi_d, &a_d, &b_d, &k1_d, &k0_d}) d->resize(CC, "test");
-  DeviceArray<int> status_d;
-  DeviceArray<double> count_d, expected_d;
-  status_d.resize(1, "test");
-  count_d.resize(1, "test");
-  expected_d.resize(1, "test");
-  SBN_CUDA_CHECK(cudaMemsetAsync(status_d.data(), 0, sizeof(int), s), "test");
-  BnCombineArgs ga = ca;
-  ga.gamma = gamma_d.data();
-  ga.beta = beta_d.data();
-  ga.running_mean = rm_d.data();
-  ga.running_var = rv_d.data();
-  ga.pivot = pivot_d.data();
-  ga.mean = mean_d.data();
-  ga.var = var_d.data();
-  ga.invstd = invstd_d.data();
-  ga.hi = hi_d.data();
-  ga.a = a_d.data();
-  ga.b = b_d.data();
+// ---- combine on the CPU's message (h holds cpu::bn_combine's outputs): every device output bit-identical
+bool check_combine(KernelCase& k, const std::vector<double>& cpu_msg, HostBuffers& h, DeviceArrays& d,
+                   std::string& why) {
+  const std::size_t CC = h.pivot.size();
+  const BnCombineArgs ga = bn_combine_args(d.arrays(k.C), 0, 1, k.tag, 1e-5, BnRunningUpdate::of(true, 0.1, 0));
+  auto cmsg_d = upload(cpu_msg, k.s);
   cuda::BnDeviceReport rep;
-  rep.status = status_d.data();
-  rep.count = count_d.data();
-  cuda::bn_combine(cmsg_d.data(), ga, cuda::BnRunningCounter{}, rep, s);
-  const bool combine_same = download(mean_d, CC, s) == mean && download(var_d, CC, s) == var &&
-                            download(invstd_d, CC, s) == invstd && download(hi_d, CC, s) == hi &&
-                            download(a_d, CC, s) == a && download(b_d, CC, s) == b && download(rm_d, CC, s) == rm &&
-                            download(rv_d, CC, s) == rv && download(pivot_d, CC, s) == piv_cpu &&
-                            download(status_d, 1, s)[0] == kBnOk && download(count_d, 1, s)[0] == cpu_msg[kMsgCount];
-  if (!combine_same) {
-    ok = false;
-    why += "bn_combine: device outputs differ from cpu::bn_combine\n";
-  }
+  rep.status = d.status.data();
+  rep.count = d.count.data();
+  cuda::bn_combine(cmsg_d.data(), ga, cuda::BnRunningCounter{}, rep, k.s);
+  const cudaStream_t s = k.s;
+  const bool combine_same = download(d.mean, CC, s) == h.mean && download(d.var, CC, s) == h.var &&
+                            download(d.invstd, CC, s) == h.invstd && download(d.hi, CC, s) == h.hi &&
+                            download(d.a, CC, s) == h.a && download(d.b, CC, s) == h.b &&
+                            download(d.running_mean, CC, s) == h.running_mean &&
+                            download(d.running_var, CC, s) == h.running_var && download(d.pivot, CC, s) == h.pivot &&
+                            download(d.status, 1, s)[0] == kBnOk && download(d.count, 1, s)[0] == cpu_msg[kMsgCount];
+  if (!combine_same) why += "bn_combine: device outputs differ from cpu::bn_combine\n";
   // The elementwise passes get the CPU's coefficients, so their outputs must match bit for bit.
-  cuda::copy_to_device(hi, hi_d.data(), s);
-  cuda::copy_to_device(a, a_d.data(), s);
-  cuda::copy_to_device(b, b_d.data(), s);
+  cuda::copy_to_device(h.hi, d.hi.data(), s);
+  cuda::copy_to_device(h.a, d.a.data(), s);
+  cuda::copy_to_device(h.b, d.b.data(), s);
+  return combine_same;
+}
 
-  // ---- normalize
-  Tensor y_cpu(sc.shape, sc.layout);
-  cpu::bn_normalize(xf.data(), g, hi.data(), a.data(), b.data(), relu, false, y_cpu.data());
-  cuda::bn_normalize(at(xd), dt, g, hi_d.data(), a_d.data(), b_d.data(), relu, at(yd), sms, s);
-  DeviceTensor y_view;
-  y_view.resize(sc.shape, sc.layout, dt);
-  SBN_CUDA_CHECK(cudaMemcpyAsync(y_view.data(), at(yd), y_view.bytes(), cudaMemcpyDeviceToDevice, s), "test");
-  const Tensor y_gpu = cuda::copy_to_host(y_view, s);
-  const std::vector<double> y_want = round_to_dtype(as_double(y_cpu), dt);
-  for (std::int64_t i = 0; i < numel; ++i)
-    if (static_cast<double>(y_gpu[i]) != y_want[static_cast<std::size_t>(i)]) {
-      ok = false;
-      why += "normalize: element " + std::to_string(i) + " got " + std::to_string(y_gpu[i]) + " want " +
-             std::to_string(y_want[static_cast<std::size_t>(i)]) + "\n";
-      break;
+// The device tensor t (data after the slack) on the host, through the staging tensor `view`.
+Tensor device_result(KernelCase& k, DeviceTensor& t, DeviceTensor& view) {
+  SBN_CUDA_CHECK(cudaMemcpyAsync(view.data(), k.at(t), view.bytes(), cudaMemcpyDeviceToDevice, k.s), "test");
+  return cuda::copy_to_host(view, k.s);
+}
+
+// Element by element equality with the CPU result rounded to the dtype; the first mismatch goes to why.
+bool same_as_cpu(const Tensor& got, const Tensor& cpu, KernelCase& k, const char* what, std::string& why) {
+  const std::vector<double> want = round_to_dtype(as_double(cpu), k.dt);
+  for (std::int64_t i = 0; i < k.numel; ++i)
+    if (static_cast<double>(got[i]) != want[static_cast<std::size_t>(i)]) {
+      why += std::string(what) + ": element " + std::to_string(i) + " got " + std::to_string(got[i]) + " want " +
+             std::to_string(want[static_cast<std::size_t>(i)]) + "\n";
+      return false;
     }
+  return true;
+}
 
-  // ---- backward reduce (+ dγ, dβ accumulate onto non-zero values)
-  std::vector<double> cpu_bmsg(cpu_msg.size());
+// ---- backward reduce (+ dγ, dβ accumulate onto non-zero values): sums within tolerance; cpu_bmsg gets
+// the CPU's message.
+bool check_backward_reduce(KernelCase& k, bool relu, HostBuffers& h, DeviceArrays& d, std::vector<double>& cpu_bmsg,
+                           std::string& why) {
+  bool ok = true;
+  const cudaStream_t s = k.s;
+  const std::size_t CC = h.pivot.size();
+  cpu_bmsg.assign(static_cast<std::size_t>(bn_msg_size(k.C)), 0.0);
   std::vector<float> dg(CC, 0.5f), db(CC, -0.25f);
-  cpu::bn_backward_reduce(dyf.data(), xf.data(), g, hi.data(), a.data(), b.data(), relu, mean.data(), invstd.data(),
-                          tag + 1, cpu_bmsg.data(), dg.data(), db.data());
+  cpu::bn_backward_reduce(k.dyf.data(), k.xf.data(), k.g, h.hi.data(), h.a.data(), h.b.data(), relu, h.mean.data(),
+                          h.invstd.data(), k.tag + 1, cpu_bmsg.data(), dg.data(), db.data());
   auto dg_d = upload(std::vector<float>(CC, 0.5f), s), db_d = upload(std::vector<float>(CC, -0.25f), s);
-  cuda::copy_to_device(mean, mean_d.data(), s);
-  cuda::copy_to_device(invstd, invstd_d.data(), s);
-  cuda::bn_backward_reduce(at(dyd), at(xd), dt, g, hi_d.data(), a_d.data(), b_d.data(), relu, mean_d.data(),
-                           invstd_d.data(), tag + 1, msg_d.data(), dg_d.data(), db_d.data(), ws, s);
-  const std::vector<double> gpu_bmsg = download(msg_d, cpu_msg.size(), s);
+  cuda::copy_to_device(h.mean, d.mean.data(), s);
+  cuda::copy_to_device(h.invstd, d.invstd.data(), s);
+  cuda::bn_backward_reduce(k.at(k.dyd), k.at(k.xd), k.dt, k.g, d.hi.data(), d.a.data(), d.b.data(), relu,
+                           d.mean.data(), d.invstd.data(), k.tag + 1, d.msg.data(), dg_d.data(), db_d.data(), k.ws, s);
+  const std::vector<double> gpu_bmsg = download(d.msg, cpu_bmsg.size(), s);
   const std::vector<float> dg_g = download(dg_d, CC, s), db_g = download(db_d, CC, s);
-  for (int h = 0; h < kMsgHeader; ++h)
-    if (gpu_bmsg[static_cast<std::size_t>(h)] != cpu_bmsg[static_cast<std::size_t>(h)]) {
+  for (int hd = 0; hd < kMsgHeader; ++hd)
+    if (gpu_bmsg[static_cast<std::size_t>(hd)] != cpu_bmsg[static_cast<std::size_t>(hd)]) {
       ok = false;
-      why += "backward header " + std::to_string(h) + "\n";
+      why += "backward header " + std::to_string(hd) + "\n";
     }
   // Scale of the sums: n values of |dy| ~ 1 and |x − hi| ~ std.
-  const double sa = static_cast<double>(n), sb = static_cast<double>(n) * 4 * sc.std;
+  const double sa = static_cast<double>(k.n), sb = static_cast<double>(k.n) * 4 * k.sc.std;
+  const std::vector<double>& mean = h.mean;
+  const std::vector<double>& invstd = h.invstd;
+  const std::vector<float>& hi = h.hi;
   for (std::size_t c = 0; c < CC; ++c) {
     const std::size_t ia = static_cast<std::size_t>(kMsgHeader) + c, ib = ia + CC;
     if (!(std::fabs(gpu_bmsg[ia] - cpu_bmsg[ia]) <= 1e-5 * sa && std::fabs(gpu_bmsg[ib] - cpu_bmsg[ib]) <= 1e-5 * sb &&
@@ -240,55 +251,73 @@ bool run_scenario(const Scenario& sc, DType dt, bool relu, cudaStream_t s, int s
       break;
     }
   }
+  return ok;
+}
 
-  // ---- backward combine (on the CPU's message) and elemt
-  std::vector<float> k1(CC), k0(CC);
-  BnBackwardCombineArgs bc;
-  bc.channels = C;
-  bc.tag = tag + 1;
-  bc.expected_count = cpu_msg[kMsgCount];
-  bc.gamma = gamma.data();
-  bc.mean = mean.data();
-  bc.invstd = invstd.data();
-  bc.hi = hi.data();
-  bc.k1 = k1.data();
-  bc.k0 = k0.data();
-  if (cpu::bn_backward_combine(cpu_bmsg.data(), bc) != kBnOk) {
-    why += "cpu backward combine failed\n";
-    return false;
-  }
+// ---- backward combine on the CPU's message (h.k1, h.k0 hold cpu::bn_backward_combine's): device k1, k0
+// bit-identical; then the device gets the CPU's k1, k0.
+bool check_backward_combine(KernelCase& k, const std::vector<double>& cpu_msg, const std::vector<double>& cpu_bmsg,
+                            HostBuffers& h, DeviceArrays& d, std::string& why) {
+  const cudaStream_t s = k.s;
+  const std::size_t CC = h.pivot.size();
+  const BnBackwardCombineArgs gb = bn_backward_combine_args(d.arrays(k.C), 0, 1, k.tag + 1, cpu_msg[kMsgCount]);
   auto bmsg_d = upload(cpu_bmsg, s);
   auto expect_d = upload(std::vector<double>{cpu_msg[kMsgCount]}, s);
-  BnBackwardCombineArgs gb = bc;
-  gb.gamma = gamma_d.data();
-  gb.mean = mean_d.data();
-  gb.invstd = invstd_d.data();
-  gb.hi = hi_d.data();
-  gb.k1 = k1_d.data();
-  gb.k0 = k0_d.data();
-  rep.expected = expected_d.data();
+  cuda::BnDeviceReport rep;
+  rep.status = d.status.data();
+  rep.count = d.count.data();
+  rep.expected = d.expected.data();
   cuda::bn_backward_combine(bmsg_d.data(), gb, expect_d.data(), rep, s);
-  if (download(k1_d, CC, s) != k1 || download(k0_d, CC, s) != k0 || download(status_d, 1, s)[0] != kBnOk) {
+  bool ok = true;
+  if (download(d.k1, CC, s) != h.k1 || download(d.k0, CC, s) != h.k0 || download(d.status, 1, s)[0] != kBnOk) {
     ok = false;
     why += "bn_backward_combine: device outputs differ from cpu::bn_backward_combine\n";
   }
-  cuda::copy_to_device(k1, k1_d.data(), s);
-  cuda::copy_to_device(k0, k0_d.data(), s);
+  cuda::copy_to_device(h.k1, d.k1.data(), s);
+  cuda::copy_to_device(h.k0, d.k0.data(), s);
+  return ok;
+}
+
+// Every kernel of one scenario against its CPU twin; returns this rank's verdict with the reasons.
+bool run_scenario(const Scenario& sc, DType dt, bool relu, cudaStream_t s, int sms, std::string& why) {
+  KernelCase k(sc, dt, s, sms);
+  HostBuffers h = host_buffers(k.pivot);
+  DeviceArrays d(h, s);
+  std::vector<double> cpu_msg, cpu_bmsg;
+  bool ok = check_stats(k, d, cpu_msg, why);
+  if (k.n < 2) return ok;
+
+  const BnRunningUpdate momentum = BnRunningUpdate::of(true, 0.1, 0);
+  if (cpu::bn_combine(cpu_msg.data(), bn_combine_args(h.arrays(k.C), 0, 1, k.tag, 1e-5, momentum)) != kBnOk) {
+    why += "cpu combine failed\n";
+    return false;
+  }
+  ok &= check_combine(k, cpu_msg, h, d, why);
+
+  // ---- normalize, with the CPU's coefficients: bit-identical to the CPU output rounded to the dtype
+  Tensor y_cpu(sc.shape, sc.layout);
+  cpu::bn_normalize(k.xf.data(), k.g, h.hi.data(), h.a.data(), h.b.data(), relu, false, y_cpu.data());
+  cuda::bn_normalize(k.at(k.xd), dt, k.g, d.hi.data(), d.a.data(), d.b.data(), relu, k.at(k.yd), sms, s);
+  DeviceTensor view;
+  view.resize(sc.shape, sc.layout, dt);
+  ok &= same_as_cpu(device_result(k, k.yd, view), y_cpu, k, "normalize", why);
+
+  ok &= check_backward_reduce(k, relu, h, d, cpu_bmsg, why);
+
+  if (cpu::bn_backward_combine(cpu_bmsg.data(), bn_backward_combine_args(h.arrays(k.C), 0, 1, k.tag + 1,
+                                                                          cpu_msg[kMsgCount])) != kBnOk) {
+    why += "cpu backward combine failed\n";
+    return false;
+  }
+  ok &= check_backward_combine(k, cpu_msg, cpu_bmsg, h, d, why);
+
+  // ---- elemt, with the CPU's coefficients: bit-identical as normalize
   Tensor dx_cpu(sc.shape, sc.layout);
-  cpu::bn_backward_elemt(dyf.data(), xf.data(), g, hi.data(), a.data(), b.data(), relu, k1.data(), k0.data(), false,
-                         dx_cpu.data());
-  cuda::bn_backward_elemt(at(dyd), at(xd), dt, g, hi_d.data(), a_d.data(), b_d.data(), relu, k1_d.data(), k0_d.data(),
-                          at(dxd), sms, s);
-  SBN_CUDA_CHECK(cudaMemcpyAsync(y_view.data(), at(dxd), y_view.bytes(), cudaMemcpyDeviceToDevice, s), "test");
-  const Tensor dx_gpu = cuda::copy_to_host(y_view, s);
-  const std::vector<double> dx_want = round_to_dtype(as_double(dx_cpu), dt);
-  for (std::int64_t i = 0; i < numel; ++i)
-    if (static_cast<double>(dx_gpu[i]) != dx_want[static_cast<std::size_t>(i)]) {
-      ok = false;
-      why += "backward_elemt: element " + std::to_string(i) + " got " + std::to_string(dx_gpu[i]) + " want " +
-             std::to_string(dx_want[static_cast<std::size_t>(i)]) + "\n";
-      break;
-    }
+  cpu::bn_backward_elemt(k.dyf.data(), k.xf.data(), k.g, h.hi.data(), h.a.data(), h.b.data(), relu, h.k1.data(),
+                         h.k0.data(), false, dx_cpu.data());
+  cuda::bn_backward_elemt(k.at(k.dyd), k.at(k.xd), dt, k.g, d.hi.data(), d.a.data(), d.b.data(), relu, d.k1.data(),
+                          d.k0.data(), k.at(k.dxd), sms, s);
+  ok &= same_as_cpu(device_result(k, k.dxd, view), dx_cpu, k, "backward_elemt", why);
   return ok;
 }
 
@@ -331,28 +360,16 @@ TEST(GpuKernels, DeviceStatusIsStickyAndOutputsUntouchedOnError) {
   std::vector<double> bad_tag = good, empty = good;
   bad_tag[1] = 26;
   empty[2] = 0;
-  DeviceArray<double> mean, var, invstd, pivot;
-  DeviceArray<float> hi, a, b, rm, rv;
-  for (auto* d : {&mean, &var, &invstd, &pivot}) d->resize(C, "test");
-  for (auto* d : {&hi, &a, &b, &rm, &rv}) d->resize(C, "test");
+  DeviceBuffers bn;  // γ, β absent: 1, 0
+  for (auto* d : {&bn.mean, &bn.var, &bn.invstd, &bn.pivot}) d->resize(C, "test");
+  for (auto* d : {&bn.hi, &bn.a, &bn.b, &bn.running_mean, &bn.running_var, &bn.k1, &bn.k0}) d->resize(C, "test");
+  DeviceArray<float>& rm = bn.running_mean;
   cuda::copy_to_device(std::vector<float>(C, 7.0f), rm.data(), st.s);
-  cuda::copy_to_device(std::vector<float>(C, 7.0f), rv.data(), st.s);
-  cuda::copy_to_device(std::vector<double>(C, 0.0), pivot.data(), st.s);
+  cuda::copy_to_device(std::vector<float>(C, 7.0f), bn.running_var.data(), st.s);
+  cuda::copy_to_device(std::vector<double>(C, 0.0), bn.pivot.data(), st.s);
   auto status = upload(std::vector<int>{0}, st.s);
   auto count = upload(std::vector<double>{-1}, st.s);
-  BnCombineArgs args;
-  args.channels = C;
-  args.tag = 5;
-  args.factor = 0.5;
-  args.running_mean = rm.data();
-  args.running_var = rv.data();
-  args.pivot = pivot.data();
-  args.mean = mean.data();
-  args.var = var.data();
-  args.invstd = invstd.data();
-  args.hi = hi.data();
-  args.a = a.data();
-  args.b = b.data();
+  const BnCombineArgs args = bn_combine_args(bn.arrays(C), 0, 1, 5, 1e-5, BnRunningUpdate::of(true, 0.5, 0));
   cuda::BnDeviceReport rep;
   rep.status = status.data();
   rep.count = count.data();
@@ -376,17 +393,7 @@ TEST(GpuKernels, DeviceStatusIsStickyAndOutputsUntouchedOnError) {
   // Backward: count mismatch, with both counts reported.
   auto expected = upload(std::vector<double>{11}, st.s);
   auto seen = upload(std::vector<double>{0}, st.s), want = upload(std::vector<double>{0}, st.s);
-  DeviceArray<float> k1, k0;
-  k1.resize(C, "test");
-  k0.resize(C, "test");
-  BnBackwardCombineArgs bargs;
-  bargs.channels = C;
-  bargs.tag = 5;
-  bargs.mean = mean.data();
-  bargs.invstd = invstd.data();
-  bargs.hi = hi.data();
-  bargs.k1 = k1.data();
-  bargs.k0 = k0.data();
+  const BnBackwardCombineArgs bargs = bn_backward_combine_args(bn.arrays(C), 0, 1, 5, 0);  // count: `expected`
   cuda::BnDeviceReport brep;
   auto bstatus = upload(std::vector<int>{0}, st.s);
   brep.status = bstatus.data();
@@ -405,30 +412,20 @@ TEST(GpuKernels, CumulativeAverageUsesDeviceCounter) {
   SBN_GPU_TEST_PRELUDE(world(), false);
   Stream st;
   const std::int64_t C = 2;
-  DeviceArray<double> mean, var, invstd, pivot;
-  DeviceArray<float> hi, a, b;
-  for (auto* d : {&mean, &var, &invstd, &pivot}) d->resize(C, "test");
-  for (auto* d : {&hi, &a, &b}) d->resize(C, "test");
+  DeviceBuffers bn;  // γ, β absent: 1, 0
+  for (auto* d : {&bn.mean, &bn.var, &bn.invstd, &bn.pivot}) d->resize(C, "test");
+  for (auto* d : {&bn.hi, &bn.a, &bn.b}) d->resize(C, "test");
+  DeviceArray<double>& pivot = bn.pivot;
   cuda::copy_to_device(std::vector<double>(C, 0.0), pivot.data(), st.s);
-  auto rm = upload(std::vector<float>(C, 100.0f), st.s), rv = upload(std::vector<float>(C, 100.0f), st.s);
+  bn.running_mean = upload(std::vector<float>(C, 100.0f), st.s);
+  bn.running_var = upload(std::vector<float>(C, 100.0f), st.s);
+  DeviceArray<float>& rm = bn.running_mean;
   auto counter = upload(std::vector<std::int64_t>{0}, st.s);
   auto status = upload(std::vector<int>{0}, st.s);
-  BnCombineArgs args;
-  args.channels = C;
-  args.tag = 3;
-  args.factor = 0.0;  // enables updates; the value comes from the counter
-  args.running_mean = rm.data();
-  args.running_var = rv.data();
-  args.pivot = pivot.data();
-  args.mean = mean.data();
-  args.var = var.data();
-  args.invstd = invstd.data();
-  args.hi = hi.data();
-  args.a = a.data();
-  args.b = b.data();
+  // Cumulative: k comes from the device counter, not from the 0 given here.
+  const BnCombineArgs args = bn_combine_args(bn.arrays(C), 0, 1, 3, 1e-5, BnRunningUpdate::of(true, std::nullopt, 0));
   cuda::BnRunningCounter ctr;
   ctr.batches_tracked = counter.data();
-  ctr.cumulative = true;
   cuda::BnDeviceReport rep;
   rep.status = status.data();
   // Batch means 1, 2, 3 (n = 4, zero variance): cumulative mean 2.

@@ -71,8 +71,7 @@ ModelSpec spec_of(const Case& c) {
     s.in_channels = 3;
     s.height = s.width_px = 32;
   }
-  const bool bn = c.norm != "groupnorm" && c.norm != "none";
-  s.norm.kind = !bn ? c.norm : c.norm == "local" ? "local" : "sync";
+  s.norm = parse_norm(c.norm);
   s.norm.gn_groups = 2;
   return s;
 }
@@ -95,11 +94,8 @@ struct CpuModel {
   CpuContext ctx;
   std::unique_ptr<Model> model;
   CpuModel(ModelSpec spec, const std::string& norm, std::uint64_t seed) {
-    if (spec.norm.kind == "sync") {
-      group = std::make_unique<SyncGroup>(world(), parse_sync_mode(norm));
-      spec.norm.group = group.get();
-    }
-    model = build_model(spec, ctx, seed);
+    if (spec.norm.communicates()) group = std::make_unique<SyncGroup>(world(), parse_sync_mode(norm));
+    model = build_model(spec, ctx, seed, group.get());
   }
 };
 
@@ -436,8 +432,7 @@ TEST(GpuTrainThread, GlobalAvgPoolMatchesCpuBitForBit) {
 void check_group_norm(std::int64_t N, std::int64_t C, std::int64_t H, std::int64_t W, std::int64_t G, bool relu,
                       float mean_offset) {
   ParamStore ps;
-  NormSpec ns;
-  ns.kind = "groupnorm";
+  NormSpec ns = parse_norm("groupnorm");
   ns.gn_groups = G;
   ModulePtr gn = make_norm("gn", C, ns, relu, ps);
   ps.finalize();

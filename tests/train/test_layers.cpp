@@ -243,11 +243,9 @@ TEST(Norms, GradientsOfEveryNormalization) {
     for (bool nhwc : {true, false}) {
       ParamStore store;
       SyncGroup group(world(), parse_sync_mode("sync"));
-      NormSpec spec;
-      spec.kind = kind;
-      spec.group = &group;
+      NormSpec spec = parse_norm(kind);
       spec.gn_groups = 3;
-      auto norm = make_norm("n", 6, spec, false, store);
+      auto norm = make_norm("n", 6, spec, false, store, &group);
       store.finalize();
       store.init_params(1);
       Tensor x = nhwc ? Tensor({3, 6, 3, 2}, Layout::kChannelsLast) : Tensor({5, 6});
@@ -261,8 +259,7 @@ TEST(Norms, GradientsOfEveryNormalization) {
 // GroupNorm forward against a plain double computation: per sample and group of C/G channels, over H·W.
 TEST(Norms, GroupNormForwardMatchesReference) {
   for (auto [N, C, G, H, W] : {std::tuple<int, int, int, int, int>{3, 12, 3, 4, 5}, {2, 8, 8, 3, 3}, {4, 6, 1, 1, 1}}) {
-    NormSpec spec;
-    spec.kind = "groupnorm";
+    NormSpec spec = parse_norm("groupnorm");
     spec.gn_groups = G;
     ParamStore store;
     auto gn = make_norm("gn", C, spec, false, store);
@@ -307,8 +304,7 @@ TEST(Norms, GroupNormForwardMatchesReference) {
 TEST(Norms, FusedReluEqualsSeparateRelu) {
   for (const std::string kind : {"local", "groupnorm"}) {
     for (std::int64_t C : {4, 16}) {
-      NormSpec spec;
-      spec.kind = kind;
+      NormSpec spec = parse_norm(kind);
       spec.gn_groups = 2;
       ParamStore s1, s2;
       auto fused = make_norm("n", C, spec, true, s1);
@@ -340,8 +336,7 @@ TEST(Norms, FusedReluEqualsSeparateRelu) {
 // --bn-momentum none reaches the layer as no momentum: running statistics are the cumulative average
 // of the batches' statistics (PyTorch's momentum=None), here after three batches of known means.
 TEST(Norms, NegativeMomentumIsTheCumulativeAverage) {
-  NormSpec spec;
-  spec.kind = "local";
+  NormSpec spec = parse_norm("local");
   spec.momentum = std::nullopt;
   ParamStore store;
   auto bn = make_norm("n", 2, spec, false, store);
@@ -369,8 +364,7 @@ TEST(Residual, BlockGradients) {
   for (const std::string kind : {"local", "groupnorm", "none"}) {
     for (auto [in, out, stride] : {std::tuple<int, int, int>{4, 4, 1}, {4, 6, 2}}) {
       ParamStore store;
-      NormSpec spec;
-      spec.kind = kind;
+      NormSpec spec = parse_norm(kind);
       spec.gn_groups = 2;
       auto block = make_residual_block("b", in, out, stride, spec, store, ctx);
       store.finalize();
@@ -422,7 +416,7 @@ TEST(Models, ConvnetAndResnetGradients) {
     spec.arch = arch;
     spec.width = 4;
     spec.depth = 1;
-    spec.norm.kind = "local";
+    spec.norm = parse_norm("local");
     if (arch == "resnet") spec.in_channels = 3, spec.height = spec.width_px = 32;
     auto model = build_model(spec, ctx, 1);
     Tensor x({3, spec.in_channels, spec.height, spec.width_px}, Layout::kPlanar);

@@ -38,8 +38,7 @@ ModelSpec spec_of(const Case& c) {
   s.depth = 1;
   s.in_channels = 1;
   s.height = s.width_px = 8;
-  const bool bn = c.norm != "groupnorm" && c.norm != "none";
-  s.norm.kind = !bn ? c.norm : c.norm == "local" ? "local" : "sync";
+  s.norm = parse_norm(c.norm);
   s.norm.gn_groups = 2;
   return s;
 }

@@ -47,8 +47,9 @@ struct BnDeviceReport {
 
 // The running-statistics counter of a layer (PyTorch's num_batches_tracked), on the device.
 struct BnRunningCounter {
-  std::int64_t* batches_tracked = nullptr;  // (1) incremented by a successful forward combine; may be null
-  bool cumulative = false;                  // factor = 1/(batches_tracked + 1) instead of args.factor
+  // (1) incremented by a successful forward combine; may be null unless args.running is kCumulative,
+  // whose k it then is (args.running.batches_tracked is not read).
+  std::int64_t* batches_tracked = nullptr;
 };
 
 // ---- forward ----------------------------------------------------------------------------------
@@ -60,7 +61,7 @@ void bn_stats(const void* x, DType dtype, const BnGeometry& g, const double* piv
               const BnWorkspace& ws, cudaStream_t stream);
 
 // Group statistics from the summed message (one block; C is at most a few thousand). Updates running
-// stats when args.factor >= 0 and args.running_mean is set (factor from `counter` when cumulative).
+// stats as args.running says (kCumulative: k from `counter`).
 void bn_combine(const double* msg, const BnCombineArgs& args, const BnRunningCounter& counter,
                 const BnDeviceReport& report, cudaStream_t stream);
 

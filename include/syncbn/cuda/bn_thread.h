@@ -93,6 +93,61 @@ SBN_HD constexpr int bn_flush_steps(int values_per_step) {
 
 // ---- per-thread reductions ----------------------------------------------------------------------
 
+// A thread's N pairs of sums (Σp, Σp·q) over its steps: fp32 partials, flushed into doubles every kFlush
+// steps (so each partial covers at most kFlushElems values). The four reductions below differ only in
+// what they load and in (p, q): (x − k, x − k) for the statistics, (dy', x − hi) for the backward.
+template <int N, int kFlush>
+struct FlushedSums {
+  double d1[N] = {}, d2[N] = {};
+  float f1[N] = {}, f2[N] = {};
+  int steps = 0;
+
+  SBN_HD void add(int j, float p, float q) {
+    f1[j] += p;
+    f2[j] = fmaf(p, q, f2[j]);
+  }
+  // After each cursor step.
+  SBN_HD void end_step() {
+    if (++steps == kFlush) {
+      SBN_UNROLL
+      for (int j = 0; j < N; ++j) {
+        d1[j] += f1[j];
+        d2[j] += f2[j];
+        f1[j] = f2[j] = 0.0f;
+      }
+      steps = 0;
+    }
+  }
+  // The totals, partials included.
+  SBN_HD void finish(double* s1, double* s2) const {
+    SBN_UNROLL
+    for (int j = 0; j < N; ++j) {
+      s1[j] = d1[j] + f1[j];
+      s2[j] = d2[j] + f2[j];
+    }
+  }
+};
+
+// The U vectors of a cursor step (zero where invalid), all loaded before any is used (and, in the
+// elementwise passes, before any is stored: in place is safe).
+template <class T, int V, int U, class Cursor>
+SBN_HD void load_step(const T* x, const Cursor& cur, Vec<T, V> (&v)[U]) {
+  SBN_UNROLL
+  for (int u = 0; u < U; ++u)
+    if (cur.valid(u)) v[u] = load_raw<T, V>(x + cur.offset(u));
+}
+
+// The same for x and dy, loaded pairwise.
+template <class T, int V, int U, class Cursor>
+SBN_HD void load_step(const T* x, const T* dy, const Cursor& cur, Vec<T, V> (&xv)[U], Vec<T, V> (&gv)[U]) {
+  SBN_UNROLL
+  for (int u = 0; u < U; ++u) {
+    if (!cur.valid(u)) continue;
+    xv[u] = load_raw<T, V>(x + cur.offset(u));
+    gv[u] = load_raw<T, V>(dy + cur.offset(u));
+  }
+}
+
 // Local shift of channel c: this rank's first value of the channel (sample 0, position 0).
 template <class T>
 SBN_HD float bn_local_shift(const T* x, std::int64_t inner, bool channels_last, std::int64_t c) {
@@ -104,35 +159,23 @@ template <class T, int V>
 SBN_HD void stats_thread_planar(const T* __restrict__ x, const BnTile& t, std::int64_t c, std::int64_t split,
                                 int tx, int ty, double* s1, double* s2) {
   constexpr int U = bn_unroll(V);
-  constexpr int kFlush = bn_flush_steps(U * V);
   const float k = bn_local_shift(x, t.inner, false, c);
-  double d1 = 0.0, d2 = 0.0;
-  float f1 = 0.0f, f2 = 0.0f;
-  int steps = 0;
+  FlushedSums<1, bn_flush_steps(U * V)> acc;
   for (PlanarCursor cur(t, split, c, tx, ty); cur.ok(); cur.next()) {
     Vec<T, V> v[U] = {};
-    SBN_UNROLL
-    for (int u = 0; u < U; ++u)
-      if (cur.valid(u)) v[u] = load_raw<T, V>(x + cur.offset(u));
+    load_step<T, V, U>(x, cur, v);
     SBN_UNROLL
     for (int u = 0; u < U; ++u) {
       if (!cur.valid(u)) continue;
       SBN_UNROLL
       for (int j = 0; j < V; ++j) {
         const float d = to_float(v[u].v[j]) - k;
-        f1 += d;
-        f2 = fmaf(d, d, f2);
+        acc.add(0, d, d);
       }
     }
-    if (++steps == kFlush) {
-      d1 += f1;
-      d2 += f2;
-      f1 = f2 = 0.0f;
-      steps = 0;
-    }
+    acc.end_step();
   }
-  *s1 = d1 + f1;
-  *s2 = d2 + f2;
+  acc.finish(s1, s2);
 }
 
 // Channels-last stats, block (bx, split): per channel c0 + j of this thread's vector.
@@ -140,45 +183,29 @@ template <class T, int V>
 SBN_HD void stats_thread_rows(const T* __restrict__ x, const BnTile& t, std::int64_t bx, std::int64_t split,
                               int tx, int ty, double (&s1)[V], double (&s2)[V]) {
   constexpr int U = bn_unroll(V);
-  constexpr int kFlush = bn_flush_steps(U);
-  SBN_UNROLL
-  for (int j = 0; j < V; ++j) s1[j] = s2[j] = 0.0;
+  FlushedSums<V, bn_flush_steps(U)> acc;
   RowsCursor cur(t, bx, split, tx, ty);
-  if (!cur.active) return;
+  if (!cur.active) {
+    acc.finish(s1, s2);  // zeros
+    return;
+  }
   float k[V];
   load_vec<T, V>(x + cur.c0, k);  // row 0: the local shifts
-  float f1[V] = {}, f2[V] = {};
-  int steps = 0;
   for (; cur.ok(); cur.next()) {
     Vec<T, V> v[U] = {};
-    SBN_UNROLL
-    for (int u = 0; u < U; ++u)
-      if (cur.valid(u)) v[u] = load_raw<T, V>(x + cur.offset(u));
+    load_step<T, V, U>(x, cur, v);
     SBN_UNROLL
     for (int u = 0; u < U; ++u) {
       if (!cur.valid(u)) continue;
       SBN_UNROLL
       for (int j = 0; j < V; ++j) {
         const float d = to_float(v[u].v[j]) - k[j];
-        f1[j] += d;
-        f2[j] = fmaf(d, d, f2[j]);
+        acc.add(j, d, d);
       }
     }
-    if (++steps == kFlush) {
-      SBN_UNROLL
-      for (int j = 0; j < V; ++j) {
-        s1[j] += f1[j];
-        s2[j] += f2[j];
-        f1[j] = f2[j] = 0.0f;
-      }
-      steps = 0;
-    }
+    acc.end_step();
   }
-  SBN_UNROLL
-  for (int j = 0; j < V; ++j) {
-    s1[j] += f1[j];
-    s2[j] += f2[j];
-  }
+  acc.finish(s1, s2);
 }
 
 // Planar backward sums, block (c, split): Σdy' and Σdy'·(x − hi) for channel c (coefficients h, a, b).
@@ -187,38 +214,22 @@ SBN_HD void backward_thread_planar(const T* __restrict__ dy, const T* __restrict
                                    std::int64_t c, std::int64_t split, int tx, int ty, float h, float a,
                                    float b, double* sa, double* sb) {
   constexpr int U = bn_unroll(V);
-  constexpr int kFlush = bn_flush_steps(U * V);
-  double da = 0.0, db = 0.0;
-  float fa = 0.0f, fb = 0.0f;
-  int steps = 0;
+  FlushedSums<1, bn_flush_steps(U * V)> acc;
   for (PlanarCursor cur(t, split, c, tx, ty); cur.ok(); cur.next()) {
     Vec<T, V> xv[U] = {}, gv[U] = {};
-    SBN_UNROLL
-    for (int u = 0; u < U; ++u) {
-      if (!cur.valid(u)) continue;
-      xv[u] = load_raw<T, V>(x + cur.offset(u));
-      gv[u] = load_raw<T, V>(dy + cur.offset(u));
-    }
+    load_step<T, V, U>(x, dy, cur, xv, gv);
     SBN_UNROLL
     for (int u = 0; u < U; ++u) {
       if (!cur.valid(u)) continue;
       SBN_UNROLL
       for (int j = 0; j < V; ++j) {
         const float xh = to_float(xv[u].v[j]) - h;
-        const float g = bn_gate<kRelu>(to_float(gv[u].v[j]), xh, a, b);
-        fa += g;
-        fb = fmaf(g, xh, fb);
+        acc.add(0, bn_gate<kRelu>(to_float(gv[u].v[j]), xh, a, b), xh);
       }
     }
-    if (++steps == kFlush) {
-      da += fa;
-      db += fb;
-      fa = fb = 0.0f;
-      steps = 0;
-    }
+    acc.end_step();
   }
-  *sa = da + fa;
-  *sb = db + fb;
+  acc.finish(sa, sb);
 }
 
 // Channels-last backward sums for this thread's channels.
@@ -227,53 +238,34 @@ SBN_HD void backward_thread_rows(const T* __restrict__ dy, const T* __restrict__
                                  std::int64_t bx, std::int64_t split, int tx, int ty, const float* hi,
                                  const float* a, const float* b, double (&sa)[V], double (&sb)[V]) {
   constexpr int U = bn_unroll(V);
-  constexpr int kFlush = bn_flush_steps(U);
-  SBN_UNROLL
-  for (int j = 0; j < V; ++j) sa[j] = sb[j] = 0.0;
+  FlushedSums<V, bn_flush_steps(U)> acc;
   RowsCursor cur(t, bx, split, tx, ty);
-  if (!cur.active) return;
-  float h[V], ac[V], bc[V], fa[V] = {}, fb[V] = {};
+  if (!cur.active) {
+    acc.finish(sa, sb);  // zeros
+    return;
+  }
+  float h[V], ac[V], bc[V];
   SBN_UNROLL
   for (int j = 0; j < V; ++j) {
     h[j] = hi[cur.c0 + j];
     ac[j] = a[cur.c0 + j];
     bc[j] = b[cur.c0 + j];
   }
-  int steps = 0;
   for (; cur.ok(); cur.next()) {
     Vec<T, V> xv[U] = {}, gv[U] = {};
-    SBN_UNROLL
-    for (int u = 0; u < U; ++u) {
-      if (!cur.valid(u)) continue;
-      xv[u] = load_raw<T, V>(x + cur.offset(u));
-      gv[u] = load_raw<T, V>(dy + cur.offset(u));
-    }
+    load_step<T, V, U>(x, dy, cur, xv, gv);
     SBN_UNROLL
     for (int u = 0; u < U; ++u) {
       if (!cur.valid(u)) continue;
       SBN_UNROLL
       for (int j = 0; j < V; ++j) {
         const float xh = to_float(xv[u].v[j]) - h[j];
-        const float g = bn_gate<kRelu>(to_float(gv[u].v[j]), xh, ac[j], bc[j]);
-        fa[j] += g;
-        fb[j] = fmaf(g, xh, fb[j]);
+        acc.add(j, bn_gate<kRelu>(to_float(gv[u].v[j]), xh, ac[j], bc[j]), xh);
       }
     }
-    if (++steps == kFlush) {
-      SBN_UNROLL
-      for (int j = 0; j < V; ++j) {
-        sa[j] += fa[j];
-        sb[j] += fb[j];
-        fa[j] = fb[j] = 0.0f;
-      }
-      steps = 0;
-    }
+    acc.end_step();
   }
-  SBN_UNROLL
-  for (int j = 0; j < V; ++j) {
-    sa[j] += fa[j];
-    sb[j] += fb[j];
-  }
+  acc.finish(sa, sb);
 }
 
 // ---- per-thread elementwise passes ------------------------------------------------------------------
@@ -288,9 +280,7 @@ SBN_HD void normalize_thread_planar(const T* x, T* y, const BnTile& t,
   for (PlanarCursor cur(t, block, 0, tx, ty); cur.ok(); cur.next()) {
     const float h = hi[cur.channel], ac = a[cur.channel], bc = b[cur.channel];
     Vec<T, V> v[U] = {};
-    SBN_UNROLL
-    for (int u = 0; u < U; ++u)
-      if (cur.valid(u)) v[u] = load_raw<T, V>(x + cur.offset(u));
+    load_step<T, V, U>(x, cur, v);
     SBN_UNROLL
     for (int u = 0; u < U; ++u) {
       if (!cur.valid(u)) continue;
@@ -318,9 +308,7 @@ SBN_HD void normalize_thread_rows(const T* x, T* y, const BnTile& t, std::int64_
   }
   for (; cur.ok(); cur.next()) {
     Vec<T, V> v[U] = {};
-    SBN_UNROLL
-    for (int u = 0; u < U; ++u)
-      if (cur.valid(u)) v[u] = load_raw<T, V>(x + cur.offset(u));
+    load_step<T, V, U>(x, cur, v);
     SBN_UNROLL
     for (int u = 0; u < U; ++u) {
       if (!cur.valid(u)) continue;
@@ -341,12 +329,7 @@ SBN_HD void elemt_thread_planar(const T* dy, const T* x, T* dx,
     const std::int64_t c = cur.channel;
     const float h = hi[c], ac = a[c], bc = b[c], c1 = k1[c], c0 = k0[c];
     Vec<T, V> xv[U] = {}, gv[U] = {};
-    SBN_UNROLL
-    for (int u = 0; u < U; ++u) {
-      if (!cur.valid(u)) continue;
-      xv[u] = load_raw<T, V>(x + cur.offset(u));
-      gv[u] = load_raw<T, V>(dy + cur.offset(u));
-    }
+    load_step<T, V, U>(x, dy, cur, xv, gv);
     SBN_UNROLL
     for (int u = 0; u < U; ++u) {
       if (!cur.valid(u)) continue;
@@ -380,12 +363,7 @@ SBN_HD void elemt_thread_rows(const T* dy, const T* x, T* dx,
   }
   for (; cur.ok(); cur.next()) {
     Vec<T, V> xv[U] = {}, gv[U] = {};
-    SBN_UNROLL
-    for (int u = 0; u < U; ++u) {
-      if (!cur.valid(u)) continue;
-      xv[u] = load_raw<T, V>(x + cur.offset(u));
-      gv[u] = load_raw<T, V>(dy + cur.offset(u));
-    }
+    load_step<T, V, U>(x, dy, cur, xv, gv);
     SBN_UNROLL
     for (int u = 0; u < U; ++u) {
       if (!cur.valid(u)) continue;
@@ -401,6 +379,8 @@ SBN_HD void elemt_thread_rows(const T* dy, const T* x, T* dx,
 }
 
 // ---- per-channel steps of the merge and combine kernels -------------------------------------------
+// (The combines' arithmetic per channel, bn_combine_channel and bn_backward_combine_channel, is shared
+// with the CPU kernels: syncbn/bn_kernels.h.)
 
 // Block partials live in the workspace as [split][2][C] doubles: first sums, then second sums.
 SBN_HD std::int64_t bn_partial_index(std::int64_t split, int which, std::int64_t channels, std::int64_t c) {
@@ -459,38 +439,11 @@ SBN_HD BnStatus bn_forward_status(const double* msg, int group_size, double tag)
   return kBnOk;
 }
 
-// One channel of cpu::bn_combine's loop; `factor` < 0: no running-stat update.
-SBN_HD void bn_combine_channel(const double* msg, const BnCombineArgs& args, std::int64_t c, double factor) {
-  const double n = msg[kMsgCount];
-  const double* S1 = msg + kMsgHeader;
-  const double* S2 = S1 + args.channels;
-  double mean = 0, var = 0;
-  bn_moments(S1[c], S2[c], n, args.pivot ? args.pivot[c] : 0.0, &mean, &var);
-  const double invstd = 1.0 / sqrt(var + args.eps);
-  args.mean[c] = mean;
-  args.var[c] = var;
-  args.invstd[c] = invstd;
-  if (args.pivot) args.pivot[c] = mean;
-  if (factor >= 0 && args.running_mean)
-    bn_running_update(&args.running_mean[c], &args.running_var[c], mean, var, n, factor);
-  bn_forward_coefs(mean, invstd, args.gamma ? args.gamma[c] : 1.0, args.beta ? args.beta[c] : 0.0, &args.hi[c],
-                   &args.a[c], &args.b[c]);
-}
-
 // The checks of cpu::bn_backward_combine.
 SBN_HD BnStatus bn_backward_status(const double* msg, int group_size, double tag, double expected_count) {
   if (!bn_tags_agree(msg[kMsgTag], msg[kMsgTag2], group_size, tag)) return kBnTagMismatch;
   if (msg[kMsgCount] != expected_count) return kBnCountMismatch;
   return kBnOk;
-}
-
-// One channel of cpu::bn_backward_combine's loop.
-SBN_HD void bn_backward_combine_channel(const double* msg, const BnBackwardCombineArgs& args, std::int64_t c) {
-  const double n = msg[kMsgCount];
-  const double* A = msg + kMsgHeader;
-  const double* B = A + args.channels;
-  const double scale = (args.gamma ? args.gamma[c] : 1.0) * args.invstd[c];
-  bn_backward_coefs(A[c], B[c], n, args.mean[c], args.hi[c], args.invstd[c], scale, &args.k1[c], &args.k0[c]);
 }
 
 // Eval-mode coefficients from the running statistics (the CPU layer's eval branch).

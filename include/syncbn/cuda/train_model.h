@@ -5,6 +5,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include "syncbn/communicator.h"
 #include "syncbn/model.h"
@@ -15,6 +16,10 @@ namespace syncbn {
 
 // True when this process sees at least one CUDA device (no error: false).
 bool cuda_device_available();
+
+// What this build offers on GPUs, for the ranks' build agreement: "none", or the CUDA architectures,
+// NCCL and whether GPU training (cuDNN) is in.
+std::string gpu_build_description();
 
 // Builds the GPU model (syncbn/cuda/train/cuda_train_model.h) on this rank's device (local rank), its NCCL
 // communicator bootstrapped over `world` (an MpiCommunicator; collective over it), the sync group for the

@@ -68,7 +68,7 @@ CudaTrainModel::CudaTrainModel(const ModelSpec& spec, const TrainConfig& cfg, Mp
   SBN_CHECK(cfg.grad_accum == "fp32", "--grad-accum " + cfg.grad_accum + " is not supported with --device cuda");
   // ---- collectives (every rank, same order) ----
   nccl_ = std::make_unique<NcclCommunicator>(world, NcclOptions::from_env());
-  if (spec_.norm.kind == "sync") group_ = std::make_unique<SyncGroup>(*nccl_, parse_sync_mode(cfg.norm));
+  if (spec_.norm.communicates()) group_ = std::make_unique<SyncGroup>(*nccl_, spec_.norm.sync);
   // ---- local from here on ----
   stream_ = nccl_->stream();
   sm_count_ = current_sm_count();
@@ -79,25 +79,32 @@ CudaTrainModel::CudaTrainModel(const ModelSpec& spec, const TrainConfig& cfg, Mp
   // stand-in sync group (mode sync over `world`: no communication), which changes neither parameters,
   // buffers nor the signature.
   {
-    ModelSpec cpu_spec = spec_;
     SyncGroup stand_in(world, SyncMode{});
-    if (cpu_spec.norm.kind == "sync") cpu_spec.norm.group = &stand_in;
     CpuContext cpu_ctx;
-    const std::unique_ptr<Model> cpu = build_model(cpu_spec, cpu_ctx, cfg.seed);
+    const std::unique_ptr<Model> cpu = build_model(spec_, cpu_ctx, cfg.seed, &stand_in);
     params_ = cpu->params;
     signature_ = cpu->signature;
     for (const BufferRef& b : cpu->buffers) buffer_names_.emplace_back(b.name, b.size);
   }
   plan_ = plan_network(spec_, params_);
   total_ = params_.total();
-  const auto total = static_cast<std::size_t>(total_);
 
-  // Flat device arrays (ParamStore layout); weight decay per element as Sgd (optimizer.cpp).
+  init_parameters();
+  init_network();
+  init_step_check();
+  init_checkpoint_state();
+  init_loss_scale_and_events();
+  sync("GPU model set-up");
+}
+
+// Flat device arrays in the ParamStore layout: values, gradients, momentum, weight decay per element.
+void CudaTrainModel::init_parameters() {
+  const auto total = static_cast<std::size_t>(total_);
   values_.resize(std::max<std::size_t>(total, 1), "parameters");
   grads_.resize(std::max<std::size_t>(total, 1), "gradients");
   momentum_.resize(std::max<std::size_t>(total, 1), "momentum");
   decay_.resize(std::max<std::size_t>(total, 1), "weight decay");
-  std::vector<float> decay(total, 0.0f);
+  std::vector<float> decay(total, 0.0f);  // per element, as Sgd (optimizer.cpp)
   for (const ParamInfo& p : params_.all())
     if (p.decay || cfg_.decay_norm_bias)
       std::fill(decay.begin() + p.offset, decay.begin() + p.offset + p.size, static_cast<float>(cfg_.weight_decay));
@@ -105,8 +112,10 @@ CudaTrainModel::CudaTrainModel(const ModelSpec& spec, const TrainConfig& cfg, Mp
   copy_to_device(decay, decay_.data(), stream_);
   SBN_CUDA_CHECK(cudaMemsetAsync(grads_.data(), 0, total * sizeof(float), stream_), "zeroing the gradients");
   SBN_CUDA_CHECK(cudaMemsetAsync(momentum_.data(), 0, total * sizeof(float), stream_), "zeroing the momentum");
+}
 
-  // Libraries and the network.
+// cuDNN/cuBLAS handles, the network's layers, and the BatchNorm γ/β links into the flat arrays.
+void CudaTrainModel::init_network() {
   cudnn_ = std::make_unique<CudnnHandle>(stream_);
   cublas_ = std::make_unique<CublasHandle>(stream_);
   ctx_ = std::make_unique<NetContext>();
@@ -132,8 +141,10 @@ CudaTrainModel::CudaTrainModel(const ModelSpec& spec, const TrainConfig& cfg, Mp
   bn_links_.resize(std::max<std::size_t>(links.size(), 1), "BatchNorm parameter links");
   copy_to_device(links, bn_links_.data(), stream_);
   scatter_bn_params();
+}
 
-  // The step check and the BatchNorm running state a non-committing step restores (step_check.h).
+// The step check and the BatchNorm running state a non-committing step restores (step_check.h).
+void CudaTrainModel::init_step_check() {
   std::size_t channels = 0;
   for (BatchNormLayer* b : bns_) channels += static_cast<std::size_t>(b->plan().channels);
   bn_saved_stats_.resize(std::max<std::size_t>(2 * channels, 1), "BatchNorm running statistics (step copy)");
@@ -154,8 +165,11 @@ CudaTrainModel::CudaTrainModel(const ModelSpec& spec, const TrainConfig& cfg, Mp
   check_.resize(1, "step check");
   copy_to_device(std::vector<GradCheck>{GradCheck{}}, check_.data(), stream_);
   check_pinned_.reserve(sizeof(GradCheck), "step check");
+}
 
-  // Checkpointed state: the CPU model's arrays, names and order ("params", "momentum", its buffers).
+// Checkpointed state: the CPU model's arrays, names and order ("params", "momentum", its buffers).
+void CudaTrainModel::init_checkpoint_state() {
+  const auto total = static_cast<std::size_t>(total_);
   params_host_.assign(total, 0.0f);
   momentum_host_.assign(total, 0.0f);
   bn_host_.resize(bns_.size());
@@ -204,8 +218,10 @@ CudaTrainModel::CudaTrainModel(const ModelSpec& spec, const TrainConfig& cfg, Mp
   SBN_CHECK(state_.size() == 2 + 4 * bns_.size(),
             "GPU model: " + std::to_string(bns_.size()) + " BatchNorm layers but the CPU model lists " +
                 std::to_string(buffer_names_.size()) + " buffers");
+}
 
-  // fp16: dynamic loss scaling.
+// fp16: dynamic loss scaling; the step's counters and events.
+void CudaTrainModel::init_loss_scale_and_events() {
   loss_scaling_ = dtype_ == DType::kF16;
   scale_.resize(1, "loss scale");
   scale_pinned_.reserve(sizeof(LossScaleState), "loss scale");
@@ -219,7 +235,6 @@ CudaTrainModel::CudaTrainModel(const ModelSpec& spec, const TrainConfig& cfg, Mp
   SBN_CUDA_CHECK(cudaEventCreateWithFlags(&input_copied_, cudaEventDisableTiming), "input copy event");
   SBN_CUDA_CHECK(cudaEventCreate(&grad_begin_), "gradient all-reduce timing event");
   SBN_CUDA_CHECK(cudaEventCreate(&grad_end_), "gradient all-reduce timing event");
-  sync("GPU model set-up");
 }
 
 CudaTrainModel::~CudaTrainModel() {
@@ -231,8 +246,7 @@ CudaTrainModel::~CudaTrainModel() {
 // ---- description --------------------------------------------------------------------------------------
 
 std::string CudaTrainModel::describe() const {
-  const std::string mode = group_ ? group_->mode().str() : "local";
-  std::string out = spec_.arch + ": " + plan_.describe(mode) + " | " + dtype_name(dtype_) + " activations";
+  std::string out = spec_.arch + ": " + plan_.describe(spec_.norm.str()) + " | " + dtype_name(dtype_) + " activations";
   if (dtype_ != DType::kF32) out += ", fp32 parameters";
   if (loss_scaling_) {
     char buf[160];

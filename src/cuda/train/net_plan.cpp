@@ -59,15 +59,14 @@ NormPlan norm(Claims& c, const std::string& name, std::int64_t channels, const N
   NormPlan p;
   p.name = name;
   p.kind = spec.kind;
+  p.sync = spec.sync;
   p.channels = channels;
   p.relu = relu;
-  if (spec.kind == "sync" || spec.kind == "local" || spec.kind == "groupnorm") {
+  if (spec.kind != NormKind::kNone) {
     p.gamma = c.take(name + ".weight", {channels});
     p.beta = c.take(name + ".bias", {channels});
-  } else {
-    SBN_CHECK(spec.kind == "none", "GPU model: unknown normalization '" + spec.kind + "'");
   }
-  if (spec.kind == "groupnorm") {
+  if (spec.kind == NormKind::kGroupNorm) {
     SBN_CHECK(spec.gn_groups > 0 && channels % spec.gn_groups == 0,
               name + ": --gn-groups " + std::to_string(spec.gn_groups) + " must divide the channel count " +
                   std::to_string(channels));
@@ -100,8 +99,8 @@ std::string describe_conv(const ConvPlan& p) {
 
 std::string describe_norm(const NormPlan& p, const std::string& bn_mode) {
   const std::string relu = p.relu ? "+relu" : "";
-  if (p.batchnorm()) return "bn[" + (p.kind == "local" ? std::string("local") : bn_mode) + "]" + relu;
-  if (p.kind == "groupnorm") return "gn" + std::to_string(p.groups) + relu;
+  if (p.batchnorm()) return "bn[" + (p.synced() ? bn_mode : p.sync.str()) + "]" + relu;
+  if (p.kind == NormKind::kGroupNorm) return "gn" + std::to_string(p.groups) + relu;
   return p.relu ? "relu" : "identity";
 }
 
@@ -112,7 +111,7 @@ NetPlan plan_network(const ModelSpec& spec, const ParamStore& params) {
   NetPlan plan;
   plan.arch = spec.arch;
   const NormSpec& ns = spec.norm;
-  const bool bias = ns.kind == "none";  // a norm's shift makes a conv bias redundant (model.cpp)
+  const bool bias = ns.kind == NormKind::kNone;  // a norm's shift makes a conv bias redundant (model.cpp)
   const std::int64_t w = spec.width;
   if (spec.arch == "convnet") {
     std::int64_t c = spec.in_channels, h = spec.height, wd = spec.width_px;

@@ -20,7 +20,7 @@ BatchNormOptions bn_options(const NormPlan& plan, const NormSpec& spec) {
 }
 
 SyncGroup* bn_group_of(const NormPlan& plan, NetContext& ctx) {
-  if (plan.kind == "local") return nullptr;
+  if (!plan.synced()) return nullptr;
   SBN_CHECK(ctx.bn_group != nullptr, plan.name + ": a synced BatchNorm needs a sync group");
   return ctx.bn_group;
 }
@@ -130,9 +130,11 @@ class IdentityLayer final : public Layer {
 }  // namespace
 
 std::unique_ptr<Layer> make_norm(const NormPlan& plan, NetContext& ctx) {
-  if (plan.batchnorm()) return std::make_unique<BatchNormLayer>(plan, ctx);
-  if (plan.kind == "groupnorm") return std::make_unique<GroupNormLayer>(plan, ctx);
-  SBN_CHECK(plan.kind == "none", "unknown normalization '" + plan.kind + "'");
+  switch (plan.kind) {
+    case NormKind::kBatchNorm: return std::make_unique<BatchNormLayer>(plan, ctx);
+    case NormKind::kGroupNorm: return std::make_unique<GroupNormLayer>(plan, ctx);
+    case NormKind::kNone: break;
+  }
   if (plan.relu) return std::make_unique<ReluLayer>(ctx);
   return std::make_unique<IdentityLayer>();
 }

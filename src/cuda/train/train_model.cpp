@@ -5,13 +5,16 @@
 
 #include <cuda_runtime.h>
 
-#include "syncbn/app.h"
+#include "syncbn/run_agreed.h"
+#include "syncbn/config.h"
 #include "syncbn/cuda/device.h"
 #include "syncbn/cuda/train/cuda_train_model.h"
 #include "syncbn/error.h"
 #include "syncbn/mpi_communicator.h"
 
 namespace syncbn {
+
+std::string gpu_build_description() { return std::string("CUDA (") + SBN_CUDA_ARCHITECTURES + "), NCCL, cuDNN"; }
 
 bool cuda_device_available() {
   int count = 0;

@@ -100,6 +100,13 @@ class CudaTrainModel final : public TrainModel {
  private:
   struct StepCounters;  // device: Σ loss, #correct, label status
 
+  // The constructor's steps after the collectives and the parameter definition, in this order.
+  void init_parameters();
+  void init_network();
+  void init_step_check();
+  void init_checkpoint_state();
+  void init_loss_scale_and_events();
+
   void load_input(const float* images, const std::int32_t* labels, std::int64_t n);
   // Cross-entropy of the last forward's logits: dlogits (training), Σ loss and #correct on the device.
   void run_loss(const DeviceTensor& logits, std::int64_t n, float grad_scale, bool training);

@@ -43,12 +43,14 @@ struct LinearPlan {
 
 struct NormPlan {
   std::string name;   // "conv1.bn": BN buffers are "<name>.running_mean", ".running_var", ".pivot", ...
-  std::string kind;   // "sync" | "local" (BatchNorm), "groupnorm", "none" (ReLU or identity)
+  NormKind kind = NormKind::kBatchNorm;  // kNone: ReLU or identity
+  SyncMode sync;      // kBatchNorm: local, or synced over the model's sync group (sync, sync:K)
   std::int64_t channels = 0;
   bool relu = false;  // fused ReLU after the norm
   ParamSlot gamma, beta;
   std::int64_t groups = 0;  // groupnorm
-  bool batchnorm() const { return kind == "sync" || kind == "local"; }
+  bool batchnorm() const { return kind == NormKind::kBatchNorm; }
+  bool synced() const { return batchnorm() && sync.kind != SyncMode::kLocal; }
 };
 
 // conv3x3(s)-norm-relu-conv3x3-norm (+ shortcut 1x1 conv(s)-norm when the shape changes) → add → relu.
@@ -75,7 +77,8 @@ struct NetPlan {
   std::string arch;
   std::vector<OpPlan> ops;  // in forward order
   // The CPU model's describe() text for the same network: "conv3x3(1->32) -> bn[sync]+relu -> ...".
-  // bn_mode: what the BatchNorm layers print ("sync", "sync:2", "local").
+  // bn_mode: what the synced BatchNorm layers print (NormSpec::str(): "sync", "sync:2"); local ones
+  // print "local".
   std::string describe(const std::string& bn_mode) const;
 };
 
