@@ -21,7 +21,7 @@ bool cuda_device_available();
 // NCCL and whether GPU training (cuDNN) is in.
 std::string gpu_build_description();
 
-// Builds the GPU model (syncbn/cuda/train/cuda_train_model.h) on this rank's device (local rank), its NCCL
+// Builds the GPU model (src/cuda/train/cuda_train_model.h) on this rank's device (local rank), its NCCL
 // communicator bootstrapped over `world` (an MpiCommunicator; collective over it), the sync group for the
 // synced BN modes, and the optimizer. Refusals every rank agrees on first (AgreedError, one message): no
 // CUDA device, --grad-accum fp64 (the GPU path accumulates in fp32).

@@ -11,7 +11,7 @@
 //   check:                [wait for the stream through the communicator's watchdog] → SyncBN status,
 //                         step verdict, loss scale, all-reduce timing
 // The brackets are the only host waits of a step (see the header).
-#include "syncbn/cuda/train/cuda_train_model.h"
+#include "cuda_train_model.h"
 
 #include <algorithm>
 #include <cmath>

@@ -17,9 +17,9 @@
 
 #include "syncbn/cuda/device.h"
 #include "syncbn/cuda/sync_batchnorm.h"
-#include "syncbn/cuda/train/kernels.h"
-#include "syncbn/cuda/train/libs.h"
-#include "syncbn/cuda/train/net_plan.h"
+#include "kernels.h"
+#include "libs.h"
+#include "net_plan.h"
 
 namespace syncbn::cuda::train {
 

@@ -1,5 +1,5 @@
 // cuDNN / cuBLAS error texts, handles and descriptors (libs.h).
-#include "syncbn/cuda/train/libs.h"
+#include "libs.h"
 
 #include "syncbn/error.h"
 

@@ -1,5 +1,5 @@
 // plan_network(): model.cpp's architectures, layer by layer, over the CPU model's ParamStore (net_plan.h).
-#include "syncbn/cuda/train/net_plan.h"
+#include "net_plan.h"
 
 #include <map>
 

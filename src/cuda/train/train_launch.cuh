@@ -6,7 +6,7 @@
 #include <string>
 
 #include "../bn_launch.cuh"
-#include "syncbn/cuda/train/kernels.h"
+#include "kernels.h"
 
 namespace syncbn::cuda::train::detail {
 

@@ -8,7 +8,7 @@
 #include "syncbn/run_agreed.h"
 #include "syncbn/config.h"
 #include "syncbn/cuda/device.h"
-#include "syncbn/cuda/train/cuda_train_model.h"
+#include "cuda_train_model.h"
 #include "syncbn/error.h"
 #include "syncbn/mpi_communicator.h"
 

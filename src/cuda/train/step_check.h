@@ -17,7 +17,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "syncbn/cuda/train/loss_scale.h"
+#include "loss_scale.h"
 
 namespace syncbn::cuda::train {
 

@@ -29,9 +29,9 @@
 
 #include "syncbn/cuda/device.h"
 #include "syncbn/cuda/nccl_communicator.h"
-#include "syncbn/cuda/train/kernels.h"
-#include "syncbn/cuda/train/loss_scale.h"
-#include "syncbn/cuda/train/net_plan.h"
+#include "kernels.h"
+#include "loss_scale.h"
+#include "net_plan.h"
 #include "syncbn/model.h"
 #include "syncbn/mpi_communicator.h"
 #include "syncbn/train_config.h"

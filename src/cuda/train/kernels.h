@@ -18,9 +18,9 @@
 
 #include "syncbn/cuda/device.h"
 #include "syncbn/cuda/dtype.h"
-#include "syncbn/cuda/train/loss_scale.h"
-#include "syncbn/cuda/train/step_check.h"
-#include "syncbn/cuda/train/train_thread.h"
+#include "loss_scale.h"
+#include "step_check.h"
+#include "train_thread.h"
 
 namespace syncbn::cuda::train {
 
