@@ -1,4 +1,4 @@
-// The CPU implementation of TrainModel: the network of model.h on oneDNN and our CPU SyncBN kernels,
+// The CPU implementation of TrainModel: the network of net_plan.h on oneDNN and our CPU SyncBN kernels,
 // parameters in one flat store, SGD (optimizer.h), float or double gradient accumulation.
 // Step contract (train_model.h): the first train_micro() of a step copies every BN buffer (running
 // mean/var, pivot, num_batches_tracked); reduce_and_update() scans the reduced gradients and, at the
@@ -7,7 +7,7 @@
 
 #include <memory>
 
-#include "syncbn/model.h"
+#include "syncbn/net_plan.h"
 #include "syncbn/train_config.h"
 #include "syncbn/train_model.h"
 

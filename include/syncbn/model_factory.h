@@ -8,7 +8,7 @@
 #include <string>
 
 #include "syncbn/communicator.h"
-#include "syncbn/model.h"
+#include "syncbn/net_plan.h"
 #include "syncbn/train_config.h"
 #include "syncbn/train_model.h"
 

@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "syncbn/nn.h"
+#include "syncbn/param_store.h"
 #include "syncbn/train_config.h"
 
 namespace syncbn {

@@ -19,6 +19,8 @@
 #include <vector>
 
 #include "syncbn/communicator.h"
+#include "syncbn/net_plan.h"
+#include "syncbn/param_store.h"
 
 namespace syncbn {
 
@@ -84,6 +86,37 @@ class TrainModel {
   virtual std::vector<StateArray> state() = 0;
   virtual void state_to_host() {}
   virtual void state_from_host() {}
+};
+
+// What every device's TrainModel shares, written once: the network plan (net_plan.h) and its host
+// parameter store (the layout; the CPU model computes in it, the GPU model mirrors it on the device),
+// hence the signature, the parameter count and the description; the checkpoint state's names and order;
+// the gradient buckets; and the naming of a non-finite step.
+class PlannedTrainModel : public TrainModel {
+ public:
+  std::string signature() const override { return plan_.signature; }
+  std::int64_t num_params() const override { return params_.total(); }
+
+ protected:
+  // Plans spec's network and sets the initial parameter values from `seed`.
+  PlannedTrainModel(const ModelSpec& spec, std::uint64_t seed);
+
+  // "convnet: conv3x3(1->32) -> bn[sync]+relu -> ...".
+  std::string describe_network() const;
+  // The step's verdict from the reduced gradients' first NaN/Inf (flat index; -1: none): committed, or
+  // non-finite naming the parameter.
+  StepResult verdict(std::int64_t first_nonfinite) const;
+  // The checkpointed arrays, in the order and with the names every checkpoint has: "params" and
+  // "momentum" (`total` floats each), then "buffer:<name>" for each of the plan's buffers.
+  std::vector<StateArray> state_arrays(float* params, float* momentum, const std::vector<BufferRef>& buffers) const;
+  // The gradient all-reduce's buckets over `total` elements of `elem_bytes` each: [offset, count) pairs of
+  // at most `max_bytes`, in order (few collectives, bounded message size).
+  static std::vector<std::pair<std::int64_t, std::int64_t>> buckets(std::int64_t total, std::size_t elem_bytes,
+                                                                    std::size_t max_bytes);
+
+  ModelSpec spec_;
+  ParamStore params_;
+  NetPlan plan_;
 };
 
 }  // namespace syncbn

@@ -53,16 +53,8 @@ void bn_backward_elemt(const void* dy, const void* x, DType dtype, const BnGeome
     using T = std::remove_pointer_t<decltype(tag_ptr)>;
     constexpr int V = decltype(v)::value;
     constexpr bool kRelu = decltype(r)::value;
-    const T* xt = static_cast<const T*>(x);
-    const T* dyt = static_cast<const T*>(dy);
-    T* dxt = static_cast<T*>(dx);
-    if (t.channels_last) {
-      elemt_rows_kernel<T, V, kRelu>
-          <<<detail::grid_of(t), detail::block_of(t), 0, stream>>>(dyt, xt, dxt, t, hi, a, b, k1, k0);
-    } else {
-      elemt_planar_kernel<T, V, kRelu>
-          <<<detail::grid_of(t), detail::block_of(t), 0, stream>>>(dyt, xt, dxt, t, hi, a, b, k1, k0);
-    }
+    detail::launch_tiled(t, stream, elemt_rows_kernel<T, V, kRelu>, elemt_planar_kernel<T, V, kRelu>,
+                         static_cast<const T*>(dy), static_cast<const T*>(x), static_cast<T*>(dx), t, hi, a, b, k1, k0);
   });
   SBN_CUDA_LAUNCH_CHECK("bn_backward_elemt: " + detail::describe(t, dtype));
 }

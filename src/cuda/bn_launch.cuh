@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "syncbn/cuda/bn_kernels.h"
 #include "syncbn/cuda/bn_thread.h"
@@ -130,32 +131,12 @@ void with_dtype(DType dtype, F&& f) {
   SBN_FAIL("unknown activation dtype " + std::to_string(static_cast<int>(dtype)));
 }
 
-// Calls f(std::integral_constant<int, V>{}) for the plan's vector width (instantiating only the widths
-// that fit 16 bytes of T).
+// Calls f(std::integral_constant<int, V>{}) for the plan's vector width (bn_with_vec).
 template <class T, class F>
 void with_vec(int vec, F&& f) {
-  switch (vec) {
-    case 1: f(std::integral_constant<int, 1>{}); return;
-    case 2: f(std::integral_constant<int, 2>{}); return;
-    case 4: f(std::integral_constant<int, 4>{}); return;
-    case 8:
-      if constexpr (sizeof(T) <= 2) {
-        f(std::integral_constant<int, 8>{});
-        return;
-      }
-      break;
-    default: break;
-  }
-  SBN_FAIL("internal: unsupported vector width " + std::to_string(vec) + " for " +
-           std::to_string(sizeof(T)) + "-byte elements");
-}
-
-template <class F>
-void with_flag(bool flag, F&& f) {
-  if (flag) {
-    f(std::true_type{});
-  } else {
-    f(std::false_type{});
+  if (!bn_with_vec<T>(vec, std::forward<F>(f))) {
+    SBN_FAIL("internal: unsupported vector width " + std::to_string(vec) + " for " + std::to_string(sizeof(T)) +
+             "-byte elements");
   }
 }
 
@@ -165,7 +146,7 @@ template <class F>
 void with_dtype_vec_relu(DType dtype, int vec, bool relu, F&& f) {
   with_dtype(dtype, [&](auto* tag_ptr) {
     using T = std::remove_pointer_t<decltype(tag_ptr)>;
-    with_vec<T>(vec, [&](auto v) { with_flag(relu, [&](auto r) { f(tag_ptr, v, r); }); });
+    with_vec<T>(vec, [&](auto v) { bn_with_flag(relu, [&](auto r) { f(tag_ptr, v, r); }); });
   });
 }
 
@@ -176,6 +157,12 @@ inline dim3 grid_of(const BnTile& t) {
 }
 
 inline dim3 block_of(const BnTile& t) { return dim3(static_cast<unsigned>(t.tx), static_cast<unsigned>(t.ty)); }
+
+// Launches a pass's channels-last or planar kernel (same parameters) with the plan's grid and block.
+template <class... P, class... A>
+void launch_tiled(const BnTile& t, cudaStream_t stream, void (*rows)(P...), void (*planar)(P...), A... args) {
+  (t.channels_last ? rows : planar)<<<grid_of(t), block_of(t), 0, stream>>>(args...);
+}
 
 // "fp32 NCHW vec4" for launch-failure messages.
 inline std::string describe(const BnTile& t, DType dtype) {

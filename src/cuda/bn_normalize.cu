@@ -54,15 +54,8 @@ void bn_normalize(const void* x, DType dtype, const BnGeometry& g, const float* 
     using T = std::remove_pointer_t<decltype(tag_ptr)>;
     constexpr int V = decltype(v)::value;
     constexpr bool kRelu = decltype(r)::value;
-    const T* xt = static_cast<const T*>(x);
-    T* yt = static_cast<T*>(y);
-    if (t.channels_last) {
-      normalize_rows_kernel<T, V, kRelu>
-          <<<detail::grid_of(t), detail::block_of(t), 0, stream>>>(xt, yt, t, hi, a, b);
-    } else {
-      normalize_planar_kernel<T, V, kRelu>
-          <<<detail::grid_of(t), detail::block_of(t), 0, stream>>>(xt, yt, t, hi, a, b);
-    }
+    detail::launch_tiled(t, stream, normalize_rows_kernel<T, V, kRelu>, normalize_planar_kernel<T, V, kRelu>,
+                         static_cast<const T*>(x), static_cast<T*>(y), t, hi, a, b);
   });
   SBN_CUDA_LAUNCH_CHECK("bn_normalize: " + detail::describe(t, dtype));
 }

@@ -90,11 +90,7 @@ void bn_stats(const void* x, DType dtype, const BnGeometry& g, const double* piv
       const T* xt = static_cast<const T*>(x);
       detail::with_vec<T>(t.vec, [&](auto v) {
         constexpr int V = decltype(v)::value;
-        if (t.channels_last) {
-          stats_rows_kernel<T, V><<<detail::grid_of(t), detail::block_of(t), 0, stream>>>(xt, t, ws.data);
-        } else {
-          stats_planar_kernel<T, V><<<detail::grid_of(t), detail::block_of(t), 0, stream>>>(xt, t, ws.data);
-        }
+        detail::launch_tiled(t, stream, stats_rows_kernel<T, V>, stats_planar_kernel<T, V>, xt, t, ws.data);
       });
     });
     SBN_CUDA_LAUNCH_CHECK("bn_stats: partial sums, " + detail::describe(t, dtype));

@@ -93,6 +93,17 @@ void check_no_trailing_data(InputFile& f, const std::string& declared) {
   SBN_FAIL(f.path() + ": trailing garbage: " + amount + " bytes after the " + declared + " the header declares");
 }
 
+// Reads the `size`-byte header of an IDX file of `kind` into h. The magic is checked first, so a file of
+// another format says so even when it is shorter than the header; then a short header is "truncated".
+void read_idx_header(InputFile& f, unsigned char* h, std::size_t size, std::uint32_t magic, const std::string& kind,
+                     const char* dims) {
+  const std::size_t got = f.read(h, size);
+  if (got >= 4) check_magic(f.path(), be32(h), magic, (kind + dims).c_str());
+  if (got < size)
+    SBN_FAIL(f.path() + ": truncated: " + std::to_string(got) + " bytes, shorter than the " + std::to_string(size) +
+             "-byte header of " + kind);
+}
+
 struct IdxImages {
   std::int64_t count = 0, rows = 0, cols = 0;
   std::vector<std::uint8_t> pixels;  // (count, rows, cols)
@@ -101,11 +112,7 @@ struct IdxImages {
 IdxImages read_idx_images(const std::string& path) {
   InputFile f(path);
   unsigned char h[16];
-  const std::size_t got = f.read(h, sizeof h);
-  if (got >= 4) check_magic(path, be32(h), kImagesMagic, "IDX ubyte images, 3 dims");
-  if (got < sizeof h)
-    SBN_FAIL(path + ": truncated: " + std::to_string(got) +
-             " bytes, shorter than the 16-byte header of IDX ubyte images");
+  read_idx_header(f, h, sizeof h, kImagesMagic, "IDX ubyte images", ", 3 dims");
   IdxImages im;
   im.count = be32(h + 4);
   im.rows = be32(h + 8);
@@ -130,11 +137,7 @@ IdxImages read_idx_images(const std::string& path) {
 std::vector<std::int32_t> read_idx_labels(const std::string& path) {
   InputFile f(path);
   unsigned char h[8];
-  const std::size_t got = f.read(h, sizeof h);
-  if (got >= 4) check_magic(path, be32(h), kLabelsMagic, "IDX ubyte labels, 1 dim");
-  if (got < sizeof h)
-    SBN_FAIL(path + ": truncated: " + std::to_string(got) +
-             " bytes, shorter than the 8-byte header of IDX ubyte labels");
+  read_idx_header(f, h, sizeof h, kLabelsMagic, "IDX ubyte labels", ", 1 dim");
   const std::int64_t count = be32(h + 4);
   SBN_CHECK(count >= 1, path + ": bad header: 0 labels");
   const std::string declared = std::to_string(count) + " labels";

@@ -63,12 +63,15 @@ memory scratch_of(const Pd& pd, const dnnl::engine& eng) {
 
 class Conv2d final : public Module {
  public:
-  Conv2d(std::string name, const ConvSpec& spec, ParamStore& store, CpuContext& ctx)
-      : name_(std::move(name)), spec_(spec), store_(store), ctx_(ctx), gemm_(spec.in < kGemmMaxIn) {
-    weight_ = store.add(name_ + ".weight", {spec.out, spec.in, spec.kernel, spec.kernel}, true, ParamInit::kKaiming,
-                        spec.in * spec.kernel * spec.kernel);
-    if (spec.bias) bias_ = store.add(name_ + ".bias", {spec.out}, false, ParamInit::kZeros);
-  }
+  Conv2d(const ConvPlan& plan, ParamStore& store, CpuContext& ctx)
+      : plan_(plan),
+        name_(plan.name),
+        spec_(plan.spec),
+        store_(store),
+        ctx_(ctx),
+        weight_(plan.weight.index),
+        bias_(plan.bias.index),
+        gemm_(plan.spec.in < kGemmMaxIn) {}
 
   void forward(const Tensor& x, Tensor& y, bool) override {
     SBN_CHECK(x.rank() == 4 && x.dim(1) == spec_.in,
@@ -129,11 +132,7 @@ class Conv2d final : public Module {
     ctx_.stream.wait();
   }
 
-  std::string describe() const override {
-    return "conv" + std::to_string(spec_.kernel) + "x" + std::to_string(spec_.kernel) + "(" +
-           std::to_string(spec_.in) + "->" + std::to_string(spec_.out) +
-           (spec_.stride > 1 ? ",s" + std::to_string(spec_.stride) : "") + ")";
-  }
+  std::string describe() const override { return syncbn::describe(plan_); }
 
  private:
   // ---- the im2col + sgemm path (few input channels) ----
@@ -409,6 +408,7 @@ class Conv2d final : public Module {
     p.has_bwd_d = true;
   }
 
+  ConvPlan plan_;
   std::string name_;
   ConvSpec spec_;
   ParamStore& store_;
@@ -423,10 +423,12 @@ class Conv2d final : public Module {
 
 }  // namespace
 
+ModulePtr make_conv2d(const ConvPlan& plan, ParamStore& store, CpuContext& ctx) {
+  return std::make_unique<Conv2d>(plan, store, ctx);
+}
+
 ModulePtr make_conv2d(const std::string& name, const ConvSpec& spec, ParamStore& store, CpuContext& ctx) {
-  SBN_CHECK(spec.in > 0 && spec.out > 0 && spec.kernel > 0 && spec.stride > 0 && spec.pad >= 0,
-            name + ": bad convolution spec");
-  return std::make_unique<Conv2d>(name, spec, store, ctx);
+  return make_conv2d(plan_conv(store, name, spec), store, ctx);
 }
 
 }  // namespace syncbn

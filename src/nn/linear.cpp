@@ -24,12 +24,13 @@ void check_gemm(dnnl::status st, const std::string& name, const char* what) {
 
 class Linear final : public Module {
  public:
-  Linear(std::string name, std::int64_t in, std::int64_t out, bool bias, bool classifier, ParamStore& store)
-      : name_(std::move(name)), in_(in), out_(out), store_(store) {
-    weight_ = store.add(name_ + ".weight", {out, in}, true, classifier ? ParamInit::kClassifier : ParamInit::kKaiming,
-                        in);
-    if (bias) bias_ = store.add(name_ + ".bias", {out}, false, ParamInit::kZeros);
-  }
+  Linear(const LinearPlan& plan, ParamStore& store)
+      : name_(plan.name),
+        in_(plan.in),
+        out_(plan.out),
+        store_(store),
+        weight_(plan.weight.index),
+        bias_(plan.bias.index) {}
 
   void forward(const Tensor& x, Tensor& y, bool) override {
     const std::int64_t N = x.rank() ? x.dim(0) : 0;
@@ -112,10 +113,11 @@ class Linear final : public Module {
 
 }  // namespace
 
+ModulePtr make_linear(const LinearPlan& plan, ParamStore& store) { return std::make_unique<Linear>(plan, store); }
+
 ModulePtr make_linear(const std::string& name, std::int64_t in, std::int64_t out, bool bias, bool classifier,
                       ParamStore& store) {
-  SBN_CHECK(in > 0 && out > 0, name + ": bad linear sizes");
-  return std::make_unique<Linear>(name, in, out, bias, classifier, store);
+  return make_linear(plan_linear(store, name, in, out, bias, classifier), store);
 }
 
 }  // namespace syncbn

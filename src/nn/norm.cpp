@@ -17,19 +17,10 @@ namespace {
 // added out after backward - C floats each way), everything else in the layer.
 class BatchNormModule final : public Module {
  public:
-  BatchNormModule(const std::string& name, std::int64_t channels, const NormSpec& spec, bool relu,
-                  ParamStore& store, SyncGroup* group)
-      : store_(store), mode_(spec.sync.str()) {
-    BatchNormOptions opt;
-    opt.channels = channels;
-    opt.eps = spec.eps;
-    opt.momentum = spec.momentum;
-    opt.fuse_relu = relu;
-    opt.ghost_batch = spec.ghost_batch;
-    SBN_CHECK(!spec.communicates() || group, name + ": a synced BatchNorm needs a sync group");
-    bn_ = std::make_unique<SyncBatchNorm>(name, opt, spec.communicates() ? group : nullptr);
-    gamma_ = store.add(name + ".weight", {channels}, false, ParamInit::kOnes);
-    beta_ = store.add(name + ".bias", {channels}, false, ParamInit::kZeros);
+  BatchNormModule(const NormPlan& plan, ParamStore& store, SyncGroup* group)
+      : plan_(plan), store_(store), gamma_(plan.gamma.index), beta_(plan.beta.index) {
+    SBN_CHECK(!plan.synced() || group, plan.name + ": a synced BatchNorm needs a sync group");
+    bn_ = std::make_unique<SyncBatchNorm>(plan.name, plan.batchnorm_options(), plan.synced() ? group : nullptr);
   }
 
   void forward(const Tensor& x, Tensor& y, bool training) override {
@@ -73,15 +64,13 @@ class BatchNormModule final : public Module {
     out.insert(out.end(), {rm, rv, pv, nb});
   }
   void sync_bns(std::vector<SyncBatchNorm*>& out) override { out.push_back(bn_.get()); }
-  std::string describe() const override {
-    return "bn[" + mode_ + "]" + (bn_->options().fuse_relu ? "+relu" : "");
-  }
+  std::string describe() const override { return syncbn::describe(plan_); }
 
  private:
+  NormPlan plan_;
   ParamStore& store_;
-  std::unique_ptr<SyncBatchNorm> bn_;
   int gamma_ = -1, beta_ = -1;
-  std::string mode_;  // the --norm text: "local", "sync", "sync:K"
+  std::unique_ptr<SyncBatchNorm> bn_;
 };
 
 // GroupNorm over NHWC (N, C, H, W) or (N, C) activations. Per sample, the loops run over positions with
@@ -90,15 +79,16 @@ class BatchNormModule final : public Module {
 // then per-channel coefficients make the output and the input gradient one fma pass each.
 class GroupNorm final : public Module {
  public:
-  GroupNorm(const std::string& name, std::int64_t channels, std::int64_t groups, double eps, bool relu,
-            ParamStore& store)
-      : name_(name), C_(channels), G_(groups), eps_(eps), relu_(relu), store_(store) {
-    SBN_CHECK(groups > 0 && channels % groups == 0,
-              name + ": --gn-groups " + std::to_string(groups) + " must divide the channel count " +
-                  std::to_string(channels));
-    gamma_ = store.add(name + ".weight", {channels}, false, ParamInit::kOnes);
-    beta_ = store.add(name + ".bias", {channels}, false, ParamInit::kZeros);
-    const auto C = static_cast<std::size_t>(channels);
+  GroupNorm(const NormPlan& plan, ParamStore& store)
+      : name_(plan.name),
+        C_(plan.channels),
+        G_(plan.spec.gn_groups),
+        eps_(plan.spec.eps),
+        relu_(plan.relu),
+        store_(store),
+        gamma_(plan.gamma.index),
+        beta_(plan.beta.index) {
+    const auto C = static_cast<std::size_t>(C_);
     s1_.resize(C);
     s2_.resize(C);
     ca_.resize(C);
@@ -283,16 +273,19 @@ class Identity final : public Module {
 
 }  // namespace
 
-ModulePtr make_norm(const std::string& name, std::int64_t channels, const NormSpec& spec, bool relu,
-                    ParamStore& store, SyncGroup* group) {
-  switch (spec.kind) {
-    case NormKind::kBatchNorm: return std::make_unique<BatchNormModule>(name, channels, spec, relu, store, group);
-    case NormKind::kGroupNorm:
-      return std::make_unique<GroupNorm>(name, channels, spec.gn_groups, spec.eps, relu, store);
+ModulePtr make_norm(const NormPlan& plan, ParamStore& store, SyncGroup* group) {
+  switch (plan.spec.kind) {
+    case NormKind::kBatchNorm: return std::make_unique<BatchNormModule>(plan, store, group);
+    case NormKind::kGroupNorm: return std::make_unique<GroupNorm>(plan, store);
     case NormKind::kNone: break;
   }
-  if (relu) return make_relu();
+  if (plan.relu) return make_relu();
   return std::make_unique<Identity>();
+}
+
+ModulePtr make_norm(const std::string& name, std::int64_t channels, const NormSpec& spec, bool relu,
+                    ParamStore& store, SyncGroup* group) {
+  return make_norm(plan_norm(store, name, channels, spec, relu), store, group);
 }
 
 }  // namespace syncbn

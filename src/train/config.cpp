@@ -90,6 +90,10 @@ void reject_negative_unsigned(const po::parsed_options& parsed, const std::vecto
   }
 }
 
+// Whether a resumed run may give an option another value than the checkpointed run (run length, output
+// and runtime options) or must give the same (everything that shapes the computation).
+enum class Resume { kFixed, kMayChange };
+
 // The option list, built once: Boost descriptions per group plus our OptionInfo records.
 struct Registry {
   std::vector<std::pair<std::string, po::options_description>> groups;
@@ -104,7 +108,7 @@ struct Registry {
   }
 
   template <class T>
-  void add(const char* group_name, const char* names, T* field, const std::string& help, bool resume_may_differ = false) {
+  void add(const char* group_name, const char* names, T* field, Resume resume, const std::string& help) {
     std::string long_name = names;
     const auto comma = long_name.find(',');
     if (comma != std::string::npos) long_name = long_name.substr(0, comma);
@@ -112,7 +116,8 @@ struct Registry {
     if constexpr (std::is_same_v<T, bool>) sem->implicit_value(true, "true");
     group(group_name).add_options()(names, sem, help.c_str());
     if constexpr (std::is_unsigned_v<T> && !std::is_same_v<T, bool>) unsigned_names.push_back(long_name);
-    infos->push_back({long_name, group_name, help, [field] { return text_of(*field); }, resume_may_differ});
+    infos->push_back({long_name, group_name, help, [field] { return text_of(*field); },
+                      resume == Resume::kMayChange});
   }
 };
 
@@ -179,61 +184,86 @@ void check_bn_batches(const TrainConfig& c, const NormSpec& norm, int world_size
   }
 }
 
-// Every flag of syncbn-train, in --help order: name, field, help text, and whether a resumed run may
-// change it (run length, output and runtime flags).
+// Every flag of syncbn-train, in --help order: group, name, field, whether a resumed run may change it,
+// help text. One table, one row shape: the help text stays on one line, however long.
 void register_options(Registry& reg, TrainConfig& c) {
-  reg.add("Data", "dataset", &c.dataset, "fashion-mnist | mnist | cifar10 | synthetic");
-  reg.add("Data", "data-dir", &c.data_dir,
-          "dataset directory (default: /usr/share/datasets/fashion-mnist for fashion-mnist, "
-          "/usr/share/datasets/mnist for mnist; required for cifar10)");
-  reg.add("Data", "synthetic-train", &c.synthetic_train, "synthetic: training samples");
-  reg.add("Data", "synthetic-test", &c.synthetic_test, "synthetic: test samples");
-  reg.add("Data", "synthetic-shape", &c.synthetic_shape, "synthetic: image shape CxHxW (1x28x28 or 3x32x32)");
-  reg.add("Data", "augment", &c.augment, "auto | on | off: random crop (pad 4) + horizontal flip; auto = on for cifar10");
-  reg.add("Model", "model", &c.model, "convnet (conv-norm-ReLU-pool x3, fc-norm-ReLU, fc) | resnet (3 stages of residual blocks)");
-  reg.add("Model", "width", &c.width, "channels of the first conv/stage (then 2x, 4x; convnet hidden fc 8x)");
-  reg.add("Model", "depth", &c.depth, "resnet: residual blocks per stage");
-  reg.add("Normalization", "norm", &c.norm,
-          "sync (SyncBN over all ranks) | sync:K (groups of K consecutive ranks) | local (per-rank BN) | "
-          "groupnorm | none");
-  reg.add("Normalization", "gn-groups", &c.gn_groups, "groupnorm: groups (must divide --width)");
-  reg.add("Normalization", "ghost-batch", &c.ghost_batch,
+  reg.add("Data", "dataset", &c.dataset, Resume::kFixed,
+          "fashion-mnist | mnist | cifar10 | synthetic");
+  reg.add("Data", "data-dir", &c.data_dir, Resume::kFixed,
+          "dataset directory (default: /usr/share/datasets/fashion-mnist for fashion-mnist, /usr/share/datasets/mnist for mnist; required for cifar10)");
+  reg.add("Data", "synthetic-train", &c.synthetic_train, Resume::kFixed,
+          "synthetic: training samples");
+  reg.add("Data", "synthetic-test", &c.synthetic_test, Resume::kFixed,
+          "synthetic: test samples");
+  reg.add("Data", "synthetic-shape", &c.synthetic_shape, Resume::kFixed,
+          "synthetic: image shape CxHxW (1x28x28 or 3x32x32)");
+  reg.add("Data", "augment", &c.augment, Resume::kFixed,
+          "auto | on | off: random crop (pad 4) + horizontal flip; auto = on for cifar10");
+  reg.add("Model", "model", &c.model, Resume::kFixed,
+          "convnet (conv-norm-ReLU-pool x3, fc-norm-ReLU, fc) | resnet (3 stages of residual blocks)");
+  reg.add("Model", "width", &c.width, Resume::kFixed,
+          "channels of the first conv/stage (then 2x, 4x; convnet hidden fc 8x)");
+  reg.add("Model", "depth", &c.depth, Resume::kFixed,
+          "resnet: residual blocks per stage");
+  reg.add("Normalization", "norm", &c.norm, Resume::kFixed,
+          "sync (SyncBN over all ranks) | sync:K (groups of K consecutive ranks) | local (per-rank BN) | groupnorm | none");
+  reg.add("Normalization", "gn-groups", &c.gn_groups, Resume::kFixed,
+          "groupnorm: groups (must divide --width)");
+  reg.add("Normalization", "ghost-batch", &c.ghost_batch, Resume::kFixed,
           "local: BN statistics over consecutive sub-batches of this many samples within a rank (0: off)");
-  reg.add("Normalization", "bn-momentum", &c.bn_momentum, "running-statistics momentum in [0, 1], or none (cumulative average)");
-  reg.add("Normalization", "bn-eps", &c.bn_eps, "BN/GN epsilon added to the variance");
-  reg.add("Batching", "global-batch,b", &c.global_batch, "samples per optimizer step over all ranks (B)");
-  reg.add("Batching", "accum-steps", &c.accum_steps,
+  reg.add("Normalization", "bn-momentum", &c.bn_momentum, Resume::kFixed,
+          "running-statistics momentum in [0, 1], or none (cumulative average)");
+  reg.add("Normalization", "bn-eps", &c.bn_eps, Resume::kFixed,
+          "BN/GN epsilon added to the variance");
+  reg.add("Batching", "global-batch,b", &c.global_batch, Resume::kFixed,
+          "samples per optimizer step over all ranks (B)");
+  reg.add("Batching", "accum-steps", &c.accum_steps, Resume::kFixed,
           "micro-batches per optimizer step (B/K samples each, globally; must divide B); BN statistics are per micro-batch");
-  reg.add("Batching", "grad-accum", &c.grad_accum,
-          "fp32 | fp64: parameter-gradient accumulation; fp64 (OpenBLAS DGEMM, double all-reduce) makes results "
-          "independent of the world size up to double rounding, at roughly twice the step time");
-  reg.add("Optimization", "epochs,e", &c.epochs, "training epochs (the last partial batch of an epoch is dropped)", true);
-  reg.add("Optimization", "max-steps", &c.max_steps, "stop after this many optimizer steps (0: run --epochs; wins over --epochs)", true);
-  reg.add("Optimization", "stop-after", &c.stop_after,
-          "end this run after this many optimizer steps (counted from 0, the schedule still follows --max-steps/"
-          "--epochs), saving a checkpoint to resume from: for time-limited allocations (0: off)", true);
-  reg.add("Optimization", "lr", &c.lr, "peak learning rate (per global batch)");
-  reg.add("Optimization", "momentum", &c.momentum, "SGD momentum in [0, 1)");
-  reg.add("Optimization", "nesterov", &c.nesterov, "Nesterov momentum (true | false)");
-  reg.add("Optimization", "weight-decay", &c.weight_decay, "L2 weight decay (not applied to norm parameters and biases)");
-  reg.add("Optimization", "decay-norm-bias", &c.decay_norm_bias, "also decay norm parameters and biases (true | false)");
-  reg.add("Optimization", "warmup-steps", &c.warmup_steps, "linear learning-rate warm-up from 0 over this many steps");
-  reg.add("Optimization", "lr-schedule", &c.lr_schedule, "cosine | step | constant (after warm-up)");
-  reg.add("Optimization", "lr-steps", &c.lr_steps, "step: comma-separated epochs at which lr *= lr-gamma (default: 50% and 75% of --epochs)");
-  reg.add("Optimization", "lr-gamma", &c.lr_gamma, "step: factor in (0, 1]");
-  reg.add("Output", "eval-every", &c.eval_every, "also evaluate every N optimizer steps (0: at the end of each epoch only)", true);
-  reg.add("Output", "log-every", &c.log_every, "progress line and metrics row every N optimizer steps", true);
-  reg.add("Output", "run-dir", &c.run_dir, "directory for config.ini, metrics.csv, metrics.jsonl and checkpoints (empty: none)", true);
-  reg.add("Output", "save-every", &c.save_every, "checkpoint every N optimizer steps into --run-dir (0: only at the end when --run-dir is set)", true);
-  reg.add("Output", "resume", &c.resume, "resume from a checkpoint file, or 'latest' (the newest in --run-dir)", true);
-  reg.add("Runtime", "seed", &c.seed,
+  reg.add("Batching", "grad-accum", &c.grad_accum, Resume::kFixed,
+          "fp32 | fp64: parameter-gradient accumulation; fp64 (OpenBLAS DGEMM, double all-reduce) makes results independent of the world size up to double rounding, at roughly twice the step time");
+  reg.add("Optimization", "epochs,e", &c.epochs, Resume::kMayChange,
+          "training epochs (the last partial batch of an epoch is dropped)");
+  reg.add("Optimization", "max-steps", &c.max_steps, Resume::kMayChange,
+          "stop after this many optimizer steps (0: run --epochs; wins over --epochs)");
+  reg.add("Optimization", "stop-after", &c.stop_after, Resume::kMayChange,
+          "end this run after this many optimizer steps (counted from 0, the schedule still follows --max-steps/--epochs), saving a checkpoint to resume from: for time-limited allocations (0: off)");
+  reg.add("Optimization", "lr", &c.lr, Resume::kFixed,
+          "peak learning rate (per global batch)");
+  reg.add("Optimization", "momentum", &c.momentum, Resume::kFixed,
+          "SGD momentum in [0, 1)");
+  reg.add("Optimization", "nesterov", &c.nesterov, Resume::kFixed,
+          "Nesterov momentum (true | false)");
+  reg.add("Optimization", "weight-decay", &c.weight_decay, Resume::kFixed,
+          "L2 weight decay (not applied to norm parameters and biases)");
+  reg.add("Optimization", "decay-norm-bias", &c.decay_norm_bias, Resume::kFixed,
+          "also decay norm parameters and biases (true | false)");
+  reg.add("Optimization", "warmup-steps", &c.warmup_steps, Resume::kFixed,
+          "linear learning-rate warm-up from 0 over this many steps");
+  reg.add("Optimization", "lr-schedule", &c.lr_schedule, Resume::kFixed,
+          "cosine | step | constant (after warm-up)");
+  reg.add("Optimization", "lr-steps", &c.lr_steps, Resume::kFixed,
+          "step: comma-separated epochs at which lr *= lr-gamma (default: 50% and 75% of --epochs)");
+  reg.add("Optimization", "lr-gamma", &c.lr_gamma, Resume::kFixed,
+          "step: factor in (0, 1]");
+  reg.add("Output", "eval-every", &c.eval_every, Resume::kMayChange,
+          "also evaluate every N optimizer steps (0: at the end of each epoch only)");
+  reg.add("Output", "log-every", &c.log_every, Resume::kMayChange,
+          "progress line and metrics row every N optimizer steps");
+  reg.add("Output", "run-dir", &c.run_dir, Resume::kMayChange,
+          "directory for config.ini, metrics.csv, metrics.jsonl and checkpoints (empty: none)");
+  reg.add("Output", "save-every", &c.save_every, Resume::kMayChange,
+          "checkpoint every N optimizer steps into --run-dir (0: only at the end when --run-dir is set)");
+  reg.add("Output", "resume", &c.resume, Resume::kMayChange,
+          "resume from a checkpoint file, or 'latest' (the newest in --run-dir)");
+  reg.add("Runtime", "seed", &c.seed, Resume::kFixed,
           "seed of the initialization, the sampler, augmentation and synthetic data (0 .. 2^64-1)");
-  reg.add("Runtime", "threads", &c.threads, "oneDNN threads per rank (1 .. 1024)", true);
-  reg.add("Runtime", "comm-timeout", &c.comm_timeout,
-          "seconds a collective may take before the job is aborted as hung (0: never; at most 604800, a week)", true);
-  reg.add("Runtime", "device", &c.device,
-          "auto | cpu | cuda: auto = cuda when this build has the CUDA path and every rank sees a GPU", true);
-  reg.add("Runtime", "precision", &c.precision,
+  reg.add("Runtime", "threads", &c.threads, Resume::kMayChange,
+          "oneDNN threads per rank (1 .. 1024)");
+  reg.add("Runtime", "comm-timeout", &c.comm_timeout, Resume::kMayChange,
+          "seconds a collective may take before the job is aborted as hung (0: never; at most 604800, a week)");
+  reg.add("Runtime", "device", &c.device, Resume::kMayChange,
+          "auto | cpu | cuda: auto = cuda when this build has the CUDA path and every rank sees a GPU");
+  reg.add("Runtime", "precision", &c.precision, Resume::kFixed,
           "fp32 | bf16 | fp16: activation precision on the GPU (fp16 with dynamic loss scaling); the CPU path is fp32");
 }
 
@@ -277,14 +307,8 @@ std::string markdown_table(const std::vector<OptionInfo>& options) {
 }  // namespace
 
 DataOptions data_options(const TrainConfig& cfg) {
-  DataOptions d;
-  d.dataset = cfg.dataset;
-  d.dir = cfg.data_dir;
-  d.synthetic_train = cfg.synthetic_train;
-  d.synthetic_test = cfg.synthetic_test;
-  d.synthetic_shape = cfg.synthetic_shape;
-  d.seed = cfg.seed;
-  return d;
+  // DataOptions' fields in order (data.h).
+  return DataOptions{cfg.dataset, cfg.data_dir, cfg.synthetic_train, cfg.synthetic_test, cfg.synthetic_shape, cfg.seed};
 }
 
 TrainOptions::TrainOptions() = default;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "syncbn/bench_util.h"
+#include "syncbn/model.h"
 #include "syncbn/optimizer.h"
 
 extern "C" void openblas_set_num_threads(int num_threads);  // OpenBLAS (the BLAS syncbn links)
@@ -16,64 +17,58 @@ namespace syncbn {
 namespace {
 
 // Gradients are summed in buckets of at most this many bytes: few collectives, bounded message size.
-constexpr std::int64_t kBucketBytes = 8 << 20;
+constexpr std::size_t kBucketBytes = std::size_t{8} << 20;
 
-class CpuTrainModel final : public TrainModel {
+class CpuTrainModel final : public PlannedTrainModel {
  public:
-  CpuTrainModel(const ModelSpec& spec, const TrainConfig& cfg, Communicator& world) : spec_(spec) {
+  CpuTrainModel(const ModelSpec& spec, const TrainConfig& cfg, Communicator& world)
+      : PlannedTrainModel(spec, cfg.seed) {
     omp_set_num_threads(static_cast<int>(cfg.threads));
     openblas_set_num_threads(static_cast<int>(cfg.threads));
     if (spec_.norm.communicates()) group_ = std::make_unique<SyncGroup>(world, spec_.norm.sync);
-    model_ = build_model(spec_, ctx_, cfg.seed, group_.get());
-    if (cfg.grad_accum == "fp64") model_->params.enable_fp64_grads();
-    sgd_ = std::make_unique<Sgd>(model_->params, cfg.momentum, cfg.weight_decay, cfg.nesterov, cfg.decay_norm_bias);
+    net_ = build_network(plan_, params_, ctx_, group_.get());
+    if (cfg.grad_accum == "fp64") params_.enable_fp64_grads();
+    sgd_ = std::make_unique<Sgd>(params_, cfg.momentum, cfg.weight_decay, cfg.nesterov, cfg.decay_norm_bias);
   }
 
-  std::string describe() const override { return spec_.arch + ": " + model_->net->describe(); }
+  std::string describe() const override { return describe_network(); }
   std::string device() const override { return "cpu"; }
-  std::int64_t num_params() const override { return model_->params.total(); }
-  int num_syncbn_layers() const override { return static_cast<int>(model_->bns.size()); }
-  std::string signature() const override { return model_->signature; }
+  int num_syncbn_layers() const override { return static_cast<int>(net_.bns.size()); }
 
   void train_micro(const float* images, const std::int32_t* labels, std::int64_t n, float grad_scale,
                    double* loss_sum, std::int64_t* correct) override {
     if (!step_open_) save_buffers();  // the step's first forward: what a non-committing step restores
     step_open_ = true;
     load_input(images, n);
-    model_->net->forward(x_, logits_, true);
+    net_.net->forward(x_, logits_, true);
     std::int64_t right = 0;
     *loss_sum += softmax_cross_entropy(logits_, labels, grad_scale, dlogits_, &right);
     *correct += right;
-    model_->net->backward(x_, logits_, dlogits_, nullptr);
+    net_.net->backward(x_, logits_, dlogits_, nullptr);
   }
 
   double reduce_and_update(Communicator& world, double lr) override {
-    ParamStore& ps = model_->params;
-    const std::int64_t total = ps.total();
+    ParamStore& ps = params_;
     const double t0 = now_seconds();
     if (ps.fp64_grads()) {
-      constexpr std::int64_t kBucket = kBucketBytes / static_cast<std::int64_t>(sizeof(double));
       double* g64 = ps.grads64().data();
-      for (std::int64_t off = 0; off < total; off += kBucket)
-        world.allreduce_sum(g64 + off, static_cast<std::size_t>(std::min(kBucket, total - off)), "gradient bucket (fp64)");
+      for (const auto& [off, n] : buckets(ps.total(), sizeof(double), kBucketBytes))
+        world.allreduce_sum(g64 + off, static_cast<std::size_t>(n), "gradient bucket (fp64)");
       float* g = ps.grads().data();
-      for (std::int64_t i = 0; i < total; ++i) g[i] = static_cast<float>(g64[i]);
+      for (std::int64_t i = 0; i < ps.total(); ++i) g[i] = static_cast<float>(g64[i]);
     } else {
-      constexpr std::int64_t kBucket = kBucketBytes / static_cast<std::int64_t>(sizeof(float));
       float* g = ps.grads().data();
-      for (std::int64_t off = 0; off < total; off += kBucket)
-        world.allreduce_sum(g + off, static_cast<std::size_t>(std::min(kBucket, total - off)), "gradient bucket");
+      for (const auto& [off, n] : buckets(ps.total(), sizeof(float), kBucketBytes))
+        world.allreduce_sum(g + off, static_cast<std::size_t>(n), "gradient bucket");
     }
     const double seconds = now_seconds() - t0;
     // The step commits only if every reduced gradient is finite. The reduced gradients are the same on
     // every rank (a NaN or Inf anywhere reaches every sum), so every rank decides alike, no collective.
-    const std::int64_t bad = ps.first_nonfinite_grad();
-    if (bad < 0) {
+    last_ = verdict(ps.first_nonfinite_grad());
+    if (last_.outcome == StepResult::Outcome::kCommitted) {
       sgd_->step(lr);
-      last_ = {};
-    } else {
-      if (step_open_) restore_buffers();
-      last_ = {StepResult::Outcome::kNonFinite, ps.info(ps.param_at(bad)).name};
+    } else if (step_open_) {
+      restore_buffers();
     }
     step_open_ = false;
     ps.zero_grads();
@@ -85,7 +80,7 @@ class CpuTrainModel final : public TrainModel {
   void evaluate(const float* images, const std::int32_t* labels, std::int64_t n, double* loss_sum,
                 std::int64_t* correct) override {
     load_input(images, n);
-    model_->net->forward(x_, logits_, false);
+    net_.net->forward(x_, logits_, false);
     std::int64_t right = 0;
     *loss_sum += softmax_cross_entropy(logits_, labels, 1.0f, dlogits_, &right);
     *correct += right;
@@ -93,7 +88,7 @@ class CpuTrainModel final : public TrainModel {
 
   double take_syncbn_comm_seconds() override {
     double s = 0;
-    for (SyncBatchNorm* bn : model_->bns) {
+    for (SyncBatchNorm* bn : net_.bns) {
       s += bn->comm_seconds();
       bn->reset_comm_seconds();
     }
@@ -102,14 +97,14 @@ class CpuTrainModel final : public TrainModel {
 
   void average_running_stats(Communicator& world) override {
     std::vector<double> acc;
-    for (SyncBatchNorm* bn : model_->bns) {
+    for (SyncBatchNorm* bn : net_.bns) {
       acc.insert(acc.end(), bn->running_mean().begin(), bn->running_mean().end());
       acc.insert(acc.end(), bn->running_var().begin(), bn->running_var().end());
     }
     if (acc.empty()) return;
     world.allreduce_sum(acc.data(), acc.size(), "local BN running-stat average");
     std::size_t i = 0;
-    for (SyncBatchNorm* bn : model_->bns) {
+    for (SyncBatchNorm* bn : net_.bns) {
       for (float& v : bn->running_mean()) v = static_cast<float>(acc[i++] / world.size());
       for (float& v : bn->running_var()) v = static_cast<float>(acc[i++] / world.size());
     }
@@ -119,16 +114,7 @@ class CpuTrainModel final : public TrainModel {
   void state_from_host() override { step_open_ = false; }
 
   std::vector<StateArray> state() override {
-    std::vector<StateArray> out;
-    out.push_back({"params", model_->params.values().data(), model_->params.values().size() * sizeof(float)});
-    out.push_back({"momentum", sgd_->momentum_buffer().data(), sgd_->momentum_buffer().size() * sizeof(float)});
-    for (const BufferRef& b : model_->buffers) {
-      const std::size_t elem = b.f32 ? sizeof(float) : b.f64 ? sizeof(double) : sizeof(std::int64_t);
-      void* data = b.f32 ? static_cast<void*>(b.f32) : b.f64 ? static_cast<void*>(b.f64) : static_cast<void*>(b.i64);
-      const StateType type = b.f32 ? StateType::kF32 : b.f64 ? StateType::kF64 : StateType::kI64;
-      out.push_back({"buffer:" + b.name, data, static_cast<std::size_t>(b.size) * elem, type});
-    }
-    return out;
+    return state_arrays(params_.values().data(), sgd_->momentum_buffer().data(), net_.buffers);
   }
 
  private:
@@ -141,15 +127,15 @@ class CpuTrainModel final : public TrainModel {
   // Every buffer (running mean/var, pivot, num_batches_tracked: Model::buffers) as the step's first
   // forward found it; restored when the step does not commit. A few KB: C values per array.
   void save_buffers() {
-    saved_.resize(model_->buffers.size());
+    saved_.resize(net_.buffers.size());
     for (std::size_t i = 0; i < saved_.size(); ++i) {
-      const auto [data, bytes] = buffer_bytes(model_->buffers[i]);
+      const auto [data, bytes] = buffer_bytes(net_.buffers[i]);
       saved_[i].assign(static_cast<const char*>(data), static_cast<const char*>(data) + bytes);
     }
   }
   void restore_buffers() {
     for (std::size_t i = 0; i < saved_.size(); ++i)
-      std::memcpy(buffer_bytes(model_->buffers[i]).first, saved_[i].data(), saved_[i].size());
+      std::memcpy(buffer_bytes(net_.buffers[i]).first, saved_[i].data(), saved_[i].size());
   }
   static std::pair<void*, std::size_t> buffer_bytes(const BufferRef& b) {
     const auto n = static_cast<std::size_t>(b.size);
@@ -158,10 +144,9 @@ class CpuTrainModel final : public TrainModel {
     return {b.i64, n * sizeof(std::int64_t)};
   }
 
-  ModelSpec spec_;
-  std::unique_ptr<SyncGroup> group_;  // the synced BN modes' group (before the model: outlives its layers)
+  std::unique_ptr<SyncGroup> group_;  // the synced BN modes' group (before the network: outlives its layers)
   CpuContext ctx_;
-  std::unique_ptr<Model> model_;
+  Network net_;
   std::unique_ptr<Sgd> sgd_;
   Tensor x_, logits_, dlogits_;
   bool step_open_ = false;               // train_micro ran since the last reduce_and_update

@@ -189,15 +189,9 @@ class TrainingRun {
 
   void build_model() {
     const Dataset& train = data_.train;
-    ModelSpec spec;
-    spec.arch = cfg_.model;
-    spec.width = cfg_.width;
-    spec.depth = cfg_.depth;
-    spec.in_channels = train.channels;
-    spec.height = train.height;
-    spec.width_px = train.width;
-    spec.classes = train.num_classes;
-    spec.norm = norm_;
+    // ModelSpec's fields in order: arch, width, depth, in_channels, height, width_px, classes, norm.
+    const ModelSpec spec{cfg_.model, cfg_.width, cfg_.depth,
+                         train.channels, train.height, train.width, train.num_classes, norm_};
     run_agreed(world_, "model", [&] { model_ = make_train_model(device_, spec, cfg_, world_); });
     print_rank_table(world_, log_, model_->device());
     log_("# model %s\n# %.3f M parameters, %d SyncBN layers\n", model_->describe().c_str(),
@@ -307,27 +301,16 @@ class TrainingRun {
          static_cast<long long>(epoch_of(pos_.step)), static_cast<long long>(pos_.step),
          static_cast<long long>(total_steps_), end.loss, 100 * end.acc, end.lr, r.images_per_s, r.step_ms, r.comm_ms,
          r.grad_ms, hms(eta).c_str());
-    MetricRow row = metric_row("train", pos_.step);
-    row.loss = end.loss;
-    row.acc = end.acc;
-    row.lr = end.lr;
-    row.step_ms = r.step_ms;
-    row.comm_ms = r.comm_ms;
-    row.images_per_s = r.images_per_s;
-    row.grad_comm_ms = r.grad_ms;
-    write_metrics(row);
+    write_metrics(metric_row("train", pos_.step, end.loss, end.acc, end.lr, r));
   }
 
-  MetricRow metric_row(const char* kind, std::int64_t step) const {
-    MetricRow row;
-    row.kind = kind;
-    row.step = step;
-    row.epoch = epoch_of(step);
-    row.norm = cfg_.norm;
-    row.bn_batch = bn_batch_;
-    row.global_batch = cfg_.global_batch;
-    row.world_size = world_.size();
-    return row;
+  // A metrics row of `kind` at `step`: the measured values (rates: train rows only) and the run's context.
+  MetricRow metric_row(const char* kind, std::int64_t step, double loss, double acc, double lr,
+                       const RateWindow::Rates& r = {}) const {
+    // MetricRow's fields in order (metrics.h).
+    return MetricRow{kind, step, epoch_of(step), loss, acc, lr,
+                     cfg_.norm, bn_batch_, cfg_.global_batch, world_.size(),
+                     r.step_ms, r.comm_ms, r.images_per_s, r.grad_ms};
   }
 
   // Rank 0 writes; a failure (full disk) is remembered and agreed on at the next step boundary, where
@@ -363,10 +346,7 @@ class TrainingRun {
     const EvalResult e = evaluate(*model_, data_.test, world_);
     log_("eval  epoch %lld step %lld: test loss %.4f acc %.2f%%\n", static_cast<long long>(epoch_of(step)),
          static_cast<long long>(step), e.loss, 100 * e.acc);
-    MetricRow row = metric_row("eval", step);
-    row.loss = e.loss;
-    row.acc = e.acc;
-    write_metrics(row);
+    write_metrics(metric_row("eval", step, e.loss, e.acc, 0));
     return e;
   }
 

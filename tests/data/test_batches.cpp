@@ -30,6 +30,22 @@ Dataset positional(std::int64_t n, std::int64_t C, std::int64_t H, std::int64_t 
   return d;
 }
 
+// Crop-and-flip augmentation drawn from `seed` and `epoch`.
+Augment crop_flip(std::uint64_t seed, std::int64_t epoch = 0) {
+  Augment a;
+  a.crop_flip = true;
+  a.seed = seed;
+  a.epoch = epoch;
+  return a;
+}
+
+// The batch of samples 0 .. n-1 in order.
+std::vector<std::int64_t> first_samples(std::int64_t n) {
+  std::vector<std::int64_t> idx(static_cast<std::size_t>(n));
+  std::iota(idx.begin(), idx.end(), 0);
+  return idx;
+}
+
 // Independent reference of crop+flip: pad into an explicit (H+8, W+8) zero image, cut the window at
 // (dy, dx), then mirror the window.
 std::vector<float> reference_crop_flip(const float* src, std::int64_t C, std::int64_t H, std::int64_t W,
@@ -81,16 +97,13 @@ TEST(GatherBatch, RejectsOutOfRangeIndices) {
   EXPECT_EQ(error_text([&] { gather_batch(d, bad_end, 3, nullptr, img.data(), lab.data()); }),
             "gather_batch: index 5 (batch position 2) is outside [0, 5) of positional");
   const std::int64_t negative[] = {-1};
-  Augment on;
-  on.crop_flip = true;
+  const Augment on = crop_flip(0);
   EXPECT_EQ(error_text([&] { gather_batch(d, negative, 1, &on, img.data(), lab.data()); }),
             "gather_batch: index -1 (batch position 0) is outside [0, 5) of positional");
 }
 
 TEST(Augment, DrawsCoverEveryCropAndFlipUniformly) {
-  Augment a;
-  a.crop_flip = true;
-  a.seed = 1;
+  const Augment a = crop_flip(1);
   std::map<std::tuple<int, int, bool>, int> count;
   const int n = 81 * 2 * 200;
   for (int i = 0; i < n; ++i) {
@@ -112,12 +125,8 @@ TEST(Augment, DrawsCoverEveryCropAndFlipUniformly) {
 TEST(Augment, PureFunctionOfSeedEpochAndIndex) {
   const Dataset d = positional(50, 3, 8, 8);
   const std::int64_t S = d.sample_floats();
-  Augment a;
-  a.crop_flip = true;
-  a.seed = 42;
-  a.epoch = 3;
-  std::vector<std::int64_t> idx(50);
-  std::iota(idx.begin(), idx.end(), 0);
+  const Augment a = crop_flip(42, 3);
+  const std::vector<std::int64_t> idx = first_samples(50);
   std::vector<float> full(50 * static_cast<std::size_t>(S)), again(full.size());
   std::vector<std::int32_t> lab(50);
   gather_batch(d, idx.data(), 50, &a, full.data(), lab.data());
@@ -150,11 +159,8 @@ TEST(Augment, MatchesAnIndependentPadCropFlip) {
   // values are either 0 (padding) or the source value of the right position (crop within bounds).
   const Dataset d = positional(2000, 2, 5, 6);
   const std::int64_t S = d.sample_floats();
-  Augment a;
-  a.crop_flip = true;
-  a.seed = 7;
-  std::vector<std::int64_t> idx(2000);
-  std::iota(idx.begin(), idx.end(), 0);
+  const Augment a = crop_flip(7);
+  const std::vector<std::int64_t> idx = first_samples(2000);
   std::vector<float> out(idx.size() * static_cast<std::size_t>(S));
   std::vector<std::int32_t> lab(idx.size());
   gather_batch(d, idx.data(), 2000, &a, out.data(), lab.data());
@@ -179,9 +185,7 @@ std::int64_t find_index(const Augment& a, AugmentDraw want) {
 TEST(Augment, HandMadeExample) {
   // One 2x3 image, written out by hand:  1 2 3
   //                                      4 5 6
-  Augment a;
-  a.crop_flip = true;
-  a.seed = 2026;
+  const Augment a = crop_flip(2026);
   struct Case {
     AugmentDraw draw;
     std::vector<float> expect;

@@ -417,6 +417,10 @@ class CifarFiles : public ::testing::Test {
     o.dir = dir;
     return o;
   }
+  // The error of loading the CIFAR-10 files in tmp ("<no error>" if they load).
+  std::string load_error() const {
+    return error_text([&] { load_dataset(options(tmp.path())); });
+  }
   void check(const DataSplits& d) const {
     ASSERT_EQ(d.train.size(), 10);
     ASSERT_EQ(d.test.size(), 3);
@@ -478,7 +482,7 @@ TEST_F(CifarFiles, MissingDirectory) {
 }
 
 TEST_F(CifarFiles, NoCifarFilesInDirectory) {
-  EXPECT_EQ(error_text([&] { load_dataset(options(tmp.path())); }),
+  EXPECT_EQ(load_error(),
             tmp / "data_batch_1.bin: not found (nor " + tmp /
                                                             "cifar-10-batches-bin/): expected the CIFAR-10 "
                                                             "binary version (data_batch_1..5.bin, test_batch.bin)");
@@ -487,11 +491,11 @@ TEST_F(CifarFiles, NoCifarFilesInDirectory) {
 TEST_F(CifarFiles, MissingBatch) {
   write_all(tmp.path());
   std::filesystem::remove(tmp / "data_batch_3.bin");
-  EXPECT_EQ(error_text([&] { load_dataset(options(tmp.path())); }),
+  EXPECT_EQ(load_error(),
             tmp / "data_batch_3.bin: not found (nor data_batch_3.bin.gz): CIFAR-10 train batch");
   write_all(tmp.path());
   std::filesystem::remove(tmp / "test_batch.bin");
-  EXPECT_EQ(error_text([&] { load_dataset(options(tmp.path())); }),
+  EXPECT_EQ(load_error(),
             tmp / "test_batch.bin: not found (nor test_batch.bin.gz): CIFAR-10 test batch");
 }
 
@@ -500,7 +504,7 @@ TEST_F(CifarFiles, TrailingBytesAfterLastRecord) {
   auto bytes = cifar_records(2, 2);
   bytes.push_back(7);
   write_plain(tmp / "data_batch_2.bin", bytes);
-  EXPECT_EQ(error_text([&] { load_dataset(options(tmp.path())); }),
+  EXPECT_EQ(load_error(),
             tmp /
                 "data_batch_2.bin: size 6147 bytes is not a multiple of the 3073-byte CIFAR-10 record (1 label "
                 "byte + 3x32x32 pixel bytes): 2 records and 1 bytes left over");
@@ -511,7 +515,7 @@ TEST_F(CifarFiles, TruncatedRecord) {
   auto bytes = cifar_records(0, 3);
   bytes.resize(bytes.size() - 1);
   write_gzip(tmp / "test_batch.bin", bytes);  // gzip under the plain name: sizes are of the decompressed data
-  EXPECT_EQ(error_text([&] { load_dataset(options(tmp.path())); }),
+  EXPECT_EQ(load_error(),
             tmp /
                 "test_batch.bin: size 9218 bytes is not a multiple of the 3073-byte CIFAR-10 record (1 label "
                 "byte + 3x32x32 pixel bytes): 2 records and 3072 bytes left over");
@@ -520,7 +524,7 @@ TEST_F(CifarFiles, TruncatedRecord) {
 TEST_F(CifarFiles, EmptyFile) {
   write_all(tmp.path());
   write_plain(tmp / "data_batch_5.bin", {});
-  EXPECT_EQ(error_text([&] { load_dataset(options(tmp.path())); }),
+  EXPECT_EQ(load_error(),
             tmp / "data_batch_5.bin: empty file, expected 3073-byte CIFAR-10 records");
 }
 
@@ -529,7 +533,7 @@ TEST_F(CifarFiles, GzipBomb) {
   write_all(tmp.path());
   std::filesystem::remove(tmp / "data_batch_1.bin");
   write_gzip_bomb(tmp / "data_batch_1.bin.gz", {}, 12);  // 192 MiB of zeros: valid-looking records
-  EXPECT_EQ(error_text([&] { load_dataset(options(tmp.path())); }),
+  EXPECT_EQ(load_error(),
             tmp / "data_batch_1.bin.gz: more than 184380000 bytes decompressed, the most accepted in one file "
                   "(60000 records of 3073 bytes; a CIFAR-10 batch file holds 10000)");
 }
@@ -539,7 +543,7 @@ TEST_F(CifarFiles, LabelOutOfRange) {
   auto bytes = cifar_records(4, 2);
   bytes[kCifarRecord] = 10;  // label byte of record 1
   write_plain(tmp / "data_batch_4.bin", bytes);
-  EXPECT_EQ(error_text([&] { load_dataset(options(tmp.path())); }),
+  EXPECT_EQ(load_error(),
             tmp / "data_batch_4.bin: label 10 of record 1 (byte offset 3073) is out of range [0, 10)");
 }
 

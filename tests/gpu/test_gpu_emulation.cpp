@@ -21,6 +21,7 @@
 #include <random>
 #include <sstream>
 #include <type_traits>
+#include <utility>
 
 #include "syncbn/bn_kernels.h"
 #include "syncbn/cuda/bn_thread.h"
@@ -39,27 +40,8 @@ std::uint64_t addr_of(const void* p) { return static_cast<std::uint64_t>(reinter
 
 template <class T, class F>
 void with_vec(int vec, F&& f) {
-  switch (vec) {
-    case 1: f(std::integral_constant<int, 1>{}); return;
-    case 2: f(std::integral_constant<int, 2>{}); return;
-    case 4: f(std::integral_constant<int, 4>{}); return;
-    case 8:
-      if constexpr (sizeof(T) <= 2) {
-        f(std::integral_constant<int, 8>{});
-        return;
-      }
-      break;
-    default: break;
-  }
-  ADD_FAILURE() << "plan chose vector width " << vec << " for " << sizeof(T) << "-byte elements";
-}
-
-template <class F>
-void with_flag(bool flag, F&& f) {
-  if (flag) {
-    f(std::true_type{});
-  } else {
-    f(std::false_type{});
+  if (!cuda::bn_with_vec<T>(vec, std::forward<F>(f))) {
+    ADD_FAILURE() << "plan chose vector width " << vec << " for " << sizeof(T) << "-byte elements";
   }
 }
 
@@ -550,7 +532,7 @@ bool check_normalize(EmuCase<T>& e, const Scenario& sc, bool relu, int sm_count,
   cpu::bn_normalize(e.x.f.data(), e.g, oc.hi.data(), oc.a.data(), oc.b.data(), relu, false, y_cpu.data());
   std::vector<T> y_store(static_cast<std::size_t>(e.numel + sc.shift + 1));
   T* y = y_store.data() + sc.shift;
-  with_flag(relu, [&](auto r) {
+  cuda::bn_with_flag(relu, [&](auto r) {
     emulate_normalize<T, decltype(r)::value>(e.x.data(), e.g, sm_count, oc.hi.data(), oc.a.data(), oc.b.data(), y);
   });
   return same_bits(y, y_cpu, e.numel, why, "normalize");
@@ -570,7 +552,7 @@ bool check_backward_reduce(EmuCase<T>& e, bool relu, int sm_count, HostBuffers& 
   cpu::bn_backward_reduce(e.dy.f.data(), e.x.f.data(), g, oc.hi.data(), oc.a.data(), oc.b.data(), relu,
                           oc.mean.data(), oc.invstd.data(), e.tag + 1, cpu_bmsg.data(), dg_cpu.data(), db_cpu.data());
   std::vector<double> emu_bmsg;
-  with_flag(relu, [&](auto r) {
+  cuda::bn_with_flag(relu, [&](auto r) {
     emu_bmsg = emulate_reduce<T, true, decltype(r)::value>(e.x.data(), e.dy.data(), g, sm_count, nullptr,
                                                           oc.hi.data(), oc.a.data(), oc.b.data(), oc.mean.data(),
                                                           oc.invstd.data(), e.tag + 1, dg_emu.data(), db_emu.data());
@@ -637,7 +619,7 @@ bool check_backward_combine_elemt(EmuCase<T>& e, const Scenario& sc, bool relu, 
                          oc.k1.data(), oc.k0.data(), false, dx_cpu.data());
   std::vector<T> dx_store(static_cast<std::size_t>(e.numel + sc.shift + 1));
   T* dx = dx_store.data() + sc.shift;
-  with_flag(relu, [&](auto r) {
+  cuda::bn_with_flag(relu, [&](auto r) {
     emulate_elemt<T, decltype(r)::value>(e.dy.data(), e.x.data(), e.g, sm_count, oc.hi.data(), oc.a.data(),
                                          oc.b.data(), oc.k1.data(), oc.k0.data(), dx);
   });

@@ -6,20 +6,11 @@
 # device" line (every rank agrees, rank 0 reports) and no MPI abort, and --device auto trains on the CPU.
 # SBN_REQUIRE_GPU=1: the no-device outcome is a failure.
 set -uo pipefail
-out=$(mktemp)
-trap 'rm -f "$out"' EXIT
+# shellcheck source=SCRIPTDIR/cuda_check_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/cuda_check_lib.sh"
 common=(--dataset synthetic --synthetic-shape 3x32x32 --synthetic-train 256 --synthetic-test 64 --global-batch 32
         --max-steps 3 --log-every 1 --warmup-steps 1 --model resnet --width 4 --depth 1)
-rc=0
-run() {
-  echo "# $*"
-  timeout --kill-after=5 240 "$@" >"$out" 2>&1
-  rc=$?
-  cat "$out"
-  echo "# exit code $rc"
-  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then echo "FAIL: hang"; exit 1; fi
-}
-fail() { echo "FAIL: $*"; exit 1; }
+run() { run_logged 240 "$@"; }
 
 run "$@" --device cuda "${common[@]}"
 if [ "$rc" -eq 0 ]; then
@@ -34,10 +25,7 @@ if [ "$rc" -eq 0 ]; then
   exit 0
 fi
 if [ "${SBN_REQUIRE_GPU:-0}" = "1" ]; then fail "SBN_REQUIRE_GPU=1 and --device cuda failed"; fi
-errors=$(grep -c "^error:" "$out")
-[ "$errors" -eq 1 ] || fail "expected exactly one 'error:' line, got $errors"
-grep -Eq "^error: .*no CUDA device" "$out" || fail "the error does not say 'no CUDA device'"
-if grep -q "MPI_ABORT" "$out"; then fail "the job was aborted instead of failing cleanly"; fi
+check_no_device_error
 run "$@" --device auto "${common[@]}"
 [ "$rc" -eq 0 ] || fail "--device auto failed without a GPU"
 grep -q "device cpu" "$out" || fail "--device auto did not fall back to the CPU"

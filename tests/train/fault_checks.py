@@ -17,20 +17,18 @@ MODE:
   resume    temporary files of an interrupted write are removed; a checkpoint whose position does not fit
             the current dataset is refused with one line
 """
-import argparse
 import glob
-import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import gzip
 import random
 import struct
+
+from check_common import json_losses, run_mode
 
 QUICK = ["--dataset", "synthetic", "--synthetic-train", "2048", "--synthetic-test", "64", "--width", "8",
          "--global-batch", "16", "--log-every", "1", "--seed", "3"]
@@ -65,11 +63,6 @@ def run(a, np_, args, timeout=120):
 
 def errors(out):
     return [line for line in out.splitlines() if line.startswith("error:")]
-
-
-def json_losses(run_dir):
-    with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
-        return [(j["step"], j["loss"]) for j in map(json.loads, fh) if j["kind"] == "train"]
 
 
 def start(a, np_, args, mpi_flags=()):
@@ -256,16 +249,7 @@ def mode_resume(a, tmp):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("bin")
-    ap.add_argument("mode", choices=["signal", "nan", "lock", "disk", "resume"])
-    ap.add_argument("--mpiexec", default="mpiexec")
-    a = ap.parse_args()
-    tmp = tempfile.mkdtemp(prefix="sbn-fault-")
-    try:
-        globals()["mode_" + a.mode](a, tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    run_mode(__doc__, ["signal", "nan", "lock", "disk", "resume"], "sbn-fault-", globals())
 
 
 if __name__ == "__main__":

@@ -428,5 +428,42 @@ TEST(Models, ConvnetAndResnetGradients) {
   }
 }
 
+// The network plan is the checkpoint contract: its signature is the text checkpoints of every earlier
+// version carry (this literal is what the pre-plan code wrote for this spec), its parameter layout is
+// the one the CPU model computes in, and the model's description is the layers'.
+TEST(Models, PlanKeepsTheCheckpointSignatureAndLayout) {
+  ModelSpec spec;
+  spec.width = 2;
+  spec.norm = parse_norm("sync:2");
+  ParamStore ps;
+  const NetPlan plan = plan_network(spec, ps);
+  EXPECT_EQ(plan.signature,
+            "convnet;in=1x28x28;classes=10;norm=sync;conv1.weight[2x1x3x3];conv1.bn.weight[2];conv1.bn.bias[2];"
+            "conv2.weight[4x2x3x3];conv2.bn.weight[4];conv2.bn.bias[4];conv3.weight[8x4x3x3];conv3.bn.weight[8];"
+            "conv3.bn.bias[8];fc1.weight[16x72];fc1.bn.weight[16];fc1.bn.bias[16];fc2.weight[10x16];fc2.bias[10];"
+            "conv1.bn.running_mean(2);conv1.bn.running_var(2);conv1.bn.pivot(2);conv1.bn.num_batches_tracked(1);"
+            "conv2.bn.running_mean(4);conv2.bn.running_var(4);conv2.bn.pivot(4);conv2.bn.num_batches_tracked(1);"
+            "conv3.bn.running_mean(8);conv3.bn.running_var(8);conv3.bn.pivot(8);conv3.bn.num_batches_tracked(1);"
+            "fc1.bn.running_mean(16);fc1.bn.running_var(16);fc1.bn.pivot(16);fc1.bn.num_batches_tracked(1)");
+  EXPECT_EQ(plan.describe(),
+            "conv3x3(1->2) -> bn[sync:2]+relu -> maxpool2 -> conv3x3(2->4) -> bn[sync:2]+relu -> maxpool2 -> "
+            "conv3x3(4->8) -> bn[sync:2]+relu -> maxpool2 -> flatten -> fc(72->16) -> bn[sync:2]+relu -> fc(16->10)");
+  // 16-float aligned offsets in registration order: weight, then bias, layer by layer.
+  std::int64_t at = 0;
+  for (const ParamInfo& p : ps.all()) {
+    EXPECT_EQ(p.offset, (at + 15) / 16 * 16) << p.name;
+    at = p.offset + p.size;
+  }
+  EXPECT_EQ(ps.total(), at);
+  spec.norm = parse_norm("local");
+  CpuContext ctx;
+  const auto model = build_model(spec, ctx, 3);
+  EXPECT_EQ(model->net->describe(), model->plan.describe());
+  EXPECT_THROW(plan_network(spec, ps), Error);  // a store that already holds parameters
+  spec.arch = "vgg";
+  ParamStore fresh;
+  EXPECT_THROW(plan_network(spec, fresh), Error);
+}
+
 }  // namespace
 }  // namespace syncbn::test

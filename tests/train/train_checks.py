@@ -15,19 +15,18 @@ MODE:
                left behind
   kill         kill -9 of one rank mid-run ends the whole job with a non-zero exit within 30 s
 """
-import argparse
 import csv
 import gzip
 import os
 import re
 import resource
-import shutil
 import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import time
+
+from check_common import json_losses, run_mode
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 
@@ -106,12 +105,6 @@ def mode_local(a, tmp):
     if worst < 1e-3:
         sys.exit(f"FAIL: local np=4 and sync np=1 should differ, max relative difference only {worst:.1e}")
     print(f"ok: control: local (BN batch 8) differs from sync (BN batch 32) by up to {worst:.1e}")
-
-
-def json_losses(run_dir):
-    import json
-    with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
-        return [(j["step"], j["loss"]) for j in map(json.loads, fh) if j["kind"] == "train"]
 
 
 def mode_resume(a, tmp):
@@ -240,9 +233,7 @@ def mode_errors(a, tmp):
         ("sync:K not dividing", quick + ["--norm", "sync:3"], "does not divide the world size 2"),
         ("bad value", quick + ["--lr", "fast"], "lr"),
         ("unreadable checkpoint", quick + ["--resume", os.path.join(tmp, "missing.ckpt")], "cannot open the checkpoint"),
-    ]
-    # Bounds of numeric options: each one line naming the flag and the allowed range.
-    cases += [
+        # Bounds of numeric options: each one line naming the flag and the allowed range.
         ("comm-timeout inf", quick + ["--comm-timeout", "inf"], "--comm-timeout must be in [0, 604800] seconds"),
         ("comm-timeout 1e12", quick + ["--comm-timeout", "1e12"], "--comm-timeout must be in [0, 604800] seconds"),
         ("threads 1000000", quick + ["--threads", "1000000"], "--threads must be a positive integer in [1, 1024]"),
@@ -369,16 +360,7 @@ def mode_kill(a, tmp):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("bin")
-    ap.add_argument("mode", choices=["invariance", "local", "resume", "errors", "kill"])
-    ap.add_argument("--mpiexec", default="mpiexec")
-    a = ap.parse_args()
-    tmp = tempfile.mkdtemp(prefix="sbn-train-")
-    try:
-        globals()["mode_" + a.mode](a, tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    run_mode(__doc__, ["invariance", "local", "resume", "errors", "kill"], "sbn-train-", globals())
 
 
 if __name__ == "__main__":

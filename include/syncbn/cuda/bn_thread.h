@@ -85,17 +85,47 @@ SBN_HD float bn_gate(float dy, float xh, float a, float b) {
   return (!kRelu || fmaf(a, xh, b) > 0.0f) ? dy : 0.0f;
 }
 
+// Forward output: y = relu(fma(a, x − hi, b)).
+template <bool kRelu>
+SBN_HD float bn_normalize_value(float x, float h, float a, float b) {
+  return bn_relu<kRelu>(fmaf(a, x - h, b));
+}
+
+// Input gradient: dx = fma(a, dy', fma(k1, x − hi, k0)).
+template <bool kRelu>
+SBN_HD float bn_elemt_value(float dy, float x, float h, float a, float b, float k1, float k0) {
+  const float xh = x - h;
+  return fmaf(a, bn_gate<kRelu>(dy, xh, a, b), fmaf(k1, xh, k0));
+}
+
+// The terms (p, q) an element adds to a reduction's sums Σp and Σp·q.
+struct SumTerms {
+  float p, q;
+};
+
+// Statistics around the local shift k: (x − k, x − k).
+SBN_HD SumTerms bn_stats_terms(float x, float k) {
+  const float d = x - k;
+  return {d, d};
+}
+
+// Backward sums: (dy', x − hi).
+template <bool kRelu>
+SBN_HD SumTerms bn_backward_terms(float dy, float x, float h, float a, float b) {
+  const float xh = x - h;
+  return {bn_gate<kRelu>(dy, xh, a, b), xh};
+}
+
 // fp32 partials cover at most this many values each before they are flushed into double.
 constexpr int kFlushElems = 64;
 SBN_HD constexpr int bn_flush_steps(int values_per_step) {
   return values_per_step >= kFlushElems ? 1 : kFlushElems / values_per_step;
 }
 
-// ---- per-thread reductions ----------------------------------------------------------------------
+// ---- the step loop every per-thread body shares ----------------------------------------------------
 
 // A thread's N pairs of sums (Σp, Σp·q) over its steps: fp32 partials, flushed into doubles every kFlush
-// steps (so each partial covers at most kFlushElems values). The four reductions below differ only in
-// what they load and in (p, q): (x − k, x − k) for the statistics, (dy', x − hi) for the backward.
+// steps (so each partial covers at most kFlushElems values).
 template <int N, int kFlush>
 struct FlushedSums {
   double d1[N] = {}, d2[N] = {};
@@ -128,24 +158,78 @@ struct FlushedSums {
   }
 };
 
-// The U vectors of a cursor step (zero where invalid), all loaded before any is used (and, in the
-// elementwise passes, before any is stored: in place is safe).
-template <class T, int V, int U, class Cursor>
-SBN_HD void load_step(const T* x, const Cursor& cur, Vec<T, V> (&v)[U]) {
-  SBN_UNROLL
-  for (int u = 0; u < U; ++u)
-    if (cur.valid(u)) v[u] = load_raw<T, V>(x + cur.offset(u));
+// The U vectors of each of the NT tensors `src` at one cursor step (zero where invalid), all loaded
+// before any is used, so they are in flight together, and in the elementwise passes before any is
+// stored: in place is safe. Per vector u, tensor 0 is loaded first (x, then dy).
+template <class T, int V, int NT>
+struct StepVectors {
+  static constexpr int U = bn_unroll(V);
+  Vec<T, V> v[NT][U] = {};
+
+  template <class Cursor>
+  SBN_HD StepVectors(const Cursor& cur, const T* const (&src)[NT]) {
+    SBN_UNROLL
+    for (int u = 0; u < U; ++u) {
+      if (!cur.valid(u)) continue;
+      SBN_UNROLL
+      for (int i = 0; i < NT; ++i) v[i][u] = load_raw<T, V>(src[i] + cur.offset(u));
+    }
+  }
+  // Element j of tensor i's vector u, converted where it is used (see load_raw).
+  SBN_HD float at(int u, int i, int j) const { return to_float(v[i][u].v[j]); }
+};
+
+// A reduction over the thread's steps: every valid element (vector u, lane j) adds terms(s, u, j) to
+// slot j (N = V: channels-last, one channel per lane) or to slot 0 (N = 1: planar, one channel), in
+// fp32 partials of at most kFlushElems values each. *s1, *s2: the N totals.
+template <class T, int V, int N, class Cursor, int NT, class Terms>
+SBN_HD void reduce_thread(Cursor& cur, const T* const (&src)[NT], Terms terms, double* s1, double* s2) {
+  constexpr int U = bn_unroll(V);
+  FlushedSums<N, bn_flush_steps(U * V / N)> acc;
+  for (; cur.ok(); cur.next()) {
+    const StepVectors<T, V, NT> s(cur, src);
+    SBN_UNROLL
+    for (int u = 0; u < U; ++u) {
+      if (!cur.valid(u)) continue;
+      SBN_UNROLL
+      for (int j = 0; j < V; ++j) {
+        const SumTerms e = terms(s, u, j);
+        acc.add(N == 1 ? 0 : j, e.p, e.q);
+      }
+    }
+    acc.end_step();
+  }
+  acc.finish(s1, s2);
 }
 
-// The same for x and dy, loaded pairwise.
-template <class T, int V, int U, class Cursor>
-SBN_HD void load_step(const T* x, const T* dy, const Cursor& cur, Vec<T, V> (&xv)[U], Vec<T, V> (&gv)[U]) {
+// One step of an elementwise pass: every valid vector u of dst gets value(s, u, j) in lane j.
+template <class T, int V, class Cursor, int NT, class Value>
+SBN_HD void map_step(const Cursor& cur, const T* const (&src)[NT], T* dst, Value value) {
+  constexpr int U = bn_unroll(V);
+  const StepVectors<T, V, NT> s(cur, src);
   SBN_UNROLL
   for (int u = 0; u < U; ++u) {
     if (!cur.valid(u)) continue;
-    xv[u] = load_raw<T, V>(x + cur.offset(u));
-    gv[u] = load_raw<T, V>(dy + cur.offset(u));
+    float out[V];
+    SBN_UNROLL
+    for (int j = 0; j < V; ++j) out[j] = value(s, u, j);
+    store_vec<T, V>(dst + cur.offset(u), out);
   }
+}
+
+// Channels-last: lane j's copy of the per-channel coefficient p[c0 + j] (a thread's channels are fixed
+// for the whole kernel, so its coefficients stay in registers). An active cursor only.
+template <int V>
+SBN_HD void load_lanes(const RowsCursor& cur, const float* p, float (&out)[V]) {
+  SBN_UNROLL
+  for (int j = 0; j < V; ++j) out[j] = p[cur.c0 + j];
+}
+
+// The sums of a channels-last thread with no channels (cursor not active).
+template <int V>
+SBN_HD void zero_sums(double (&s1)[V], double (&s2)[V]) {
+  SBN_UNROLL
+  for (int j = 0; j < V; ++j) s1[j] = s2[j] = 0.0;
 }
 
 // Local shift of channel c: this rank's first value of the channel (sample 0, position 0).
@@ -154,58 +238,28 @@ SBN_HD float bn_local_shift(const T* x, std::int64_t inner, bool channels_last, 
   return to_float(x[channels_last ? c : c * inner]);
 }
 
+// ---- per-thread reductions ----------------------------------------------------------------------
+
 // Planar stats, block (c, split): this thread's Σ(x − k), Σ(x − k)² over its pieces of channel c.
 template <class T, int V>
 SBN_HD void stats_thread_planar(const T* __restrict__ x, const BnTile& t, std::int64_t c, std::int64_t split,
                                 int tx, int ty, double* s1, double* s2) {
-  constexpr int U = bn_unroll(V);
   const float k = bn_local_shift(x, t.inner, false, c);
-  FlushedSums<1, bn_flush_steps(U * V)> acc;
-  for (PlanarCursor cur(t, split, c, tx, ty); cur.ok(); cur.next()) {
-    Vec<T, V> v[U] = {};
-    load_step<T, V, U>(x, cur, v);
-    SBN_UNROLL
-    for (int u = 0; u < U; ++u) {
-      if (!cur.valid(u)) continue;
-      SBN_UNROLL
-      for (int j = 0; j < V; ++j) {
-        const float d = to_float(v[u].v[j]) - k;
-        acc.add(0, d, d);
-      }
-    }
-    acc.end_step();
-  }
-  acc.finish(s1, s2);
+  PlanarCursor cur(t, split, c, tx, ty);
+  reduce_thread<T, V, 1>(
+      cur, {x}, [&](const auto& s, int u, int j) { return bn_stats_terms(s.at(u, 0, j), k); }, s1, s2);
 }
 
 // Channels-last stats, block (bx, split): per channel c0 + j of this thread's vector.
 template <class T, int V>
 SBN_HD void stats_thread_rows(const T* __restrict__ x, const BnTile& t, std::int64_t bx, std::int64_t split,
                               int tx, int ty, double (&s1)[V], double (&s2)[V]) {
-  constexpr int U = bn_unroll(V);
-  FlushedSums<V, bn_flush_steps(U)> acc;
   RowsCursor cur(t, bx, split, tx, ty);
-  if (!cur.active) {
-    acc.finish(s1, s2);  // zeros
-    return;
-  }
+  if (!cur.active) return zero_sums(s1, s2);
   float k[V];
   load_vec<T, V>(x + cur.c0, k);  // row 0: the local shifts
-  for (; cur.ok(); cur.next()) {
-    Vec<T, V> v[U] = {};
-    load_step<T, V, U>(x, cur, v);
-    SBN_UNROLL
-    for (int u = 0; u < U; ++u) {
-      if (!cur.valid(u)) continue;
-      SBN_UNROLL
-      for (int j = 0; j < V; ++j) {
-        const float d = to_float(v[u].v[j]) - k[j];
-        acc.add(j, d, d);
-      }
-    }
-    acc.end_step();
-  }
-  acc.finish(s1, s2);
+  reduce_thread<T, V, V>(
+      cur, {x}, [&](const auto& s, int u, int j) { return bn_stats_terms(s.at(u, 0, j), k[j]); }, s1, s2);
 }
 
 // Planar backward sums, block (c, split): Σdy' and Σdy'·(x − hi) for channel c (coefficients h, a, b).
@@ -213,23 +267,11 @@ template <class T, int V, bool kRelu>
 SBN_HD void backward_thread_planar(const T* __restrict__ dy, const T* __restrict__ x, const BnTile& t,
                                    std::int64_t c, std::int64_t split, int tx, int ty, float h, float a,
                                    float b, double* sa, double* sb) {
-  constexpr int U = bn_unroll(V);
-  FlushedSums<1, bn_flush_steps(U * V)> acc;
-  for (PlanarCursor cur(t, split, c, tx, ty); cur.ok(); cur.next()) {
-    Vec<T, V> xv[U] = {}, gv[U] = {};
-    load_step<T, V, U>(x, dy, cur, xv, gv);
-    SBN_UNROLL
-    for (int u = 0; u < U; ++u) {
-      if (!cur.valid(u)) continue;
-      SBN_UNROLL
-      for (int j = 0; j < V; ++j) {
-        const float xh = to_float(xv[u].v[j]) - h;
-        acc.add(0, bn_gate<kRelu>(to_float(gv[u].v[j]), xh, a, b), xh);
-      }
-    }
-    acc.end_step();
-  }
-  acc.finish(sa, sb);
+  PlanarCursor cur(t, split, c, tx, ty);
+  reduce_thread<T, V, 1>(
+      cur, {x, dy},
+      [&](const auto& s, int u, int j) { return bn_backward_terms<kRelu>(s.at(u, 1, j), s.at(u, 0, j), h, a, b); },
+      sa, sb);
 }
 
 // Channels-last backward sums for this thread's channels.
@@ -237,35 +279,18 @@ template <class T, int V, bool kRelu>
 SBN_HD void backward_thread_rows(const T* __restrict__ dy, const T* __restrict__ x, const BnTile& t,
                                  std::int64_t bx, std::int64_t split, int tx, int ty, const float* hi,
                                  const float* a, const float* b, double (&sa)[V], double (&sb)[V]) {
-  constexpr int U = bn_unroll(V);
-  FlushedSums<V, bn_flush_steps(U)> acc;
   RowsCursor cur(t, bx, split, tx, ty);
-  if (!cur.active) {
-    acc.finish(sa, sb);  // zeros
-    return;
-  }
+  if (!cur.active) return zero_sums(sa, sb);
   float h[V], ac[V], bc[V];
-  SBN_UNROLL
-  for (int j = 0; j < V; ++j) {
-    h[j] = hi[cur.c0 + j];
-    ac[j] = a[cur.c0 + j];
-    bc[j] = b[cur.c0 + j];
-  }
-  for (; cur.ok(); cur.next()) {
-    Vec<T, V> xv[U] = {}, gv[U] = {};
-    load_step<T, V, U>(x, dy, cur, xv, gv);
-    SBN_UNROLL
-    for (int u = 0; u < U; ++u) {
-      if (!cur.valid(u)) continue;
-      SBN_UNROLL
-      for (int j = 0; j < V; ++j) {
-        const float xh = to_float(xv[u].v[j]) - h[j];
-        acc.add(j, bn_gate<kRelu>(to_float(gv[u].v[j]), xh, ac[j], bc[j]), xh);
-      }
-    }
-    acc.end_step();
-  }
-  acc.finish(sa, sb);
+  load_lanes(cur, hi, h);
+  load_lanes(cur, a, ac);
+  load_lanes(cur, b, bc);
+  reduce_thread<T, V, V>(
+      cur, {x, dy},
+      [&](const auto& s, int u, int j) {
+        return bn_backward_terms<kRelu>(s.at(u, 1, j), s.at(u, 0, j), h[j], ac[j], bc[j]);
+      },
+      sa, sb);
 }
 
 // ---- per-thread elementwise passes ------------------------------------------------------------------
@@ -276,19 +301,10 @@ template <class T, int V, bool kRelu>
 SBN_HD void normalize_thread_planar(const T* x, T* y, const BnTile& t,
                                     std::int64_t block, int tx, int ty, const float* hi, const float* a,
                                     const float* b) {
-  constexpr int U = bn_unroll(V);
   for (PlanarCursor cur(t, block, 0, tx, ty); cur.ok(); cur.next()) {
     const float h = hi[cur.channel], ac = a[cur.channel], bc = b[cur.channel];
-    Vec<T, V> v[U] = {};
-    load_step<T, V, U>(x, cur, v);
-    SBN_UNROLL
-    for (int u = 0; u < U; ++u) {
-      if (!cur.valid(u)) continue;
-      float out[V];
-      SBN_UNROLL
-      for (int j = 0; j < V; ++j) out[j] = bn_relu<kRelu>(fmaf(ac, to_float(v[u].v[j]) - h, bc));
-      store_vec<T, V>(y + cur.offset(u), out);
-    }
+    map_step<T, V>(cur, {x}, y,
+                   [&](const auto& s, int u, int j) { return bn_normalize_value<kRelu>(s.at(u, 0, j), h, ac, bc); });
   }
 }
 
@@ -296,27 +312,16 @@ template <class T, int V, bool kRelu>
 SBN_HD void normalize_thread_rows(const T* x, T* y, const BnTile& t, std::int64_t bx,
                                   std::int64_t split, int tx, int ty, const float* hi, const float* a,
                                   const float* b) {
-  constexpr int U = bn_unroll(V);
   RowsCursor cur(t, bx, split, tx, ty);
   if (!cur.active) return;
   float h[V], ac[V], bc[V];
-  SBN_UNROLL
-  for (int j = 0; j < V; ++j) {
-    h[j] = hi[cur.c0 + j];
-    ac[j] = a[cur.c0 + j];
-    bc[j] = b[cur.c0 + j];
-  }
+  load_lanes(cur, hi, h);
+  load_lanes(cur, a, ac);
+  load_lanes(cur, b, bc);
   for (; cur.ok(); cur.next()) {
-    Vec<T, V> v[U] = {};
-    load_step<T, V, U>(x, cur, v);
-    SBN_UNROLL
-    for (int u = 0; u < U; ++u) {
-      if (!cur.valid(u)) continue;
-      float out[V];
-      SBN_UNROLL
-      for (int j = 0; j < V; ++j) out[j] = bn_relu<kRelu>(fmaf(ac[j], to_float(v[u].v[j]) - h[j], bc[j]));
-      store_vec<T, V>(y + cur.offset(u), out);
-    }
+    map_step<T, V>(cur, {x}, y, [&](const auto& s, int u, int j) {
+      return bn_normalize_value<kRelu>(s.at(u, 0, j), h[j], ac[j], bc[j]);
+    });
   }
 }
 
@@ -324,23 +329,12 @@ template <class T, int V, bool kRelu>
 SBN_HD void elemt_thread_planar(const T* dy, const T* x, T* dx,
                                 const BnTile& t, std::int64_t block, int tx, int ty, const float* hi,
                                 const float* a, const float* b, const float* k1, const float* k0) {
-  constexpr int U = bn_unroll(V);
   for (PlanarCursor cur(t, block, 0, tx, ty); cur.ok(); cur.next()) {
     const std::int64_t c = cur.channel;
     const float h = hi[c], ac = a[c], bc = b[c], c1 = k1[c], c0 = k0[c];
-    Vec<T, V> xv[U] = {}, gv[U] = {};
-    load_step<T, V, U>(x, dy, cur, xv, gv);
-    SBN_UNROLL
-    for (int u = 0; u < U; ++u) {
-      if (!cur.valid(u)) continue;
-      float out[V];
-      SBN_UNROLL
-      for (int j = 0; j < V; ++j) {
-        const float xh = to_float(xv[u].v[j]) - h;
-        out[j] = fmaf(ac, bn_gate<kRelu>(to_float(gv[u].v[j]), xh, ac, bc), fmaf(c1, xh, c0));
-      }
-      store_vec<T, V>(dx + cur.offset(u), out);
-    }
+    map_step<T, V>(cur, {x, dy}, dx, [&](const auto& s, int u, int j) {
+      return bn_elemt_value<kRelu>(s.at(u, 1, j), s.at(u, 0, j), h, ac, bc, c1, c0);
+    });
   }
 }
 
@@ -349,32 +343,18 @@ SBN_HD void elemt_thread_rows(const T* dy, const T* x, T* dx,
                               const BnTile& t, std::int64_t bx, std::int64_t split, int tx, int ty,
                               const float* hi, const float* a, const float* b, const float* k1,
                               const float* k0) {
-  constexpr int U = bn_unroll(V);
   RowsCursor cur(t, bx, split, tx, ty);
   if (!cur.active) return;
   float h[V], ac[V], bc[V], c1[V], c0[V];
-  SBN_UNROLL
-  for (int j = 0; j < V; ++j) {
-    h[j] = hi[cur.c0 + j];
-    ac[j] = a[cur.c0 + j];
-    bc[j] = b[cur.c0 + j];
-    c1[j] = k1[cur.c0 + j];
-    c0[j] = k0[cur.c0 + j];
-  }
+  load_lanes(cur, hi, h);
+  load_lanes(cur, a, ac);
+  load_lanes(cur, b, bc);
+  load_lanes(cur, k1, c1);
+  load_lanes(cur, k0, c0);
   for (; cur.ok(); cur.next()) {
-    Vec<T, V> xv[U] = {}, gv[U] = {};
-    load_step<T, V, U>(x, dy, cur, xv, gv);
-    SBN_UNROLL
-    for (int u = 0; u < U; ++u) {
-      if (!cur.valid(u)) continue;
-      float out[V];
-      SBN_UNROLL
-      for (int j = 0; j < V; ++j) {
-        const float xh = to_float(xv[u].v[j]) - h[j];
-        out[j] = fmaf(ac[j], bn_gate<kRelu>(to_float(gv[u].v[j]), xh, ac[j], bc[j]), fmaf(c1[j], xh, c0[j]));
-      }
-      store_vec<T, V>(dx + cur.offset(u), out);
-    }
+    map_step<T, V>(cur, {x, dy}, dx, [&](const auto& s, int u, int j) {
+      return bn_elemt_value<kRelu>(s.at(u, 1, j), s.at(u, 0, j), h[j], ac[j], bc[j], c1[j], c0[j]);
+    });
   }
 }
 

@@ -24,6 +24,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "syncbn/bn_math.h"
 
@@ -91,6 +92,36 @@ SBN_HD int bn_pick_vec(std::int64_t row_len, std::uint64_t addr_bits, int elem_b
 // Vectors per thread and step for a vector width (a compile-time constant in the kernels).
 SBN_HD constexpr int bn_unroll(int vec) {
   return vec >= kStepElems ? 1 : (kStepElems / vec < kMaxUnroll ? kStepElems / vec : kMaxUnroll);
+}
+
+// Host dispatch on a plan's vector width: calls f(std::integral_constant<int, V>{}) for V = vec,
+// instantiating only the widths that fit kMaxVecBytes of T. Returns false, calling nothing, for any
+// other width (the caller reports it: the launchers throw, the CPU emulation test fails).
+template <class T, class F>
+bool bn_with_vec(int vec, F&& f) {
+  switch (vec) {
+    case 1: f(std::integral_constant<int, 1>{}); return true;
+    case 2: f(std::integral_constant<int, 2>{}); return true;
+    case 4: f(std::integral_constant<int, 4>{}); return true;
+    case 8:
+      if constexpr (8 * sizeof(T) <= kMaxVecBytes) {
+        f(std::integral_constant<int, 8>{});
+        return true;
+      }
+      break;
+    default: break;
+  }
+  return false;
+}
+
+// Calls f(std::true_type{}) or f(std::false_type{}): a run-time flag as a template argument.
+template <class F>
+void bn_with_flag(bool flag, F&& f) {
+  if (flag) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
 }
 
 // Target block count of a pass on a device with `sm_count` multiprocessors.

@@ -1,5 +1,6 @@
 // CudaSyncBatchNorm: the device twin of syncbn::SyncBatchNorm (sync_batchnorm.h) — same modes (through
-// SyncGroup), same semantics, same tags and messages — on device tensors and a CUDA stream.
+// SyncGroup), same semantics, same tags and messages, the same host steps (BnLayerHost, bn_layer.h) — on
+// device tensors and a CUDA stream.
 //
 //  - Training forward does exactly ONE all-reduce (count, shifted sums, tags) and backward exactly ONE,
 //    both stream-ordered NCCL collectives on the layer's stream; eval uses running statistics and never
@@ -28,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "syncbn/bn_layer.h"
 #include "syncbn/cuda/bn_kernels.h"
 #include "syncbn/cuda/device.h"
 #include "syncbn/cuda/nccl_communicator.h"
@@ -42,16 +44,14 @@ struct CudaBnState {
   std::int64_t num_batches_tracked = 0;
 };
 
-class CudaSyncBatchNorm {
+class CudaSyncBatchNorm : public BnLayerHost {
  public:
   // `group`: the layer's sync group (null or local mode: local statistics); a group communicator must
   // be an NcclCommunicator (device memory). `stream`: where every kernel and collective of the layer is
   // enqueued (the current device must be the communicator's). Allocates the parameters (γ = 1, β = 0,
   // running mean 0, running var 1) synchronously.
   CudaSyncBatchNorm(std::string name, const BatchNormOptions& options, SyncGroup* group, cudaStream_t stream);
-  ~CudaSyncBatchNorm();
-  CudaSyncBatchNorm(const CudaSyncBatchNorm&) = delete;
-  CudaSyncBatchNorm& operator=(const CudaSyncBatchNorm&) = delete;
+  ~CudaSyncBatchNorm() override;
 
   // y = BN(x) for x of shape (N, C), (N, C, L) or (N, C, H, W); y is resized to x's shape, layout, dtype.
   void forward(const DeviceTensor& x, DeviceTensor& y, bool training);
@@ -64,19 +64,17 @@ class CudaSyncBatchNorm {
   // comm_seconds().
   void check();
 
-  const std::string& name() const { return name_; }
-  const BatchNormOptions& options() const { return opt_; }
-  Communicator* group() const { return group_; }
+  // name(), options(), group(), reset_comm_seconds(): BnLayerHost.
   cudaStream_t stream() const { return stream_; }
 
   // Device parameters and buffers, (C) each.
-  float* gamma() { return gamma_.data(); }
-  float* beta() { return beta_.data(); }
+  float* gamma() { return bn_.gamma.data(); }
+  float* beta() { return bn_.beta.data(); }
   float* dgamma() { return dgamma_.data(); }
   float* dbeta() { return dbeta_.data(); }
-  float* running_mean() { return running_mean_.data(); }
-  float* running_var() { return running_var_.data(); }
-  double* pivot() { return pivot_.data(); }
+  float* running_mean() { return bn_.running_mean.data(); }
+  float* running_var() { return bn_.running_var.data(); }
+  double* pivot() { return bn_.pivot.data(); }
   std::int64_t* batches_tracked() { return batches_tracked_.data(); }  // (1) num_batches_tracked
 
   // Synchronous host copies (outside a step).
@@ -87,10 +85,9 @@ class CudaSyncBatchNorm {
   std::vector<double> batch_var();
   double last_group_count();
 
-  // Device seconds spent in this layer's collectives (from stream reaching the all-reduce to its end:
-  // includes waiting for the slowest peer), accumulated by check(); not measured inside graph captures.
-  double comm_seconds() const { return comm_seconds_; }
-  void reset_comm_seconds() { comm_seconds_ = 0; }
+  // comm_seconds() (BnLayerHost): device seconds spent in this layer's collectives (from stream reaching
+  // the all-reduce to its end: includes waiting for the slowest peer), accumulated by check(); not
+  // measured inside graph captures.
 
  private:
   // The device status word(s) of a step.
@@ -101,45 +98,34 @@ class CudaSyncBatchNorm {
     double backward_expected = 0;  // the forward's count it expected
   };
 
-  BnGeometry validate(const DeviceTensor& x, const char* phase) const;
-  void fail_collectively(const char* phase, const std::string& why);
-  void size_buffers(const BnGeometry& g, std::int64_t chunks);
+  // The constructor, after the device query (made first, so that a missing device is the error reported).
+  CudaSyncBatchNorm(int sm_count, std::string name, const BatchNormOptions& options, SyncGroup* group,
+                    cudaStream_t stream);
+  void size_buffers(const BnGeometry& g, std::int64_t batches) override;
+  void reduce_zero_message(const char* phase) override;
+  void size_message();
   void reduce(const char* phase);
   BnWorkspace workspace();
 
-  std::string name_;
-  BatchNormOptions opt_;
-  SyncGroup* sync_group_;
-  Communicator* group_;
-  NcclCommunicator* nccl_;  // group_ as the NCCL communicator it must be (null: local)
-  int group_size_;
+  NcclCommunicator* nccl_ = nullptr;  // group() as the NCCL communicator it must be (null: local)
   cudaStream_t stream_;
   int sm_count_;
-  double fwd_tag_, bwd_tag_;
-  std::string fwd_label_, bwd_label_;
 
-  DeviceArray<float> gamma_, beta_, dgamma_, dbeta_, running_mean_, running_var_;  // (C)
-  DeviceArray<double> pivot_;                                                      // (C)
-  DeviceArray<std::int64_t> batches_tracked_;                                      // (1)
-
-  // Saved by forward for backward, one block of C per chunk (ghost batches; 1 chunk otherwise).
-  std::int64_t chunks_ = 0;  // chunks the buffers hold (batches_.count after a forward)
-  BnChunks batches_;         // the last forward's BN batches
-  bool saved_batch_stats_ = false;
-  Communicator* saved_comm_ = nullptr;
-  std::int64_t saved_samples_ = -1;
-  DeviceArray<double> mean_, var_, invstd_;  // (chunks·C)
-  DeviceArray<double> counts_;               // (chunks) group count per chunk, from the forward combine
-  DeviceArray<float> hi_, a_, b_, k1_, k0_;  // (chunks·C)
-  DeviceArray<double> msg_;                  // the all-reduce buffer: SyncGroup::message_size() doubles
-  DeviceArray<double> ws_;                   // reduction partials
-  DeviceArray<StepStatus> status_;           // (1)
-  PinnedBuffer status_host_;                 // StepStatus, copied back by check()
+  // Parameters, running statistics, pivot (C) and the forward's saved statistics and coefficients
+  // (chunks·C: one block of C per BN batch, see BnLayerHost::batch).
+  BnLayerBuffers<DeviceArray<double>, DeviceArray<float>> bn_;
+  DeviceArray<float> dgamma_, dbeta_;          // (C)
+  DeviceArray<std::int64_t> batches_tracked_;  // (1)
+  std::int64_t chunks_ = 0;                    // BN batches the per-batch buffers hold
+  DeviceArray<double> counts_;                 // (chunks) group count per BN batch, from the forward combine
+  DeviceArray<double> msg_;                    // the all-reduce buffer: message_doubles()
+  DeviceArray<double> ws_;                     // reduction partials
+  DeviceArray<StepStatus> status_;             // (1)
+  PinnedBuffer status_host_;                   // StepStatus, copied back by check()
 
   // Timing of the collectives of the current step (event pairs around each), folded in by check().
   std::vector<cudaEvent_t> events_;
   std::size_t events_used_ = 0;
-  double comm_seconds_ = 0;
 };
 
 }  // namespace syncbn::cuda

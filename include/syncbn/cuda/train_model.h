@@ -1,5 +1,5 @@
-// Training on the GPU (--device cuda): the CUDA implementation of TrainModel (train_model.h). The model
-// of model.h with activations on the device (cuDNN convolutions, cuBLAS GEMMs, our CUDA SyncBN kernels
+// Training on the GPU (--device cuda): the CUDA implementation of TrainModel (train_model.h). The network
+// of net_plan.h with activations on the device (cuDNN convolutions, cuBLAS GEMMs, our CUDA SyncBN kernels
 // and elementwise kernels), an NcclCommunicator for SyncBN and the gradient all-reduce, --precision
 // fp32/bf16/fp16 activations (fp16 with dynamic loss scaling), parameters and optimizer in fp32.
 #pragma once
@@ -8,7 +8,7 @@
 #include <string>
 
 #include "syncbn/communicator.h"
-#include "syncbn/model.h"
+#include "syncbn/net_plan.h"
 #include "syncbn/train_config.h"
 #include "syncbn/train_model.h"
 

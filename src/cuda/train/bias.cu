@@ -32,15 +32,8 @@ struct BiasGradOp {
 void add_bias(void* y, DType dtype, std::int64_t rows, std::int64_t C, const float* bias, const Launch& l) {
   const std::int64_t n = rows * C;
   if (n == 0) return;
-  detail::with_dtype(dtype, [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    detail::with_index(n, [&](auto index) {
-      using I = decltype(index);
-      add_bias_kernel<T, I><<<detail::elementwise_blocks(n, l), kThreads, 0, l.stream>>>(
-          static_cast<T*>(y), static_cast<I>(n), static_cast<I>(C), bias);
-    });
-  });
-  SBN_CUDA_LAUNCH_CHECK(std::string("add_bias ") + dtype_name(dtype));
+  SBN_ELEMENTWISE_LAUNCH(add_bias_kernel, "add_bias", dtype, n, n, l, static_cast<T*>(y), static_cast<I>(n),
+                         static_cast<I>(C), bias);
 }
 
 void bias_grad(const void* dy, DType dtype, std::int64_t rows, std::int64_t C, float* grad, ReduceWorkspace& ws,

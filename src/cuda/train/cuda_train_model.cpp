@@ -18,7 +18,6 @@
 #include <cstddef>
 #include <cstdio>
 #include <cstring>
-#include <map>
 
 #include "layers.h"
 #include "syncbn/error.h"
@@ -41,18 +40,6 @@ constexpr std::size_t kBucketBytes = std::size_t{32} << 20;
 // Most workspace a single cuDNN algorithm may use (the shared workspace grows to the largest choice).
 constexpr std::size_t kConvWorkspaceLimit = std::size_t{256} << 20;
 
-// The host's reading of the device verdict (step_check.h); the parameter is named from the flat index.
-StepResult step_result(const GradCheck& c, const ParamStore& params) {
-  switch (c.outcome) {
-    case kStepCommitted: return {};
-    case kStepSkipped: return {StepResult::Outcome::kSkipped, ""};
-    default: break;
-  }
-  const int p = c.first_bad == kNoBadGradient ? -1 : params.param_at(static_cast<std::int64_t>(c.first_bad));
-  return {StepResult::Outcome::kNonFinite, p >= 0 ? params.info(p).name : "(flat gradient index " +
-                                                                                std::to_string(c.first_bad) + ")"};
-}
-
 std::string device_text(int dev) {
   cudaDeviceProp prop{};
   SBN_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev), "querying CUDA device " + std::to_string(dev));
@@ -64,7 +51,7 @@ std::string device_text(int dev) {
 }  // namespace
 
 CudaTrainModel::CudaTrainModel(const ModelSpec& spec, const TrainConfig& cfg, MpiCommunicator& world)
-    : spec_(spec), cfg_(cfg), dtype_(parse_dtype(cfg.precision)) {
+    : PlannedTrainModel(spec, cfg.seed), cfg_(cfg), dtype_(parse_dtype(cfg.precision)) {
   SBN_CHECK(cfg.grad_accum == "fp32", "--grad-accum " + cfg.grad_accum + " is not supported with --device cuda");
   // ---- collectives (every rank, same order) ----
   nccl_ = std::make_unique<NcclCommunicator>(world, NcclOptions::from_env());
@@ -75,18 +62,9 @@ CudaTrainModel::CudaTrainModel(const ModelSpec& spec, const TrainConfig& cfg, Mp
   device_ = device_text(nccl_->device());
   check_cudnn_version();
 
-  // The definition of the parameters: the CPU model for the same spec and seed (net_plan.h). Built with a
-  // stand-in sync group (mode sync over `world`: no communication), which changes neither parameters,
-  // buffers nor the signature.
-  {
-    SyncGroup stand_in(world, SyncMode{});
-    CpuContext cpu_ctx;
-    const std::unique_ptr<Model> cpu = build_model(spec_, cpu_ctx, cfg.seed, &stand_in);
-    params_ = cpu->params;
-    signature_ = cpu->signature;
-    for (const BufferRef& b : cpu->buffers) buffer_names_.emplace_back(b.name, b.size);
-  }
-  plan_ = plan_network(spec_, params_);
+  // The network and its parameters came from the plan (PlannedTrainModel, net_plan.h), which the CPU
+  // model builds too: names, shapes, offsets, initial values for the seed, buffers and the signature are
+  // the CPU model's.
   total_ = params_.total();
 
   init_parameters();
@@ -127,7 +105,6 @@ void CudaTrainModel::init_network() {
   ctx_->grads = grads_.data();
   ctx_->workspace_limit = kConvWorkspaceLimit;
   ctx_->bn_group = group_.get();
-  ctx_->norm = spec_.norm;
   net_ = make_network(plan_, *ctx_);
   net_->batchnorms(bns_);
 
@@ -167,57 +144,29 @@ void CudaTrainModel::init_step_check() {
   check_pinned_.reserve(sizeof(GradCheck), "step check");
 }
 
-// Checkpointed state: the CPU model's arrays, names and order ("params", "momentum", its buffers).
+// Checkpointed state: the CPU model's arrays, names and order ("params", "momentum", the plan's buffers:
+// each BatchNorm layer's running mean, running var, pivot, num_batches_tracked).
 void CudaTrainModel::init_checkpoint_state() {
   const auto total = static_cast<std::size_t>(total_);
   params_host_.assign(total, 0.0f);
   momentum_host_.assign(total, 0.0f);
   bn_host_.resize(bns_.size());
-  std::map<std::string, std::pair<std::size_t, int>> fields;  // buffer name → (layer, field)
+  std::vector<BufferRef> buffers;
   for (std::size_t i = 0; i < bns_.size(); ++i) {
     const std::string& n = bns_[i]->plan().name;
     const auto C = static_cast<std::size_t>(bns_[i]->plan().channels);
-    bn_host_[i].running_mean.assign(C, 0.0f);
-    bn_host_[i].running_var.assign(C, 1.0f);
-    bn_host_[i].pivot.assign(C, 0.0);
-    fields[n + ".running_mean"] = {i, 0};
-    fields[n + ".running_var"] = {i, 1};
-    fields[n + ".pivot"] = {i, 2};
-    fields[n + ".num_batches_tracked"] = {i, 3};
+    BnStaging& h = bn_host_[i];
+    h.running_mean.assign(C, 0.0f);
+    h.running_var.assign(C, 1.0f);
+    h.pivot.assign(C, 0.0);
+    const auto c = static_cast<std::int64_t>(C);
+    buffers.push_back({n + ".running_mean", h.running_mean.data(), nullptr, nullptr, c});
+    buffers.push_back({n + ".running_var", h.running_var.data(), nullptr, nullptr, c});
+    buffers.push_back({n + ".pivot", nullptr, h.pivot.data(), nullptr, c});
+    buffers.push_back({n + ".num_batches_tracked", nullptr, nullptr, &h.num_batches_tracked, 1});
   }
-  state_.push_back({"params", params_host_.data(), total * sizeof(float)});
-  state_.push_back({"momentum", momentum_host_.data(), total * sizeof(float)});
-  for (const auto& [name, size] : buffer_names_) {
-    const auto it = fields.find(name);
-    SBN_CHECK(it != fields.end(), "GPU model: the CPU model's buffer '" + name + "' has no counterpart on the GPU");
-    BnStaging& s = bn_host_[it->second.first];
-    StateArray a{"buffer:" + name, nullptr, 0};
-    std::int64_t elems = 1;
-    auto point = [&](auto& v) {
-      a.data = v.data();
-      a.bytes = v.size() * sizeof(v[0]);
-      elems = static_cast<std::int64_t>(v.size());
-    };
-    switch (it->second.second) {
-      case 0: point(s.running_mean); break;
-      case 1: point(s.running_var); break;
-      case 2:
-        point(s.pivot);
-        a.type = StateType::kF64;
-        break;
-      default:
-        a.data = &s.num_batches_tracked;
-        a.bytes = sizeof(std::int64_t);
-        a.type = StateType::kI64;
-        break;
-    }
-    SBN_CHECK(elems == size, "GPU model: buffer '" + name + "' has " + std::to_string(elems) +
-                                 " elements, the CPU model's " + std::to_string(size));
-    state_.push_back(a);
-  }
-  SBN_CHECK(state_.size() == 2 + 4 * bns_.size(),
-            "GPU model: " + std::to_string(bns_.size()) + " BatchNorm layers but the CPU model lists " +
-                std::to_string(buffer_names_.size()) + " buffers");
+  // The plan's buffers (the CPU model's), checked by name and size.
+  state_ = state_arrays(params_host_.data(), momentum_host_.data(), buffers);
 }
 
 // fp16: dynamic loss scaling; the step's counters and events.
@@ -246,7 +195,7 @@ CudaTrainModel::~CudaTrainModel() {
 // ---- description --------------------------------------------------------------------------------------
 
 std::string CudaTrainModel::describe() const {
-  std::string out = spec_.arch + ": " + plan_.describe(spec_.norm.str()) + " | " + dtype_name(dtype_) + " activations";
+  std::string out = describe_network() + " | " + dtype_name(dtype_) + " activations";
   if (dtype_ != DType::kF32) out += ", fp32 parameters";
   if (loss_scaling_) {
     char buf[160];
@@ -339,14 +288,12 @@ void CudaTrainModel::evaluate(const float* images, const std::int32_t* labels, s
 double CudaTrainModel::reduce_and_update(Communicator& world, double lr) {
   (void)world;  // same ranks as nccl_, which works on device memory
   const Launch& l = ctx_->launch;
-  const auto total = static_cast<std::size_t>(total_);
   // Every BatchNorm layer's local γ/β gradients join the flat array, then one pass of buckets.
   bn_grads_gather(bn_links_.data(), static_cast<int>(bns_.size()), grads_.data(), l);
   if (nccl_->size() > 1) {
     SBN_CUDA_CHECK(cudaEventRecord(grad_begin_, stream_), "gradient all-reduce timing");
-    constexpr std::size_t kBucket = kBucketBytes / sizeof(float);
-    for (std::size_t off = 0; off < total; off += kBucket)
-      nccl_->allreduce_sum(grads_.data() + off, std::min(kBucket, total - off), "gradient bucket", stream_);
+    for (const auto& [off, n] : buckets(total_, sizeof(float), kBucketBytes))
+      nccl_->allreduce_sum(grads_.data() + off, static_cast<std::size_t>(n), "gradient bucket", stream_);
     SBN_CUDA_CHECK(cudaEventRecord(grad_end_, stream_), "gradient all-reduce timing");
     grad_timed_ = true;
   }
@@ -373,7 +320,7 @@ void CudaTrainModel::check() {
   SBN_CUDA_CHECK(cudaMemcpyAsync(check_pinned_.data(), check_.data(), sizeof(GradCheck), cudaMemcpyDeviceToHost, stream_),
                  "reading the step check");
   sync("end of step");  // the step's wait; a hung collective surfaces here as the watchdog's error
-  const GradCheck verdict = *static_cast<const GradCheck*>(check_pinned_.data());
+  const GradCheck word = *static_cast<const GradCheck*>(check_pinned_.data());
   for (BatchNormLayer* b : bns_) b->bn().check();  // the stream is idle: status copies only
   if (grad_timed_) {
     float ms = 0;
@@ -382,7 +329,13 @@ void CudaTrainModel::check() {
     grad_timed_ = false;
   }
   if (loss_scaling_) scale_host_ = *static_cast<const LossScaleState*>(scale_pinned_.data());
-  last_ = step_result(verdict, params_);
+  switch (word.outcome) {
+    case kStepCommitted: last_ = {}; break;
+    case kStepSkipped: last_ = {StepResult::Outcome::kSkipped, ""}; break;
+    default:
+      last_ = word.first_bad == kNoBadGradient ? StepResult{StepResult::Outcome::kNonFinite, "(unknown parameter)"}
+                                               : verdict(static_cast<std::int64_t>(word.first_bad));
+  }
 }
 
 double CudaTrainModel::take_syncbn_comm_seconds() {

@@ -31,8 +31,7 @@
 #include "syncbn/cuda/nccl_communicator.h"
 #include "kernels.h"
 #include "loss_scale.h"
-#include "net_plan.h"
-#include "syncbn/model.h"
+#include "syncbn/net_plan.h"
 #include "syncbn/mpi_communicator.h"
 #include "syncbn/train_config.h"
 #include "syncbn/train_model.h"
@@ -45,7 +44,7 @@ class BatchNormLayer;
 class CudnnHandle;
 class CublasHandle;
 
-class CudaTrainModel final : public TrainModel {
+class CudaTrainModel final : public PlannedTrainModel {
  public:
   // Collective over `world`: the NCCL communicator (device = local rank, SBN_GPU_SHARING policy), the
   // sync group's split for sync:K. Everything after those collectives is local, so a failure there
@@ -57,9 +56,7 @@ class CudaTrainModel final : public TrainModel {
 
   std::string describe() const override;
   std::string device() const override { return device_; }
-  std::int64_t num_params() const override { return total_; }
   int num_syncbn_layers() const override { return static_cast<int>(bns_.size()); }
-  std::string signature() const override { return signature_; }
 
   void train_micro(const float* images, const std::int32_t* labels, std::int64_t n, float grad_scale,
                    double* loss_sum, std::int64_t* correct) override;
@@ -118,7 +115,6 @@ class CudaTrainModel final : public TrainModel {
   void upload(void* dev, const void* host, std::size_t bytes, const char* what);
   void scatter_bn_params();
 
-  ModelSpec spec_;
   TrainConfig cfg_;
   DType dtype_;
   // Declaration order is destruction order reversed: the communicator (and its stream) outlive
@@ -129,12 +125,7 @@ class CudaTrainModel final : public TrainModel {
   int sm_count_ = 1;
   std::string device_;
 
-  // From the CPU model built once as the definition of the parameters (net_plan.h).
-  ParamStore params_;
-  std::string signature_;
-  std::vector<std::pair<std::string, std::int64_t>> buffer_names_;  // CPU model's buffers: name, size
-  NetPlan plan_;
-  std::int64_t total_ = 0;
+  std::int64_t total_ = 0;  // params_.total(): floats in the flat device arrays
 
   std::unique_ptr<CudnnHandle> cudnn_;
   std::unique_ptr<CublasHandle> cublas_;

@@ -19,7 +19,7 @@
 #include "syncbn/cuda/sync_batchnorm.h"
 #include "kernels.h"
 #include "libs.h"
-#include "net_plan.h"
+#include "syncbn/net_plan.h"
 
 namespace syncbn::cuda::train {
 
@@ -38,7 +38,6 @@ struct NetContext {
   std::size_t workspace_limit = 0;  // per algorithm, bytes
   ReduceWorkspace reduce_ws;      // column reductions (bias, GroupNorm parameter gradients)
   SyncGroup* bn_group = nullptr;  // the synced BatchNorm modes' group (null: local)
-  NormSpec norm;                  // eps, momentum (< 0: cumulative), ghost batch
 };
 
 class BatchNormLayer;

@@ -45,45 +45,25 @@ void input_to_nhwc(const float* planar, std::int64_t N, std::int64_t C, std::int
                    void* nhwc, const Launch& l) {
   const std::int64_t n = N * C * H * W;
   if (n == 0) return;
-  detail::with_dtype(dtype, [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    detail::with_index(n, [&](auto index) {
-      using I = decltype(index);
-      input_to_nhwc_kernel<T, I><<<detail::elementwise_blocks(n, l), kThreads, 0, l.stream>>>(
-          planar, static_cast<I>(n), static_cast<I>(C), static_cast<I>(H), static_cast<I>(W), static_cast<T*>(nhwc));
-    });
-  });
-  SBN_CUDA_LAUNCH_CHECK(std::string("input_to_nhwc ") + dtype_name(dtype));
+  SBN_ELEMENTWISE_LAUNCH(input_to_nhwc_kernel, "input_to_nhwc", dtype, n, n, l, planar, static_cast<I>(n),
+                         static_cast<I>(C), static_cast<I>(H), static_cast<I>(W), static_cast<T*>(nhwc));
 }
 
 void weights_to_krsc(const float* oihw, std::int64_t out, std::int64_t in, std::int64_t k, DType dtype, void* krsc,
                      const Launch& l) {
   const std::int64_t n = out * in * k * k;
   if (n == 0) return;
-  detail::with_dtype(dtype, [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    detail::with_index(n, [&](auto index) {
-      using I = decltype(index);
-      weights_to_krsc_kernel<T, I><<<detail::elementwise_blocks(n, l), kThreads, 0, l.stream>>>(
-          oihw, static_cast<I>(n), static_cast<I>(in), static_cast<I>(k), static_cast<T*>(krsc));
-    });
-  });
-  SBN_CUDA_LAUNCH_CHECK(std::string("weights_to_krsc ") + dtype_name(dtype));
+  SBN_ELEMENTWISE_LAUNCH(weights_to_krsc_kernel, "weights_to_krsc", dtype, n, n, l, oihw, static_cast<I>(n),
+                         static_cast<I>(in), static_cast<I>(k), static_cast<T*>(krsc));
 }
 
 void accumulate_krsc_grad(const void* krsc, DType dtype, std::int64_t out, std::int64_t in, std::int64_t k,
                           float* grad_oihw, const Launch& l) {
   const std::int64_t n = out * in * k * k;
   if (n == 0) return;
-  detail::with_dtype(dtype, [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    detail::with_index(n, [&](auto index) {
-      using I = decltype(index);
-      accumulate_krsc_grad_kernel<T, I><<<detail::elementwise_blocks(n, l), kThreads, 0, l.stream>>>(
-          static_cast<const T*>(krsc), static_cast<I>(n), static_cast<I>(in), static_cast<I>(k), grad_oihw);
-    });
-  });
-  SBN_CUDA_LAUNCH_CHECK(std::string("accumulate_krsc_grad ") + dtype_name(dtype));
+  SBN_ELEMENTWISE_LAUNCH(accumulate_krsc_grad_kernel, "accumulate_krsc_grad", dtype, n, n, l,
+                         static_cast<const T*>(krsc), static_cast<I>(n), static_cast<I>(in), static_cast<I>(k),
+                         grad_oihw);
 }
 
 void cast_from_float(const float* src, std::int64_t n, DType dtype, void* dst, const Launch& l) {

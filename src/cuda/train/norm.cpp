@@ -1,4 +1,4 @@
-// The normalization slot of the GPU network (nn.h's make_norm): CudaSyncBatchNorm for sync, sync:K and
+// The normalization slot of the GPU network (a NormPlan, net_plan.h): CudaSyncBatchNorm for sync, sync:K and
 // local (fused ReLU), our GroupNorm kernels, or for --norm none a ReLU or nothing.
 #include "layers.h"
 #include "syncbn/error.h"
@@ -9,16 +9,6 @@ namespace syncbn::cuda::train {
 
 namespace {
 
-BatchNormOptions bn_options(const NormPlan& plan, const NormSpec& spec) {
-  BatchNormOptions o;
-  o.channels = plan.channels;
-  o.eps = spec.eps;
-  o.momentum = spec.momentum;
-  o.fuse_relu = plan.relu;
-  o.ghost_batch = spec.ghost_batch;
-  return o;
-}
-
 SyncGroup* bn_group_of(const NormPlan& plan, NetContext& ctx) {
   if (!plan.synced()) return nullptr;
   SBN_CHECK(ctx.bn_group != nullptr, plan.name + ": a synced BatchNorm needs a sync group");
@@ -28,7 +18,7 @@ SyncGroup* bn_group_of(const NormPlan& plan, NetContext& ctx) {
 }  // namespace
 
 BatchNormLayer::BatchNormLayer(const NormPlan& plan, NetContext& ctx)
-    : plan_(plan), bn_(plan.name, bn_options(plan, ctx.norm), bn_group_of(plan, ctx), ctx.launch.stream) {}
+    : plan_(plan), bn_(plan.name, plan.batchnorm_options(), bn_group_of(plan, ctx), ctx.launch.stream) {}
 
 const DeviceTensor& BatchNormLayer::forward(const DeviceTensor& x, bool training) {
   x_ = &x;
@@ -57,7 +47,7 @@ class GroupNormLayer final : public Layer {
                   ", H, W) " + dtype_name(ctx_.dtype) + ", got " + describe(x.shape(), x.layout()) + " " +
                   dtype_name(x.dtype()));
     x_ = &x;
-    q_ = GnGeom{x.dim(0), x.rank() == 4 ? x.dim(2) * x.dim(3) : 1, p_.channels, p_.groups};
+    q_ = GnGeom{x.dim(0), x.rank() == 4 ? x.dim(2) * x.dim(3) : 1, p_.channels, p_.spec.gn_groups};
     y_.resize(x.shape(), x.layout(), ctx_.dtype, ctx_.launch.stream);
     const auto groups = static_cast<std::size_t>(std::max<std::int64_t>(q_.N * q_.G, 1));
     const auto channels = static_cast<std::size_t>(std::max<std::int64_t>(q_.N * q_.C, 1));
@@ -70,7 +60,7 @@ class GroupNormLayer final : public Layer {
     cb_.resize(channels, p_.name + " coefficients", s);
     cd_.resize(channels, p_.name + " coefficients", s);
     group_norm_forward(x.data(), ctx_.dtype, q_, ctx_.values + p_.gamma.offset, ctx_.values + p_.beta.offset,
-                       ctx_.norm.eps, p_.relu, y_.data(), buffers(), ctx_.reduce_ws, ctx_.launch);
+                       p_.spec.eps, p_.relu, y_.data(), buffers(), ctx_.reduce_ws, ctx_.launch);
     return y_;
   }
 
@@ -130,7 +120,7 @@ class IdentityLayer final : public Layer {
 }  // namespace
 
 std::unique_ptr<Layer> make_norm(const NormPlan& plan, NetContext& ctx) {
-  switch (plan.kind) {
+  switch (plan.spec.kind) {
     case NormKind::kBatchNorm: return std::make_unique<BatchNormLayer>(plan, ctx);
     case NormKind::kGroupNorm: return std::make_unique<GroupNormLayer>(plan, ctx);
     case NormKind::kNone: break;

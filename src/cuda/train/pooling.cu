@@ -37,18 +37,6 @@ __global__ void __launch_bounds__(kThreads) avgpool_backward_kernel(const T* __r
   SBN_GRID_STRIDE(I, e, n) avgpool_backward_element(dy, dx, e, S, C);
 }
 
-// Launches kernel<T, I> over n elements: T the dtype's element type, I an index type that covers `reach`
-// (the largest tensor the kernel indexes).
-#define SBN_POOL_LAUNCH(kernel, what, reach, ...)                                                           \
-  detail::with_dtype(dtype, [&](auto* tag) {                                                             \
-    using T = std::remove_pointer_t<decltype(tag)>;                                                      \
-    detail::with_index(reach, [&](auto index) {                                                          \
-      using I = decltype(index);                                                                         \
-      kernel<T, I><<<detail::elementwise_blocks(n, l), kThreads, 0, l.stream>>>(__VA_ARGS__);            \
-    });                                                                                                  \
-  });                                                                                                    \
-  SBN_CUDA_LAUNCH_CHECK(std::string(what) + " " + dtype_name(dtype))
-
 }  // namespace
 
 // ---- launchers -----------------------------------------------------------------------------------
@@ -56,34 +44,32 @@ __global__ void __launch_bounds__(kThreads) avgpool_backward_kernel(const T* __r
 void maxpool2x2_forward(const void* x, DType dtype, const PoolGeom& g, void* y, std::uint8_t* arg, const Launch& l) {
   const std::int64_t n = g.N * g.Ho * g.Wo * g.C;
   if (n == 0) return;
-  SBN_POOL_LAUNCH(maxpool_forward_kernel, "maxpool2x2_forward", g.N * g.H * g.W * g.C, static_cast<const T*>(x), g, static_cast<I>(n),
-                  static_cast<T*>(y), arg);
+  SBN_ELEMENTWISE_LAUNCH(maxpool_forward_kernel, "maxpool2x2_forward", dtype, n, g.N * g.H * g.W * g.C, l,
+                         static_cast<const T*>(x), g, static_cast<I>(n), static_cast<T*>(y), arg);
 }
 
 void maxpool2x2_backward(const void* dy, const std::uint8_t* arg, DType dtype, const PoolGeom& g, void* dx,
                          const Launch& l) {
   const std::int64_t n = g.N * g.H * g.W * g.C;
   if (n == 0) return;
-  SBN_POOL_LAUNCH(maxpool_backward_kernel, "maxpool2x2_backward", n, static_cast<const T*>(dy), arg, g, static_cast<I>(n),
-                  static_cast<T*>(dx));
+  SBN_ELEMENTWISE_LAUNCH(maxpool_backward_kernel, "maxpool2x2_backward", dtype, n, n, l, static_cast<const T*>(dy),
+                         arg, g, static_cast<I>(n), static_cast<T*>(dx));
 }
 
 void avgpool_forward(const void* x, DType dtype, std::int64_t N, std::int64_t S, std::int64_t C, void* y,
                      const Launch& l) {
   const std::int64_t n = N * C;
   if (n == 0 || S == 0) return;
-  SBN_POOL_LAUNCH(avgpool_forward_kernel, "avgpool_forward", N * S * C, static_cast<const T*>(x), static_cast<I>(n),
-                  static_cast<I>(S), static_cast<I>(C), static_cast<T*>(y));
+  SBN_ELEMENTWISE_LAUNCH(avgpool_forward_kernel, "avgpool_forward", dtype, n, N * S * C, l, static_cast<const T*>(x),
+                         static_cast<I>(n), static_cast<I>(S), static_cast<I>(C), static_cast<T*>(y));
 }
 
 void avgpool_backward(const void* dy, DType dtype, std::int64_t N, std::int64_t S, std::int64_t C, void* dx,
                       const Launch& l) {
   const std::int64_t n = N * S * C;
   if (n == 0) return;
-  SBN_POOL_LAUNCH(avgpool_backward_kernel, "avgpool_backward", n, static_cast<const T*>(dy), static_cast<I>(n),
-                  static_cast<I>(S), static_cast<I>(C), static_cast<T*>(dx));
+  SBN_ELEMENTWISE_LAUNCH(avgpool_backward_kernel, "avgpool_backward", dtype, n, n, l, static_cast<const T*>(dy),
+                         static_cast<I>(n), static_cast<I>(S), static_cast<I>(C), static_cast<T*>(dx));
 }
-
-#undef SBN_POOL_LAUNCH
 
 }  // namespace syncbn::cuda::train

@@ -36,6 +36,22 @@ void with_index(std::int64_t n, F&& f) {
 #define SBN_GRID_STRIDE(I, e, n) \
   for (I e = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x; e < (n); e += static_cast<I>(gridDim.x) * blockDim.x)
 
+// Launches the grid-stride kernel<T, I> over `count` elements and checks the launch ("what dtype"): T the
+// element type of `dtype`, I the index type (with_index) of `reach`, the largest element count the kernel
+// indexes (≥ count). The kernel arguments (__VA_ARGS__) may use T and I.
+#define SBN_ELEMENTWISE_LAUNCH(kernel, what, dtype, count, reach, launch, ...)                              \
+  do {                                                                                                     \
+    ::syncbn::cuda::train::detail::with_dtype(dtype, [&](auto* tag) {                                      \
+      using T = std::remove_pointer_t<decltype(tag)>;                                                      \
+      ::syncbn::cuda::train::detail::with_index(reach, [&](auto index) {                                   \
+        using I = decltype(index);                                                                         \
+        kernel<T, I><<<::syncbn::cuda::train::detail::elementwise_blocks(count, launch), kThreads, 0,      \
+                       (launch).stream>>>(__VA_ARGS__);                                                    \
+      });                                                                                                  \
+    });                                                                                                    \
+    SBN_CUDA_LAUNCH_CHECK(std::string(what) + " " + dtype_name(dtype));                                   \
+  } while (0)
+
 // ---- column reduction ---------------------------------------------------------------------------------
 //
 // Sums op(r, c, &a, &b) over rows r ∈ [0, rows) for every column c ∈ [0, C), then hands each column's

@@ -24,30 +24,38 @@ namespace syncbn::cuda::train {
 
 // ---- layouts -----------------------------------------------------------------------------------------
 
+// The coordinates of element e of a 4-d tensor (N, H, W, C), C fastest.
+template <class I>
+struct Nhwc {
+  I n, h, w, c;
+};
+
+template <class I>
+SBN_HD Nhwc<I> nhwc_coords(I e, I C, I H, I W) {
+  Nhwc<I> p;
+  p.c = e % C;
+  I r = e / C;
+  p.w = r % W;
+  r /= W;
+  p.h = r % H;
+  p.n = r / H;
+  return p;
+}
+
 // The network input: element e of the NHWC tensor (N, H, W, C) comes from this index of the planar
 // (N, C, H, W) batch the loop hands over.
 template <class I>
 SBN_HD I nchw_index_of_nhwc(I e, I C, I H, I W) {
-  const I c = e % C;
-  I r = e / C;
-  const I w = r % W;
-  r /= W;
-  const I h = r % H;
-  const I n = r / H;
-  return ((n * C + c) * H + h) * W + w;
+  const Nhwc<I> p = nhwc_coords(e, C, H, W);
+  return ((p.n * C + p.c) * H + p.h) * W + p.w;
 }
 
 // Convolution weights: element e of cuDNN's NHWC filter (O, K, K, I) ("KRSC") is this element of the
 // canonical OIHW array in the ParamStore. A bijection, so the gradient scatter needs no atomics.
 template <class I>
 SBN_HD I oihw_index_of_krsc(I e, I in, I k) {
-  const I c = e % in;
-  I r = e / in;
-  const I s = r % k;
-  r /= k;
-  const I h = r % k;
-  const I o = r / k;
-  return ((o * in + c) * k + h) * k + s;
+  const Nhwc<I> p = nhwc_coords(e, in, k, k);  // (o, r, s, c)
+  return ((p.n * in + p.c) * k + p.h) * k + p.w;
 }
 
 // ---- elementwise -------------------------------------------------------------------------------------
@@ -71,13 +79,8 @@ template <class T, class I>
 SBN_HD void maxpool2x2_forward_element(const T* x, T* y, std::uint8_t* arg, I e, const PoolGeom& g) {
   const I C = static_cast<I>(g.C), W = static_cast<I>(g.W), Wo = static_cast<I>(g.Wo), Ho = static_cast<I>(g.Ho);
   const I H = static_cast<I>(g.H);
-  const I c = e % C;
-  I r = e / C;
-  const I wo = r % Wo;
-  r /= Wo;
-  const I ho = r % Ho;
-  const I n = r / Ho;
-  const I base = ((n * H + 2 * ho) * W + 2 * wo) * C + c;
+  const Nhwc<I> o = nhwc_coords(e, C, Ho, Wo);
+  const I base = ((o.n * H + 2 * o.h) * W + 2 * o.w) * C + o.c;
   const T va = x[base], vb = x[base + C], vd = x[base + W * C], ve = x[base + W * C + C];
   const float a = to_float(va), b = to_float(vb), d = to_float(vd), f = to_float(ve);
   const bool top_b = a < b;  // std::max(a, b) = a < b ? b : a
@@ -96,17 +99,12 @@ template <class T, class I>
 SBN_HD void maxpool2x2_backward_element(const T* dy, const std::uint8_t* arg, T* dx, I e, const PoolGeom& g) {
   const I C = static_cast<I>(g.C), W = static_cast<I>(g.W), H = static_cast<I>(g.H);
   const I Wo = static_cast<I>(g.Wo), Ho = static_cast<I>(g.Ho);
-  const I c = e % C;
-  I r = e / C;
-  const I w = r % W;
-  r /= W;
-  const I h = r % H;
-  const I n = r / H;
-  const I ho = h / 2, wo = w / 2;
+  const Nhwc<I> p = nhwc_coords(e, C, H, W);
+  const I ho = p.h / 2, wo = p.w / 2;
   float v = 0.0f;
   if (ho < Ho && wo < Wo) {
-    const I o = ((n * Ho + ho) * Wo + wo) * C + c;
-    const int here = static_cast<int>((h & 1) * 2 + (w & 1));
+    const I o = ((p.n * Ho + ho) * Wo + wo) * C + p.c;
+    const int here = static_cast<int>((p.h & 1) * 2 + (p.w & 1));
     if (arg[o] == here) v = to_float(dy[o]);
   }
   from_float(v, &dx[e]);

@@ -1,0 +1,213 @@
+// What the CPU SyncBN layer (sync_batchnorm.h) and the CUDA one (cuda/sync_batchnorm.h) share on the
+// host: sync modes and groups, the layer options, tags and status errors, and BnLayerHost, the host-side
+// steps of a layer written once — option and input checks, the collective-failure protocol, the
+// slicing of a batch into BN batches and the forward state that backward reads, the combine arguments.
+// A device layer derives from BnLayerHost and supplies its tensors, buffers, kernels and communicator.
+//
+// Free of oneDNN, CUDA and the nn module headers: both libraries (syncbn, syncbn_cuda) build on it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "syncbn/bn_kernels.h"
+#include "syncbn/communicator.h"
+#include "syncbn/error.h"
+#include "syncbn/tensor.h"
+
+namespace syncbn {
+
+// --- modes ----------------------------------------------------------------------------------------
+
+struct SyncMode {
+  enum Kind { kLocal, kSync, kGroups } kind = kSync;
+  int group_size = 0;  // kGroups: K
+  std::string str() const;
+};
+
+// "local", "sync" or "sync:K" (K ≥ 1). Throws naming the text for anything else.
+SyncMode parse_sync_mode(const std::string& text);
+
+// The ranks a mode synchronizes over: none for local, the world for sync, the consecutive block of K
+// ranks containing this one for sync:K (collective over `world`; throws if K ∤ size).
+//
+// Every SyncBN message in a group has the same length: that of the group's widest layer. Ranks that
+// disagree on the layer order then exchange equally long messages whose tags disagree, which every rank
+// reports cleanly; messages of different lengths would be an MPI truncation, which Open MPI's
+// non-blocking collectives treat as fatal. The padding costs nothing measurable (the messages are
+// latency-bound: a few hundred bytes to a few KB).
+class SyncGroup {
+ public:
+  SyncGroup(Communicator& world, const SyncMode& mode);
+  Communicator* comm() const { return comm_; }  // null: local
+  const SyncMode& mode() const { return mode_; }
+
+  // Called by each layer at construction (same model on every rank → same result everywhere).
+  void reserve_channels(std::int64_t channels);
+  // Doubles in every SyncBN message of this group.
+  std::int64_t message_size() const { return bn_msg_size(max_channels_); }
+
+ private:
+  SyncMode mode_;
+  std::unique_ptr<Communicator> owned_;
+  Communicator* comm_ = nullptr;
+  std::int64_t max_channels_ = 0;
+};
+
+// --- tags, statuses, empty batches ------------------------------------------------------------------
+
+// The tag of a layer's messages: a small integer in [1, 2^20) identifying (layer name, phase, C); see
+// bn_tags_agree. phase is "forward" or "backward".
+double bn_layer_tag(const std::string& layer, const char* phase, std::int64_t channels);
+
+// Throws the Error for a non-ok combine status, naming the layer and phase. group_size: ranks of the
+// sync group, 0 for local statistics; count / forward_count explain kBnCountMismatch.
+[[noreturn]] void throw_bn_status(BnStatus status, const std::string& layer, const char* phase, int group_size,
+                                  double count, double forward_count);
+
+// True when a training BN batch (one chunk) with LOCAL statistics has no values per channel. PyTorch
+// (BatchNorm*d, 1.13) then returns an empty output, leaves the running statistics as they were and still
+// counts the batch in num_batches_tracked; both layers do the same instead of failing. With synced
+// statistics the group's count decides (it travels in the all-reduce): an empty rank is normal, an empty
+// group is an error.
+bool bn_local_empty_batch(const BnGeometry& chunk, bool synced);
+
+// --- layer options --------------------------------------------------------------------------------
+
+struct BatchNormOptions {
+  std::int64_t channels = 0;
+  double eps = 1e-5;
+  std::optional<double> momentum = 0.1;  // nullopt: cumulative moving average (PyTorch momentum=None)
+  bool affine = true;
+  bool track_running_stats = true;
+  bool fuse_relu = false;      // y = max(BN(x), 0) in the same pass; backward gates dy the same way
+  std::int64_t ghost_batch = 0;  // > 0: statistics over consecutive sub-batches of this many samples
+                                 // (local mode only)
+  // Outputs at least this large are written with non-temporal stores (see stream_store.h).
+  std::int64_t stream_threshold_bytes = 4 << 20;
+};
+
+// --- the shared host side of a layer ----------------------------------------------------------------
+
+// What the host checks read of a layer input (a syncbn::Tensor or a cuda::DeviceTensor).
+struct BnInputDesc {
+  const std::vector<std::int64_t>& shape;
+  Layout layout;
+  const char* dtype = nullptr;  // the activation dtype's name; null: fp32 only (the CPU layer)
+};
+
+// One forward or backward call, as begin_forward / begin_backward resolved it.
+struct BnCall {
+  Communicator* comm = nullptr;  // the group the call all-reduces over; null: none (local, eval)
+  BnGeometry geometry;           // the whole input
+  std::int64_t samples = 0;      // N
+  bool batch_stats = false;      // statistics of the batch (else the running ones, constants)
+  bool update = false;           // forward: the combines move the running statistics
+};
+
+// BN batch k of a call (ghost batches; the whole input otherwise) and what the call does with it.
+struct BnCallBatch {
+  enum Kind {
+    kRunning,     // normalize with the running statistics: no reduction, no communication
+    kEmpty,       // an empty batch with local statistics (bn_local_empty_batch): skipped, counted
+    kBatchStats,  // reduce, combine (after the all-reduce when synced), normalize
+  };
+  Kind kind = kRunning;
+  BnGeometry geometry;       // the batch's slice of the input
+  std::int64_t offset = 0;   // element offset of its first sample in the input
+  std::int64_t block = 0;    // k·C: its block in the per-batch arrays (BnLayerArrays)
+};
+
+// The host-side steps of a SyncBN layer. The device layer keeps its buffers in BnLayerBuffers (one fill
+// of BnLayerArrays) and supplies the two hooks below; forward() is then begin_forward, a loop over
+// batch(call, k), the combines through combine_args / check_status; backward() the same with
+// begin_backward and backward_combine_args.
+class BnLayerHost {
+ public:
+  virtual ~BnLayerHost() = default;
+  BnLayerHost(const BnLayerHost&) = delete;
+  BnLayerHost& operator=(const BnLayerHost&) = delete;
+
+  const std::string& name() const { return name_; }
+  const BatchNormOptions& options() const { return opt_; }
+  Communicator* group() const { return group_; }  // null: local statistics
+
+  // Seconds spent in this layer's collectives since the last reset (for "SyncBN communication ms").
+  double comm_seconds() const { return comm_seconds_; }
+  void reset_comm_seconds() { comm_seconds_ = 0; }
+
+ protected:
+  // `group` is the layer's sync group; null (or a local-mode group) means local statistics. Checks the
+  // options (throwing with the layer's name). The device layer reserves its channels in the group once
+  // it is fully built (SyncGroup::reserve_channels).
+  BnLayerHost(std::string name, const BatchNormOptions& options, SyncGroup* group);
+
+  // ---- device hooks
+  // Sizes the buffers for an input of geometry g in `batches` BN batches (called by begin_forward).
+  virtual void size_buffers(const BnGeometry& g, std::int64_t batches) = 0;
+  // Zeroes the message and all-reduces it over group() with `phase`'s label: the collective a layer
+  // that rejects its input still takes part in (fail_collectively). May throw Error (then ignored).
+  virtual void reduce_zero_message(const char* phase) = 0;
+
+  // ---- one call
+  // Checks x (failing collectively when the call communicates), slices it into BN batches, sizes the
+  // buffers and saves what backward needs.
+  BnCall begin_forward(const BnInputDesc& x, bool training);
+  // Checks x and dy against each other and the last forward (failing collectively as forward did).
+  BnCall begin_backward(const BnInputDesc& x, const BnInputDesc& dy);
+  // BN batches of the last forward, and batch k of `call`.
+  std::int64_t batch_count() const { return batches_.count; }
+  BnCallBatch batch(const BnCall& call, std::int64_t k) const;
+
+  // The combines' arguments for batch k, from the layer's arrays (gamma and beta dropped unless affine).
+  BnCombineArgs combine_args(const BnLayerArrays& arrays, std::int64_t k, const BnCall& call,
+                             std::int64_t batches_tracked) const;
+  BnBackwardCombineArgs backward_combine_args(const BnLayerArrays& arrays, std::int64_t k, const BnCall& call,
+                                              double expected_count) const;
+  // Throws the layer's error for a non-ok status of `phase` (see throw_bn_status) in the last forward's
+  // group; returns for kBnOk.
+  void check_status(BnStatus status, const char* phase, double count, double forward_count) const;
+
+  // "SyncBatchNorm 'name'", the prefix of the layer's errors.
+  std::string who() const;
+  // Doubles in the layer's all-reduce message: the group's common length (see SyncGroup).
+  std::size_t message_doubles() const;
+  double tag(const char* phase) const { return phase[0] == 'f' ? fwd_tag_ : bwd_tag_; }
+  const char* label(const char* phase) const { return phase[0] == 'f' ? fwd_label_.c_str() : bwd_label_.c_str(); }
+
+  const std::string name_;
+  const BatchNormOptions opt_;
+  SyncGroup* const sync_group_;
+  Communicator* const group_;
+  const int group_size_;
+  const double fwd_tag_, bwd_tag_;
+  bool saved_batch_stats_ = false;      // the last forward used batch statistics
+  Communicator* saved_comm_ = nullptr;  // the group it reduced over (null: none)
+  double comm_seconds_ = 0;
+
+ private:
+  BnGeometry validate(const BnInputDesc& x, const char* phase) const;
+  void check_gradient(const BnInputDesc& x, const BnInputDesc& dy) const;
+  // Takes part in the group's all-reduce with a tag no layer uses (0), so that the peers' tag checks
+  // fail and they report this layer too instead of waiting for it, then throws `why`.
+  [[noreturn]] void fail_collectively(const char* phase, const std::string& why);
+  // Runs `checks` (returning the input's geometry); on an Error, fails collectively when `comm` is set.
+  template <class Checks>
+  BnGeometry checked(Communicator* comm, const char* phase, Checks&& checks) {
+    try {
+      return checks();
+    } catch (const Error& e) {
+      if (comm) fail_collectively(phase, e.what());
+      throw;
+    }
+  }
+
+  const std::string fwd_label_, bwd_label_;
+  BnChunks batches_;                 // the last forward's BN batches
+  std::int64_t saved_samples_ = -1;  // its N; -1 before any forward
+};
+
+}  // namespace syncbn
