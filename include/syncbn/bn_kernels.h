@@ -97,6 +97,8 @@ struct BnLayerArrays {
   float* b = nullptr;             // (batches, C)
   float* k1 = nullptr;            // (batches, C) backward: dx = a·dy' + k1·(x − hi) + k0
   float* k0 = nullptr;            // (batches, C)
+  double* renorm_r = nullptr;     // (batches, C) Batch Renormalization's r and d (bn_renorm_factors), written
+  double* renorm_d = nullptr;     // (batches, C) by a renormalizing forward combine, read by its backward
 
   // The same arrays with the per-batch ones moved to batch k's block.
   BnLayerArrays batch(std::int64_t k) const;
@@ -111,6 +113,7 @@ struct BnLayerBuffers {
   DoubleArray pivot;                                  // (C)
   DoubleArray mean, var, invstd;                      // (batches, C)
   FloatArray hi, a, b, k1, k0;                        // (batches, C)
+  DoubleArray renorm_r, renorm_d;                     // (batches, C), Batch Renormalization only (else empty)
 
   BnLayerArrays arrays(std::int64_t channels) {
     BnLayerArrays r;
@@ -120,6 +123,7 @@ struct BnLayerBuffers {
     r.mean = ptr(mean), r.var = ptr(var), r.invstd = ptr(invstd);
     r.hi = ptr(hi), r.a = ptr(a), r.b = ptr(b);
     r.k1 = ptr(k1), r.k0 = ptr(k0);
+    r.renorm_r = ptr(renorm_r), r.renorm_d = ptr(renorm_d);
     return r;
   }
 
@@ -130,6 +134,20 @@ struct BnLayerBuffers {
   }
 };
 
+// Batch Renormalization in a forward combine (bn_renorm_factors): off, or r ∈ [1/rmax, rmax], |d| ≤ dmax.
+struct BnRenormLimits {
+  bool enabled = false;
+  double rmax = 1.0;  // ≥ 1
+  double dmax = 0.0;  // ≥ 0
+};
+
+// A BN batch's r and d (BnLayerArrays::renorm_r/d at its block) for the local dγ of bn_backward_reduce;
+// null: plain BN.
+struct BnRenormFactors {
+  const double* r = nullptr;  // (C)
+  const double* d = nullptr;  // (C)
+};
+
 // Arguments of bn_combine, from bn_combine_args: which message, and the arrays of its BN batch.
 struct BnCombineArgs {
   int group_size = 1;        // ranks that summed the message
@@ -137,6 +155,7 @@ struct BnCombineArgs {
   double eps = 1e-5;
   BnRunningUpdate running;   // kNone: the running statistics are not touched
   BnLayerArrays arrays;      // the batch's block: gamma, beta, running stats, pivot in; mean … b out
+  BnRenormLimits renorm;     // enabled: also renorm_r, renorm_d out (from the running stats before the update)
 };
 
 // Arguments of bn_backward_combine, from bn_backward_combine_args.
@@ -145,17 +164,20 @@ struct BnBackwardCombineArgs {
   double tag = 0;
   double expected_count = 0;  // the group count seen by forward
   BnLayerArrays arrays;       // the batch's block: gamma, mean, invstd, hi in; k1, k0 out
+  bool renorm = false;        // the forward renormalized: γ·renorm_r in place of γ
 };
 
 // bn_combine's arguments for BN batch `batch` of `arrays`, whose message `group_size` ranks summed, with
-// this rank's `tag`. Throws if an output array is missing, or an update lacks a running array.
+// this rank's `tag`. Throws if an output array is missing, an update lacks a running array, or renorm lacks
+// the running statistics or the r, d arrays.
 BnCombineArgs bn_combine_args(const BnLayerArrays& arrays, std::int64_t batch, int group_size, double tag,
-                              double eps, BnRunningUpdate running);
+                              double eps, BnRunningUpdate running, BnRenormLimits renorm = {});
 
 // bn_backward_combine's arguments for BN batch `batch`; `expected_count`: the group count its forward saw
-// (the CUDA combine reads it from the device instead). Throws if an array it needs is missing.
+// (the CUDA combine reads it from the device instead); `renorm`: its forward renormalized. Throws if an
+// array it needs is missing.
 BnBackwardCombineArgs bn_backward_combine_args(const BnLayerArrays& arrays, std::int64_t batch, int group_size,
-                                               double tag, double expected_count);
+                                               double tag, double expected_count, bool renorm = false);
 
 // ---- per-channel steps of the combines (the CPU loops and the CUDA kernels run these same lines) ----
 
@@ -173,10 +195,18 @@ SBN_HD void bn_combine_channel(const double* msg, const BnCombineArgs& args, dou
   arr.var[c] = var;
   arr.invstd[c] = invstd;
   if (arr.pivot) arr.pivot[c] = mean;
+  double gamma = arr.gamma ? arr.gamma[c] : 1.0, beta = arr.beta ? arr.beta[c] : 0.0;
+  if (args.renorm.enabled) {  // before the running update: r, d compare the batch with the history before it
+    double r = 1, d = 0;
+    bn_renorm_factors(mean, var, arr.running_mean[c], arr.running_var[c], args.eps, args.renorm.rmax,
+                      args.renorm.dmax, &r, &d);
+    arr.renorm_r[c] = r;
+    arr.renorm_d[c] = d;
+    bn_renorm_affine(r, d, &gamma, &beta);
+  }
   if (args.running.kind != BnRunningUpdate::kNone)
     bn_running_update(&arr.running_mean[c], &arr.running_var[c], mean, var, n, factor);
-  bn_forward_coefs(mean, invstd, arr.gamma ? arr.gamma[c] : 1.0, arr.beta ? arr.beta[c] : 0.0, &arr.hi[c], &arr.a[c],
-                   &arr.b[c]);
+  bn_forward_coefs(mean, invstd, gamma, beta, &arr.hi[c], &arr.a[c], &arr.b[c]);
 }
 
 // One channel of bn_backward_combine, after its checks.
@@ -185,7 +215,9 @@ SBN_HD void bn_backward_combine_channel(const double* msg, const BnBackwardCombi
   const double n = msg[kMsgCount];
   const double* A = msg + kMsgHeader;
   const double* B = A + arr.channels;
-  const double scale = (arr.gamma ? arr.gamma[c] : 1.0) * arr.invstd[c];
+  double gamma = arr.gamma ? arr.gamma[c] : 1.0;
+  if (args.renorm) gamma *= arr.renorm_r[c];  // r is a constant: plain BN's gradient with γ·r (bn_math.h)
+  const double scale = gamma * arr.invstd[c];
   bn_backward_coefs(A[c], B[c], n, arr.mean[c], arr.hi[c], arr.invstd[c], scale, &arr.k1[c], &arr.k0[c]);
 }
 
@@ -220,11 +252,12 @@ void bn_normalize(const float* x, const BnGeometry& g, const float* hi, const fl
 
 // Local sums Σdy' and Σdy'·(x − hi) into msg; dy' = dy·[a·(x − hi) + b > 0] if relu (the forward
 // output's sign recomputed from x, so y need not be kept or re-read). Accumulates (+=) the local
-// parameter gradients dβ = Σdy' and dγ = invstd·Σdy'·(x − mean) when dgamma/dbeta are not null.
+// parameter gradients dβ = Σdy' and dγ = invstd·Σdy'·(x − mean) when dgamma/dbeta are not null; with
+// `renorm` factors (Batch Renormalization) dγ = Σdy'·(x̂·r + d) (bn_renorm_dgamma).
 void bn_backward_reduce(const float* dy, const float* x, const BnGeometry& g, const float* hi,
                         const float* a, const float* b, bool relu, const double* mean,
                         const double* invstd, double tag, double* msg, float* dgamma, float* dbeta,
-                        ChannelRange r = {});
+                        ChannelRange r = {}, BnRenormFactors renorm = {});
 
 // Per-channel input-gradient coefficients from the summed backward message.
 BnStatus bn_backward_combine(const double* msg, const BnBackwardCombineArgs& args, ChannelRange r = {});

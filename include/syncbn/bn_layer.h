@@ -88,6 +88,13 @@ struct BatchNormOptions {
                                  // (local mode only)
   // Outputs at least this large are written with non-temporal stores (see stream_store.h).
   std::int64_t stream_threshold_bytes = 4 << 20;
+
+  // Batch Renormalization (Ioffe 2017, bn_math.h; needs track_running_stats): training normalizes with
+  // r ∈ [1/rmax, rmax] and |d| ≤ dmax from the running statistics. These are the layer's limits until
+  // BnLayerHost::set_renorm_limits changes them (the trainer's warm-up does, every step).
+  bool renorm = false;
+  double renorm_rmax = 3.0;  // ≥ 1
+  double renorm_dmax = 5.0;  // ≥ 0
 };
 
 // --- the shared host side of a layer ----------------------------------------------------------------
@@ -139,6 +146,15 @@ class BnLayerHost {
   double comm_seconds() const { return comm_seconds_; }
   void reset_comm_seconds() { comm_seconds_ = 0; }
 
+  // Batch Renormalization's current limits (options().renorm only): rmax ≥ 1, dmax ≥ 0, else throws.
+  // Read by the next training forward's combines.
+  void set_renorm_limits(double rmax, double dmax);
+
+  // PreciseBN (README "PreciseBN"): true between the device layer's begin_population() and
+  // finish_population(). Training forwards then normalize with batch statistics as usual but move no
+  // running statistics, counter or pivot, and add this rank's per-channel sums of their input.
+  bool population_open() const { return pop_open_; }
+
  protected:
   // `group` is the layer's sync group; null (or a local-mode group) means local statistics. Checks the
   // options (throwing with the layer's name). The device layer reserves its channels in the group once
@@ -167,6 +183,10 @@ class BnLayerHost {
                              std::int64_t batches_tracked) const;
   BnBackwardCombineArgs backward_combine_args(const BnLayerArrays& arrays, std::int64_t k, const BnCall& call,
                                               double expected_count) const;
+  // Whether `call`'s batches are renormalized (Batch Renormalization on, batch statistics), and then batch
+  // k's r, d in `arrays` for bn_backward_reduce's dγ (else none).
+  bool renorm(const BnCall& call) const { return opt_.renorm && call.batch_stats; }
+  BnRenormFactors renorm_factors(const BnLayerArrays& arrays, std::int64_t k, const BnCall& call) const;
   // Throws the layer's error for a non-ok status of `phase` (see throw_bn_status) in the last forward's
   // group; returns for kBnOk.
   void check_status(BnStatus status, const char* phase, double count, double forward_count) const;
@@ -177,6 +197,17 @@ class BnLayerHost {
   std::size_t message_doubles() const;
   double tag(const char* phase) const { return phase[0] == 'f' ? fwd_tag_ : bwd_tag_; }
   const char* label(const char* phase) const { return phase[0] == 'f' ? fwd_label_.c_str() : bwd_label_.c_str(); }
+
+  // ---- population pass (PreciseBN): the device layer keeps P (C) and acc = [n, s1 (C), s2 (C)] around P
+  void open_population();
+  // Whether this forward's first BN batch mean is to become the pivot P (the pass's first forward with
+  // batch statistics on this rank); marks P as taken.
+  bool population_pivot_due(const BnCall& call);
+  // Sums [tag, tag², n, S1, S2, P·S1, n·P, n·P²] over `world` in ONE all-reduce, then writes the
+  // population mean and unbiased variance (the same on every rank) into the host arrays (C) and closes
+  // the pass. Throws (on every rank alike) if the ranks are in different layers or saw < 2 values.
+  void close_population(Communicator& world, const double* pivot, const double* acc, float* running_mean,
+                        float* running_var);
 
   const std::string name_;
   const BatchNormOptions opt_;
@@ -206,8 +237,11 @@ class BnLayerHost {
   }
 
   const std::string fwd_label_, bwd_label_;
+  BnRenormLimits renorm_limits_;  // Batch Renormalization: enabled iff opt_.renorm; set_renorm_limits
   BnChunks batches_;                 // the last forward's BN batches
   std::int64_t saved_samples_ = -1;  // its N; -1 before any forward
+  bool pop_open_ = false;            // a population pass is open
+  bool pop_pivot_set_ = false;       // its pivot P was taken
 };
 
 }  // namespace syncbn

@@ -97,4 +97,76 @@ SBN_HD void bn_backward_coefs(double A, double B, double n, double mean, float h
   *k0 = static_cast<float>(-scale * A / n - c1 * lo);
 }
 
+// Local dγ of one channel from its local sums A = Σdy', B = Σdy'·(x − hi): Σdy'·x̂, x̂ = (x − mean)·invstd.
+// Batch Renormalization's Σdy'·(x̂·r + d) is this with r·invstd for invstd, plus d·A, which callers add in
+// a statement of its own: without it (or with d = 0) the sum contracts into FMAs exactly as plain BN's.
+SBN_HD double bn_dgamma(double A, double B, double mean, float hi, double invstd) {
+  const double lo = mean - static_cast<double>(hi);
+  return invstd * (B - lo * A);
+}
+
+// ---- Batch Renormalization (Ioffe 2017) ------------------------------------------------------------
+// y = γ·(x̂·r + d) + β with x̂ = (x − μ_B)/σ_B, σ_B = sqrt(var_B + eps) (the group's batch statistics) and
+//   r = clip(σ_B/σ_run, 1/r_max, r_max),  d = clip((μ_B − μ_run)/σ_run, −d_max, d_max),
+// σ_run = sqrt(running_var + eps), μ_run = running_mean, both BEFORE this batch's running update. r and d
+// are constants of the backward, so the layer is plain BN with γ' = γ·r and β' = β + γ·d: the coefficient
+// functions above serve unchanged, and only the local dγ = Σdy'·(x̂·r + d) needs r and d again (bn_dgamma).
+
+// r and d of one channel. Comparisons rather than fmin/fmax, so a NaN statistic stays NaN (and the step is
+// then rejected as non-finite) instead of being clipped into a limit. r_max = 1 gives r = 1 and d_max = 0
+// gives d = 0 exactly: plain BN bit for bit.
+SBN_HD void bn_renorm_factors(double mean, double var, float running_mean, float running_var, double eps,
+                              double rmax, double dmax, double* r, double* d) {
+  const double run_var = static_cast<double>(running_var) + eps;
+  const double rr = sqrt((var + eps) / run_var);
+  const double dd = (mean - static_cast<double>(running_mean)) / sqrt(run_var);
+  const double rmin = 1.0 / rmax;
+  *r = rr < rmin ? rmin : rr > rmax ? rmax : rr;
+  *d = dmax <= 0.0 ? 0.0 : dd < -dmax ? -dmax : dd > dmax ? dmax : dd;
+}
+
+// The affine parameters the renormalized layer normalizes with: γ' = γ·r, β' = β + γ·d (β as it was for d = 0).
+SBN_HD void bn_renorm_affine(double r, double d, double* gamma, double* beta) {
+  if (d != 0.0) *beta += *gamma * d;
+  *gamma *= r;
+}
+
+// ==== PreciseBN population statistics (README "PreciseBN") ==========================================
+// A population pass accumulates, per rank and channel, n, s1 = Σ(x − P), s2 = Σ(x − P)² over N batches
+// around a per-rank pivot P (the first batch's mean rounded to 16 significant bits), then ONE world
+// all-reduce per layer sums [S1, S2, P·S1, n·P, n·P²] per channel. The sums re-centre at any common K:
+//   Σ(x − K)² = Σ_r [s2 + 2(P_r − K)·s1 + n_r(P_r − K)²].
+// With 16-bit pivots the n·P and n·P² terms are exact in double (for n < 2^21 per rank), and ranks whose
+// batches are close round to the same P, so the re-centring adds no cancellation.
+
+// m rounded to 16 significant bits (0 stays 0).
+SBN_HD double bn_population_pivot(double m) {
+  int e = 0;
+  const double f = frexp(m, &e);  // m = f·2^e, 0.5 ≤ |f| < 1
+  return ldexp(rint(ldexp(f, 16)), e - 16);
+}
+
+// This rank's five per-channel terms of the population message from its sums around its pivot P.
+SBN_HD void bn_population_terms(double n, double s1, double s2, double pivot, double* S1, double* S2, double* PS1,
+                                double* nP, double* nP2) {
+  *S1 = s1;
+  *S2 = s2;
+  *PS1 = pivot * s1;
+  *nP = n * pivot;
+  *nP2 = n * pivot * pivot;
+}
+
+// Population mean and UNBIASED variance (n/(n−1)) of all N values from the world sums of the terms.
+// K = the rounded mean of the pivots: every term is then a difference of exact values, and the result
+// is the same on every rank (the same sums in, the same operations).
+SBN_HD void bn_population_moments(double N, double S1, double S2, double PS1, double nP, double nP2, double* mean,
+                                  double* var) {
+  const double K = bn_population_pivot(nP / N);
+  const double d = (S1 + (nP - K * N)) / N;  // mean − K
+  const double m2 = S2 + 2.0 * (PS1 - K * S1) + ((nP2 - K * nP) - K * (nP - K * N));  // Σ(x − K)²
+  const double v = (m2 - N * d * d) / (N - 1.0);
+  *mean = K + d;
+  *var = v > 0.0 ? v : 0.0;
+}
+
 }  // namespace syncbn

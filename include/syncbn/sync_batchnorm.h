@@ -35,6 +35,14 @@ class SyncBatchNorm : public BnLayerHost {
   // dx from dy; x must be the forward's input. Accumulates dgamma/dbeta.
   void backward(const Tensor& x, const Tensor& dy, Tensor& dx);
 
+  // PreciseBN (README "PreciseBN"): begin_population() opens a pass in which training forwards also add
+  // their input's per-channel sums (double, around a per-rank pivot) and move no running statistics;
+  // finish_population() all-reduces them over `world` (ONE collective; every rank calls it, also one
+  // whose forwards saw no samples) and sets the running mean and unbiased variance to the statistics of
+  // all the values seen, identical on every rank. The pivot the pass's synced forwards moved is restored.
+  void begin_population();
+  void finish_population(Communicator& world);
+
   // name(), options(), group() (null: local statistics), comm_seconds(), reset_comm_seconds(): BnLayerHost.
 
   // Parameters (C), their gradients (C), buffers (C). Affine off: gamma = 1, beta = 0, not trained.
@@ -69,6 +77,8 @@ class SyncBatchNorm : public BnLayerHost {
                      bool stream);
   // Channels per block for local statistics (see forward); `arrays` inputs are re-read per block.
   std::int64_t local_block_channels(const BnGeometry& g, int arrays) const;
+  // PreciseBN: adds this forward's input sums to pop_acc_ (taking the pivot from its first batch mean).
+  void accumulate_population(const Tensor& x, const BnCall& call);
 
   // Parameters, running statistics, pivot (C) and the forward's saved statistics and coefficients
   // (chunks·C: one block of C per BN batch, see BnLayerHost::batch).
@@ -81,6 +91,8 @@ class SyncBatchNorm : public BnLayerHost {
   std::vector<double> counts_;       // (chunks) group count per BN batch, from the forward combine
   std::vector<double> msg_;          // the all-reduce buffer, message_doubles()
   double group_count_ = 0;
+  // PreciseBN pass: pivot P (C), acc [n, Σ(x−P) (C), Σ(x−P)² (C)], bn_stats scratch, pivot to restore.
+  std::vector<double> pop_pivot_, pop_acc_, pop_msg_, pop_saved_pivot_;
 };
 
 }  // namespace syncbn

@@ -33,6 +33,12 @@ struct TrainConfig {
   std::int64_t ghost_batch = 0;
   std::string bn_momentum = "0.1";  // a number in [0, 1], or "none" (cumulative average); typed: norm()
   double bn_eps = 1e-5;
+  std::int64_t precise_bn = 0;      // PreciseBN: batches per recompute (0: off; README "PreciseBN")
+  // Batch Renormalization (typed: norm().renorm*)
+  bool bn_renorm = false;
+  double renorm_rmax = 3.0;
+  double renorm_dmax = 5.0;
+  std::int64_t renorm_warmup = 5000;
   // batching
   std::int64_t global_batch = 64;
   std::int64_t accum_steps = 1;
@@ -72,6 +78,9 @@ struct OptionInfo {
   std::string name, group, help;
   std::function<std::string()> value;
   bool resume_may_differ = false;  // may change between a checkpoint and the run resuming it
+  // Set: the option is left out of the resume fingerprint while its value is this text (its default), so
+  // checkpoints written before the option existed still resume.
+  std::optional<std::string> fingerprint_unless;
 };
 
 // Outcome of parsing: run, or print help (text already produced) and exit 0.

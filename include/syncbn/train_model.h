@@ -76,6 +76,21 @@ class TrainModel {
   virtual double take_syncbn_comm_seconds() = 0;
   // Local BN: every rank adopts the average over ranks of the running statistics (README).
   virtual void average_running_stats(Communicator& world) = 0;
+
+  // ---- PreciseBN (README "PreciseBN"): begin_bn_population(), then population_forward() for each of this
+  // rank's slices of the batches (also with n = 0 when the normalization communicates), then
+  // finish_bn_population(world) on every rank. The forwards run in training mode without loss or backward
+  // and move no running statistics; finish sets every BN layer's running mean and unbiased variance to the
+  // statistics of all the values it saw on all ranks (ONE world all-reduce per layer).
+  virtual void begin_bn_population() = 0;
+  virtual void population_forward(const float* images, const std::int32_t* labels, std::int64_t n) = 0;
+  virtual void finish_bn_population(Communicator& world) = 0;
+
+  // ---- Batch Renormalization (--bn-renorm): the limits r_max ≥ 1, d_max ≥ 0 every BatchNorm layer
+  // renormalizes with from the next training forward on (the trainer sets each step's, NormSpec::renorm_limits).
+  // Only for a model whose norm spec has renorm; throws otherwise.
+  virtual void set_renorm_limits(double rmax, double dmax) = 0;
+
   // Raises deferred errors (a device layer's status words) at the end of a step; nothing on the CPU.
   virtual void check() {}
   // The outcome of the last reduce_and_update(); valid after check() (a device reads it at that wait).

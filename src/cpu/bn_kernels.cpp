@@ -58,7 +58,7 @@ BnRunningUpdate BnRunningUpdate::of(bool update, const std::optional<double>& mo
 BnLayerArrays BnLayerArrays::batch(std::int64_t k) const {
   const std::int64_t p = k * channels;
   BnLayerArrays r = *this;
-  for (double** v : {&r.mean, &r.var, &r.invstd})
+  for (double** v : {&r.mean, &r.var, &r.invstd, &r.renorm_r, &r.renorm_d})
     if (*v) *v += p;
   for (float** v : {&r.hi, &r.a, &r.b, &r.k1, &r.k0})
     if (*v) *v += p;
@@ -66,19 +66,24 @@ BnLayerArrays BnLayerArrays::batch(std::int64_t k) const {
 }
 
 BnCombineArgs bn_combine_args(const BnLayerArrays& arrays, std::int64_t batch, int group_size, double tag,
-                              double eps, BnRunningUpdate running) {
+                              double eps, BnRunningUpdate running, BnRenormLimits renorm) {
   SBN_CHECK(arrays.mean && arrays.var && arrays.invstd && arrays.hi && arrays.a && arrays.b,
             "bn_combine_args: an output array is missing");
   SBN_CHECK(running.kind == BnRunningUpdate::kNone || (arrays.running_mean && arrays.running_var),
             "bn_combine_args: a running-statistics update without both running arrays");
-  return {group_size, tag, eps, running, arrays.batch(batch)};
+  SBN_CHECK(!renorm.enabled || (arrays.running_mean && arrays.running_var && arrays.renorm_r && arrays.renorm_d),
+            "bn_combine_args: Batch Renormalization without the running statistics or the r, d arrays");
+  SBN_CHECK(!renorm.enabled || (renorm.rmax >= 1.0 && renorm.dmax >= 0.0),
+            "bn_combine_args: Batch Renormalization needs rmax >= 1 and dmax >= 0");
+  return {group_size, tag, eps, running, arrays.batch(batch), renorm};
 }
 
 BnBackwardCombineArgs bn_backward_combine_args(const BnLayerArrays& arrays, std::int64_t batch, int group_size,
-                                               double tag, double expected_count) {
+                                               double tag, double expected_count, bool renorm) {
   SBN_CHECK(arrays.mean && arrays.invstd && arrays.hi && arrays.k1 && arrays.k0,
             "bn_backward_combine_args: an input or output array is missing");
-  return {group_size, tag, expected_count, arrays.batch(batch)};
+  SBN_CHECK(!renorm || arrays.renorm_r, "bn_backward_combine_args: Batch Renormalization without the r array");
+  return {group_size, tag, expected_count, arrays.batch(batch), renorm};
 }
 
 namespace cpu {
@@ -385,7 +390,7 @@ void bn_normalize(const float* x, const BnGeometry& g, const float* hi, const fl
 void bn_backward_reduce(const float* dy, const float* x, const BnGeometry& g, const float* hi,
                         const float* a, const float* b, bool relu, const double* mean,
                         const double* invstd, double tag, double* msg, float* dgamma, float* dbeta,
-                        ChannelRange r) {
+                        ChannelRange r, BnRenormFactors renorm) {
   const std::int64_t C = g.channels, c0 = r.begin, c1 = r.stop(C);
   msg[kMsgTag] = tag;
   msg[kMsgTag2] = tag * tag;
@@ -399,9 +404,11 @@ void bn_backward_reduce(const float* dy, const float* x, const BnGeometry& g, co
   }
   if (dgamma || dbeta) {
     for (std::int64_t c = c0; c < c1; ++c) {
-      const double lo = mean[c] - static_cast<double>(hi[c]);
       if (dbeta) dbeta[c] += static_cast<float>(A[c]);
-      if (dgamma) dgamma[c] += static_cast<float>(invstd[c] * (B[c] - lo * A[c]));
+      if (!dgamma) continue;
+      double dg = bn_dgamma(A[c], B[c], mean[c], hi[c], renorm.r ? renorm.r[c] * invstd[c] : invstd[c]);
+      if (renorm.d) dg += renorm.d[c] * A[c];  // Batch Renormalization: Σdy'·(x̂·r + d)
+      dgamma[c] += static_cast<float>(dg);
     }
   }
 }

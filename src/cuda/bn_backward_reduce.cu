@@ -50,13 +50,13 @@ __global__ void __launch_bounds__(detail::kChannelThreads)
     backward_merge_kernel(std::int64_t channels, double n, const double* __restrict__ ws, std::int64_t splits,
                           const double* __restrict__ mean, const float* __restrict__ hi,
                           const double* __restrict__ invstd, double tag, double* __restrict__ msg, float* dgamma,
-                          float* dbeta) {
+                          float* dbeta, const BnRenormFactors renorm) {
   const std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c == 0) bn_write_header(msg, tag, n);
   if (c >= channels) return;
   double A = 0.0, B = 0.0;
   if (n > 0.0) bn_sum_partials(ws, splits, channels, c, &A, &B);
-  bn_backward_finish_channel(A, B, channels, c, mean, hi, invstd, msg, dgamma, dbeta);
+  bn_backward_finish_channel(A, B, channels, c, mean, hi, invstd, msg, dgamma, dbeta, renorm);
 }
 
 }  // namespace
@@ -66,9 +66,10 @@ __global__ void __launch_bounds__(detail::kChannelThreads)
 void bn_backward_reduce(const void* dy, const void* x, DType dtype, const BnGeometry& g, const float* hi,
                         const float* a, const float* b, bool relu, const double* mean, const double* invstd,
                         double tag, double* msg, float* dgamma, float* dbeta, const BnWorkspace& ws,
-                        cudaStream_t stream) {
+                        cudaStream_t stream, BnRenormFactors renorm) {
   SBN_CHECK(msg && hi && a && b && g.channels > 0, "bn_backward_reduce: null pointer or no channels");
   SBN_CHECK((!dgamma && !dbeta) || (mean && invstd), "bn_backward_reduce: parameter gradients need mean and invstd");
+  SBN_CHECK(!renorm.r == !renorm.d, "bn_backward_reduce: Batch Renormalization needs both r and d");
   const std::int64_t n = g.per_channel();
   const BnTile t = detail::plan(BnPass::kReduce, g, dtype, detail::addr(x) | detail::addr(dy), ws.sm_count);
   const std::int64_t splits = n > 0 ? t.grid_y : 0;
@@ -88,7 +89,7 @@ void bn_backward_reduce(const void* dy, const void* x, DType dtype, const BnGeom
   }
   const auto blocks = static_cast<unsigned>(bn_ceil_div(g.channels, detail::kChannelThreads));
   backward_merge_kernel<<<blocks, detail::kChannelThreads, 0, stream>>>(
-      g.channels, static_cast<double>(n), ws.data, splits, mean, hi, invstd, tag, msg, dgamma, dbeta);
+      g.channels, static_cast<double>(n), ws.data, splits, mean, hi, invstd, tag, msg, dgamma, dbeta, renorm);
   SBN_CUDA_LAUNCH_CHECK("bn_backward_reduce: merge of the partial sums");
 }
 

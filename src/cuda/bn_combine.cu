@@ -6,6 +6,8 @@
 //    every thread on the same summed header, so the whole block agrees; on failure no output is touched
 //    (running statistics stay as they were) and the status word gets the error if it still holds kBnOk.
 //  - The status is never read here nor reset: the layer reads it once per step (no host sync).
+//  - Batch Renormalization (args.renorm): r, d per channel from the running statistics as the thread read
+//    them before its own channel's update (bn_combine_channel), written for the backward combine.
 //  - A successful forward combine increments the device num_batches_tracked (when given) after every
 //    thread has read it, so the cumulative factor 1/(k+1) is taken from the value before this batch.
 //
@@ -82,6 +84,8 @@ void bn_combine(const double* msg, const BnCombineArgs& args, const BnRunningCou
             "bn_combine: a running-statistics update without both running arrays");
   SBN_CHECK(args.running.kind != BnRunningUpdate::kCumulative || counter.batches_tracked,
             "bn_combine: a cumulative average without the device batch counter");
+  SBN_CHECK(!args.renorm.enabled || (arr.running_mean && arr.running_var && arr.renorm_r && arr.renorm_d),
+            "bn_combine: Batch Renormalization without the running statistics or the r, d arrays");
   combine_kernel<<<1, detail::kChannelThreads, 0, stream>>>(msg, args, counter, report);
   SBN_CUDA_LAUNCH_CHECK("bn_combine");
 }
@@ -97,6 +101,7 @@ void bn_backward_combine(const double* msg, const BnBackwardCombineArgs& args, c
   const BnLayerArrays& arr = args.arrays;
   SBN_CHECK(msg && expected_count && report.status && arr.mean && arr.invstd && arr.hi && arr.k1 && arr.k0,
             "bn_backward_combine: null message, count, status or output pointer");
+  SBN_CHECK(!args.renorm || arr.renorm_r, "bn_backward_combine: Batch Renormalization without the r array");
   backward_combine_kernel<<<1, detail::kChannelThreads, 0, stream>>>(msg, args, expected_count, report);
   SBN_CUDA_LAUNCH_CHECK("bn_backward_combine");
 }

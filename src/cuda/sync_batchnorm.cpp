@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstddef>
 
+#include "syncbn/cuda/bn_population.h"
 #include "syncbn/error.h"
 
 namespace syncbn::cuda {
@@ -88,6 +89,8 @@ void CudaSyncBatchNorm::size_buffers(const BnGeometry& g, std::int64_t batches) 
     const auto n = static_cast<std::size_t>(batches * opt_.channels);
     for (auto* a : {&bn_.mean, &bn_.var, &bn_.invstd}) a->resize(n, who + " saved statistics", stream_);
     for (auto* a : {&bn_.hi, &bn_.a, &bn_.b, &bn_.k1, &bn_.k0}) a->resize(n, who + " coefficients", stream_);
+    if (opt_.renorm)
+      for (auto* a : {&bn_.renorm_r, &bn_.renorm_d}) a->resize(n, who + " renorm factors", stream_);
     counts_.resize(static_cast<std::size_t>(batches), who + " counts", stream_);
     chunks_ = batches;
   }
@@ -170,6 +173,47 @@ void CudaSyncBatchNorm::forward(const DeviceTensor& x, DeviceTensor& y, bool tra
     bn_normalize(xk, dt, b.geometry, bn_.hi.data() + p, bn_.a.data() + p, bn_.b.data() + p, opt_.fuse_relu, yk,
                  sm_count_, stream_);
   }
+  if (population_open() && call.batch_stats) accumulate_population(x, call);
+}
+
+// ---- population pass (PreciseBN) ---------------------------------------------------------------
+
+void CudaSyncBatchNorm::begin_population() {
+  const auto C = static_cast<std::size_t>(opt_.channels);
+  const std::string who = this->who() + " PreciseBN";
+  open_population();
+  for (auto* a : {&pop_pivot_, &pop_saved_pivot_}) a->resize(C, who + " pivot", stream_);
+  pop_acc_.resize(1 + 2 * C, who + " sums", stream_);
+  pop_msg_.resize(static_cast<std::size_t>(bn_msg_size(opt_.channels)), who + " message", stream_);
+  SBN_CUDA_CHECK(cudaMemsetAsync(pop_pivot_.data(), 0, C * sizeof(double), stream_), who);
+  SBN_CUDA_CHECK(cudaMemsetAsync(pop_acc_.data(), 0, (1 + 2 * C) * sizeof(double), stream_), who);
+  SBN_CUDA_CHECK(cudaMemcpyAsync(pop_saved_pivot_.data(), bn_.pivot.data(), C * sizeof(double),
+                                 cudaMemcpyDeviceToDevice, stream_),
+                 who);
+}
+
+void CudaSyncBatchNorm::accumulate_population(const DeviceTensor& x, const BnCall& call) {
+  // The pivot: the first batch mean (the group's when synced), rounded (bn_population_pivot).
+  if (population_pivot_due(call)) bn_population_pivot(bn_.mean.data(), pop_pivot_.data(), opt_.channels, stream_);
+  if (call.geometry.per_channel() == 0) return;
+  bn_stats(x.data(), x.dtype(), call.geometry, pop_pivot_.data(), 0.0, pop_msg_.data(), workspace(), stream_);
+  bn_population_add(pop_msg_.data(), pop_acc_.data(), opt_.channels, stream_);
+}
+
+void CudaSyncBatchNorm::finish_population(Communicator& world) {
+  const auto C = static_cast<std::size_t>(opt_.channels);
+  const std::string who = this->who() + " PreciseBN";
+  check();  // the pass's forwards: their device status, and the stream done
+  const std::vector<double> pivot = copy_to_host(pop_pivot_.data(), C, stream_);
+  const std::vector<double> acc = copy_to_host(pop_acc_.data(), 1 + 2 * C, stream_);
+  SBN_CUDA_CHECK(cudaMemcpyAsync(bn_.pivot.data(), pop_saved_pivot_.data(), C * sizeof(double),
+                                 cudaMemcpyDeviceToDevice, stream_),
+                 who);
+  std::vector<float> mean(C), var(C);
+  close_population(world, pivot.data(), acc.data(), opt_.track_running_stats ? mean.data() : nullptr, var.data());
+  if (!opt_.track_running_stats) return;
+  copy_to_device(mean, bn_.running_mean.data(), stream_);
+  copy_to_device(var, bn_.running_var.data(), stream_);
 }
 
 // ---- backward ---------------------------------------------------------------------------------
@@ -193,7 +237,7 @@ void CudaSyncBatchNorm::backward(const DeviceTensor& x, const DeviceTensor& dy, 
     void* dxk = offset_bytes(dx.data(), b.offset, dt);
     bn_backward_reduce(dyk, xk, dt, b.geometry, bn_.hi.data() + p, bn_.a.data() + p, bn_.b.data() + p, opt_.fuse_relu,
                        bn_.mean.data() + p, bn_.invstd.data() + p, bwd_tag_, msg_.data(), dgamma, dbeta, workspace(),
-                       stream_);
+                       stream_, renorm_factors(bn_.arrays(C), k, call));
     if (b.kind == BnCallBatch::kBatchStats) {
       if (call.comm) reduce("backward");
       // The expected count is the device value the forward combine wrote (counts_), not this 0.

@@ -29,7 +29,7 @@ std::string describe_conv(const ConvPlan& p) {
 
 std::string describe_norm(const NormPlan& p) {
   const std::string relu = p.relu ? "+relu" : "";
-  if (p.batchnorm()) return "bn[" + p.spec.sync.str() + "]" + relu;
+  if (p.batchnorm()) return "bn[" + p.spec.str() + "]" + relu;  // "bn[local+renorm]" with Batch Renormalization
   if (p.spec.kind == NormKind::kGroupNorm) return "gn" + std::to_string(p.spec.gn_groups) + relu;
   return p.relu ? "relu" : "identity";
 }
@@ -141,6 +141,9 @@ BatchNormOptions NormPlan::batchnorm_options() const {
   o.momentum = spec.momentum;
   o.fuse_relu = relu;
   o.ghost_batch = spec.ghost_batch;
+  o.renorm = spec.renorm;  // the final limits; the trainer sets each step's (NormSpec::renorm_limits)
+  o.renorm_rmax = spec.renorm_rmax;
+  o.renorm_dmax = spec.renorm_dmax;
   return o;
 }
 

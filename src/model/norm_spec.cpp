@@ -6,14 +6,23 @@ namespace syncbn {
 
 std::string NormSpec::str() const {
   switch (kind) {
-    case NormKind::kBatchNorm: return sync.str();
+    case NormKind::kBatchNorm: return sync.str() + (renorm ? "+renorm" : "");
     case NormKind::kGroupNorm: return "groupnorm";
     case NormKind::kNone: return "none";
   }
   return "?";
 }
 
-std::string NormSpec::signature_text() const { return communicates() ? "sync" : str(); }
+std::string NormSpec::signature_text() const {
+  if (communicates()) return "sync";
+  return batchnorm() ? sync.str() : str();
+}
+
+BnRenormLimits NormSpec::renorm_limits(std::int64_t step) const {
+  if (!batchnorm() || !renorm) return {};
+  const double t = step >= renorm_warmup ? 1.0 : static_cast<double>(step) / static_cast<double>(renorm_warmup);
+  return {true, 1.0 + (renorm_rmax - 1.0) * t, renorm_dmax * t};
+}
 
 NormSpec parse_norm(const std::string& text) {
   NormSpec n;

@@ -2,6 +2,7 @@
 #include "syncbn/bn_layer.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 
@@ -111,6 +112,16 @@ BnLayerHost::BnLayerHost(std::string name, const BatchNormOptions& options, Sync
   SBN_CHECK(!opt_.momentum || (*opt_.momentum >= 0 && *opt_.momentum <= 1), who + ": momentum must be in [0, 1]");
   SBN_CHECK(opt_.ghost_batch >= 0, who + ": ghost batch must be >= 0");
   SBN_CHECK(opt_.ghost_batch == 0 || group_ == nullptr, who + ": ghost batches need local statistics (mode local)");
+  SBN_CHECK(!opt_.renorm || opt_.track_running_stats, who + ": Batch Renormalization needs running statistics");
+  if (opt_.renorm) set_renorm_limits(opt_.renorm_rmax, opt_.renorm_dmax);
+}
+
+void BnLayerHost::set_renorm_limits(double rmax, double dmax) {
+  SBN_CHECK(opt_.renorm, who() + ": Batch Renormalization limits for a layer without renorm");
+  SBN_CHECK(rmax >= 1.0 && dmax >= 0.0 && std::isfinite(rmax) && std::isfinite(dmax),
+            who() + ": Batch Renormalization needs rmax >= 1 and dmax >= 0 (finite), got rmax " +
+                std::to_string(rmax) + ", dmax " + std::to_string(dmax));
+  renorm_limits_ = {true, rmax, dmax};
 }
 
 std::string BnLayerHost::who() const { return "SyncBatchNorm '" + name_ + "'"; }
@@ -159,7 +170,7 @@ BnCall BnLayerHost::begin_forward(const BnInputDesc& x, bool training) {
   call.geometry = checked(call.comm, "forward", [&] { return validate(x, "forward"); });
   call.samples = x.shape.empty() ? 0 : x.shape[0];
   call.batch_stats = training || !opt_.track_running_stats;
-  call.update = training && opt_.track_running_stats;
+  call.update = training && opt_.track_running_stats && !pop_open_;  // a population pass moves nothing
   batches_ = bn_chunks(call.samples, call.batch_stats ? opt_.ghost_batch : 0);
   size_buffers(call.geometry, batches_.count);
   saved_batch_stats_ = call.batch_stats;
@@ -202,18 +213,70 @@ BnCombineArgs BnLayerHost::combine_args(const BnLayerArrays& arrays, std::int64_
   BnLayerArrays a = arrays;
   if (!opt_.affine) a.gamma = a.beta = nullptr;
   return bn_combine_args(a, k, call.comm ? group_size_ : 1, fwd_tag_, opt_.eps,
-                         BnRunningUpdate::of(call.update, opt_.momentum, batches_tracked));
+                         BnRunningUpdate::of(call.update, opt_.momentum, batches_tracked),
+                         renorm(call) ? renorm_limits_ : BnRenormLimits{});
 }
 
 BnBackwardCombineArgs BnLayerHost::backward_combine_args(const BnLayerArrays& arrays, std::int64_t k,
                                                          const BnCall& call, double expected_count) const {
   BnLayerArrays a = arrays;
   if (!opt_.affine) a.gamma = a.beta = nullptr;
-  return bn_backward_combine_args(a, k, call.comm ? group_size_ : 1, bwd_tag_, expected_count);
+  return bn_backward_combine_args(a, k, call.comm ? group_size_ : 1, bwd_tag_, expected_count, renorm(call));
+}
+
+BnRenormFactors BnLayerHost::renorm_factors(const BnLayerArrays& arrays, std::int64_t k, const BnCall& call) const {
+  if (!renorm(call) || batch(call, k).kind != BnCallBatch::kBatchStats) return {};
+  const BnLayerArrays a = arrays.batch(k);
+  return {a.renorm_r, a.renorm_d};
 }
 
 void BnLayerHost::check_status(BnStatus status, const char* phase, double count, double forward_count) const {
   if (status != kBnOk) throw_bn_status(status, name_, phase, saved_comm_ ? group_size_ : 0, count, forward_count);
+}
+
+// ---- population pass (PreciseBN) ---------------------------------------------------------------
+
+void BnLayerHost::open_population() {
+  pop_open_ = true;
+  pop_pivot_set_ = false;
+}
+
+bool BnLayerHost::population_pivot_due(const BnCall& call) {
+  if (!pop_open_ || pop_pivot_set_ || !call.batch_stats) return false;
+  if (batch(call, 0).kind != BnCallBatch::kBatchStats) return false;  // a local empty batch: no mean yet
+  pop_pivot_set_ = true;
+  return true;
+}
+
+void BnLayerHost::close_population(Communicator& world, const double* pivot, const double* acc, float* running_mean,
+                                   float* running_var) {
+  const std::string who = this->who() + " PreciseBN";
+  SBN_CHECK(pop_open_, who + ": finish_population without begin_population");
+  pop_open_ = false;
+  const std::int64_t C = opt_.channels;
+  const double tag = bn_layer_tag(name_, "population", C);
+  // [tag, tag², n, S1 (C), S2 (C), P·S1 (C), n·P (C), n·P² (C)]: one message, one all-reduce.
+  std::vector<double> msg(static_cast<std::size_t>(kMsgHeader + 5 * C), 0.0);
+  msg[kMsgTag] = tag;
+  msg[kMsgTag2] = tag * tag;
+  msg[kMsgCount] = acc[0];
+  double* t = msg.data() + kMsgHeader;
+  for (std::int64_t c = 0; c < C; ++c)
+    bn_population_terms(acc[0], acc[1 + c], acc[1 + C + c], pivot[c], &t[c], &t[C + c], &t[2 * C + c],
+                        &t[3 * C + c], &t[4 * C + c]);
+  world.allreduce_sum(msg.data(), msg.size(), (name_ + ".population").c_str());
+  SBN_CHECK(bn_tags_agree(msg[kMsgTag], msg[kMsgTag2], world.size(), tag),
+            who + ": the ranks are in different layers (the models differ)");
+  const double n = msg[kMsgCount];
+  SBN_CHECK(n >= 2, who + ": the population batches hold " + std::to_string(static_cast<long long>(n)) +
+                        " value(s) per channel; at least 2 are needed");
+  if (!running_mean) return;
+  for (std::int64_t c = 0; c < C; ++c) {
+    double mean = 0, var = 0;
+    bn_population_moments(n, t[c], t[C + c], t[2 * C + c], t[3 * C + c], t[4 * C + c], &mean, &var);
+    running_mean[c] = static_cast<float>(mean);
+    running_var[c] = static_cast<float>(var);
+  }
 }
 
 }  // namespace syncbn

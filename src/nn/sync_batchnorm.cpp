@@ -46,6 +46,8 @@ void SyncBatchNorm::size_buffers(const BnGeometry& /*g*/, std::int64_t batches) 
   const auto n = static_cast<std::size_t>(batches * opt_.channels);
   for (auto* v : {&bn_.mean, &bn_.var, &bn_.invstd}) v->assign(n, 0.0);
   for (auto* v : {&bn_.hi, &bn_.a, &bn_.b, &bn_.k1, &bn_.k0}) v->assign(n, 0.0f);
+  if (opt_.renorm)
+    for (auto* v : {&bn_.renorm_r, &bn_.renorm_d}) v->assign(n, 0.0);
   counts_.assign(static_cast<std::size_t>(batches), 0.0);
 }
 
@@ -104,6 +106,7 @@ void SyncBatchNorm::forward(const Tensor& x, Tensor& y, bool training) {
     cpu::bn_normalize(x.data() + b.offset, b.geometry, &bn_.hi[p], &bn_.a[p], &bn_.b[p], opt_.fuse_relu, stream,
                       y.data() + b.offset);
   }
+  if (population_open() && call.batch_stats) accumulate_population(x, call);
 }
 
 void SyncBatchNorm::forward_batch(const Tensor& x, Tensor& y, const BnCall& call, const BnCallBatch& b,
@@ -138,6 +141,35 @@ void SyncBatchNorm::forward_batch(const Tensor& x, Tensor& y, const BnCall& call
   if (call.update) ++num_batches_tracked_;
 }
 
+// ---- population pass (PreciseBN) ---------------------------------------------------------------
+
+void SyncBatchNorm::begin_population() {
+  const auto C = static_cast<std::size_t>(opt_.channels);
+  open_population();
+  pop_pivot_.assign(C, 0.0);
+  pop_acc_.assign(1 + 2 * C, 0.0);
+  pop_msg_.assign(static_cast<std::size_t>(bn_msg_size(opt_.channels)), 0.0);
+  pop_saved_pivot_ = bn_.pivot;
+}
+
+void SyncBatchNorm::accumulate_population(const Tensor& x, const BnCall& call) {
+  const std::int64_t C = opt_.channels;
+  // The pivot: the first batch mean (the group's when synced), rounded (bn_population_pivot).
+  if (population_pivot_due(call))
+    for (std::int64_t c = 0; c < C; ++c) pop_pivot_[c] = bn_population_pivot(bn_.mean[c]);
+  if (call.geometry.per_channel() == 0) return;
+  // Sums of the whole input around P: bn_stats' local shift keeps them exact whatever the offset.
+  cpu::bn_stats(x.data(), call.geometry, pop_pivot_.data(), 0.0, pop_msg_.data());
+  pop_acc_[0] += pop_msg_[kMsgCount];
+  for (std::int64_t i = 0; i < 2 * C; ++i) pop_acc_[1 + i] += pop_msg_[kMsgHeader + i];
+}
+
+void SyncBatchNorm::finish_population(Communicator& world) {
+  bn_.pivot = pop_saved_pivot_;
+  close_population(world, pop_pivot_.data(), pop_acc_.data(),
+                   opt_.track_running_stats ? bn_.running_mean.data() : nullptr, bn_.running_var.data());
+}
+
 // ---- backward ---------------------------------------------------------------------------------
 
 void SyncBatchNorm::backward(const Tensor& x, const Tensor& dy, Tensor& dx) {
@@ -155,20 +187,23 @@ void SyncBatchNorm::backward(const Tensor& x, const Tensor& dy, Tensor& dx) {
     if (b.kind == BnCallBatch::kEmpty) continue;  // forward's empty batch
     const float* xk = x.data() + b.offset;
     const float* dyk = dy.data() + b.offset;
+    const BnRenormFactors renorm = renorm_factors(bn_.arrays(C), k, call);  // none: plain BN's dγ
     // As in forward: synced statistics need the all-reduce between the two passes; local ones go block
     // by block of channels, so elemt reads x and dy from cache.
     const std::int64_t block = call.comm ? C : local_block_channels(b.geometry, 2);
     for (std::int64_t c0 = 0; c0 < C; c0 += block) {
       const cpu::ChannelRange range{c0, std::min(C, c0 + block)};
       cpu::bn_backward_reduce(dyk, xk, b.geometry, &bn_.hi[p], &bn_.a[p], &bn_.b[p], opt_.fuse_relu, &bn_.mean[p],
-                              &bn_.invstd[p], bwd_tag_, msg_.data(), dgamma, dbeta, range);
+                              &bn_.invstd[p], bwd_tag_, msg_.data(), dgamma, dbeta, range, renorm);
       if (opt_.affine) {  // the local sums, before the all-reduce replaces them with the group's
         for (std::int64_t c = range.begin; c < range.end; ++c) {
           const double A = msg_[static_cast<std::size_t>(kMsgHeader + c)];
           const double B = msg_[static_cast<std::size_t>(kMsgHeader + C + c)];
           dbeta64_[static_cast<std::size_t>(c)] += A;
-          dgamma64_[static_cast<std::size_t>(c)] +=
-              bn_.invstd[p + c] * (B - (bn_.mean[p + c] - static_cast<double>(bn_.hi[p + c])) * A);
+          double& dg = dgamma64_[static_cast<std::size_t>(c)];
+          const double invstd = bn_.invstd[p + c];
+          dg += bn_dgamma(A, B, bn_.mean[p + c], bn_.hi[p + c], renorm.r ? renorm.r[c] * invstd : invstd);
+          if (renorm.d) dg += renorm.d[c] * A;  // Batch Renormalization: Σdy'·(x̂·r + d), see bn_dgamma
         }
       }
       if (b.kind == BnCallBatch::kBatchStats) {

@@ -48,6 +48,7 @@ constexpr std::int64_t kMaxEpochs = 1000000;           // epochs x steps/epoch (
 constexpr std::int64_t kMaxSteps = 1000000000;         // steps x global batch (<= 2^32) fits int64
 constexpr std::int64_t kMaxThreads = 1024;             // libgomp crashes near 10^6 threads; 1024 is plenty
 constexpr std::int64_t kMaxGroups = 4096;              // --gn-groups divides --width <= 4096
+constexpr std::int64_t kMaxPreciseBatches = 100000;    // --precise-bn: forwards of a global batch per evaluation
 constexpr double kMaxCommTimeout = 604800;             // one week (1e12 s overflowed the deadline arithmetic)
 constexpr std::size_t kMaxConfigBytes = std::size_t{1} << 20;  // an INI of flags is a few KiB
 
@@ -91,8 +92,10 @@ void reject_negative_unsigned(const po::parsed_options& parsed, const std::vecto
 }
 
 // Whether a resumed run may give an option another value than the checkpointed run (run length, output
-// and runtime options) or must give the same (everything that shapes the computation).
-enum class Resume { kFixed, kMayChange };
+// and runtime options) or must give the same (everything that shapes the computation). kFixedWhenSet: as
+// kFixed, but left out of the fingerprint while at its default, for options that came after checkpoints
+// were written (those checkpoints, whose runs had the default, still resume).
+enum class Resume { kFixed, kMayChange, kFixedWhenSet };
 
 // The option list, built once: Boost descriptions per group plus our OptionInfo records.
 struct Registry {
@@ -117,7 +120,8 @@ struct Registry {
     group(group_name).add_options()(names, sem, help.c_str());
     if constexpr (std::is_unsigned_v<T> && !std::is_same_v<T, bool>) unsigned_names.push_back(long_name);
     infos->push_back({long_name, group_name, help, [field] { return text_of(*field); },
-                      resume == Resume::kMayChange});
+                      resume == Resume::kMayChange,
+                      resume == Resume::kFixedWhenSet ? std::optional<std::string>(text_of(*field)) : std::nullopt});
   }
 };
 
@@ -128,6 +132,21 @@ void check_positive(std::int64_t v, const char* flag, std::int64_t max) {
 void check_non_negative(std::int64_t v, const char* flag, std::int64_t max) {
   SBN_CHECK(v >= 0 && v <= max, std::string("--") + flag + " must be an integer in [0, " + std::to_string(max) +
                                     "], got " + std::to_string(v));
+}
+
+// Batch Renormalization's options, checked, into `norm` (a BatchNorm mode already parsed into it).
+void checked_renorm(const TrainConfig& c, NormSpec& norm) {
+  SBN_CHECK(!c.bn_renorm || norm.batchnorm(),
+            "--bn-renorm renormalizes BatchNorm statistics: it needs --norm local, sync or sync:K, not " + c.norm);
+  SBN_CHECK(std::isfinite(c.renorm_rmax) && c.renorm_rmax >= 1,
+            "--renorm-rmax must be a finite number >= 1, got " + text_of(c.renorm_rmax));
+  SBN_CHECK(std::isfinite(c.renorm_dmax) && c.renorm_dmax >= 0,
+            "--renorm-dmax must be a finite number >= 0, got " + text_of(c.renorm_dmax));
+  check_non_negative(c.renorm_warmup, "renorm-warmup", kMaxSteps);
+  norm.renorm = c.bn_renorm;
+  norm.renorm_rmax = c.renorm_rmax;
+  norm.renorm_dmax = c.renorm_dmax;
+  norm.renorm_warmup = c.renorm_warmup;
 }
 
 // The normalization options, checked and typed: the one place the texts of --norm and --bn-momentum
@@ -158,6 +177,7 @@ NormSpec checked_norm(const TrainConfig& c, int world_size) {
   norm.gn_groups = c.gn_groups;
   norm.ghost_batch = c.ghost_batch;
   norm.eps = c.bn_eps;
+  checked_renorm(c, norm);
   return norm;
 }
 
@@ -215,6 +235,19 @@ void register_options(Registry& reg, TrainConfig& c) {
           "running-statistics momentum in [0, 1], or none (cumulative average)");
   reg.add("Normalization", "bn-eps", &c.bn_eps, Resume::kFixed,
           "BN/GN epsilon added to the variance");
+  reg.add("Normalization", "precise-bn", &c.precise_bn, Resume::kMayChange,
+          "PreciseBN: before each evaluation and checkpoint, set BN running statistics to the exact statistics of N global training batches, and evaluate with both (0: off; at most 100000)");
+  // Batch Renormalization (README "Batch Renormalization").
+  reg.add("Normalization", "bn-renorm", &c.bn_renorm, Resume::kFixedWhenSet,
+          "Batch Renormalization (Ioffe 2017) with --norm local, sync or sync:K: y = gamma*(xhat*r + d) + beta with "
+          "r = clip(sigma_B/sigma_run, 1/r_max, r_max), d = clip((mu_B - mu_run)/sigma_run, -d_max, d_max) from the "
+          "running statistics, constants in backward (true | false)");
+  reg.add("Normalization", "renorm-rmax", &c.renorm_rmax, Resume::kFixedWhenSet,
+          "--bn-renorm: final r_max (>= 1), reached linearly from 1 over --renorm-warmup steps");
+  reg.add("Normalization", "renorm-dmax", &c.renorm_dmax, Resume::kFixedWhenSet,
+          "--bn-renorm: final d_max (>= 0), reached linearly from 0 over --renorm-warmup steps");
+  reg.add("Normalization", "renorm-warmup", &c.renorm_warmup, Resume::kFixedWhenSet,
+          "--bn-renorm: optimizer steps of the linear ramp of r_max from 1 and d_max from 0 (0: the final limits from the first step)");
   reg.add("Batching", "global-batch,b", &c.global_batch, Resume::kFixed,
           "samples per optimizer step over all ranks (B)");
   reg.add("Batching", "accum-steps", &c.accum_steps, Resume::kFixed,
@@ -361,6 +394,10 @@ void TrainOptions::validate(int world_size) {
   SBN_CHECK(c.grad_accum == "fp32" || c.grad_accum == "fp64",
             "--grad-accum must be fp32 or fp64, got '" + c.grad_accum + "'");
   check_bn_batches(c, norm, world_size);
+  // PreciseBN (README "PreciseBN"): population statistics of BatchNorm layers only.
+  check_non_negative(c.precise_bn, "precise-bn", kMaxPreciseBatches);
+  SBN_CHECK(c.precise_bn == 0 || norm.batchnorm(),
+            "--precise-bn recomputes BatchNorm statistics: it needs --norm sync, sync:K or local, not " + c.norm);
   // Schedule.
   check_positive(c.epochs, "epochs", kMaxEpochs);
   check_non_negative(c.max_steps, "max-steps", kMaxSteps);
@@ -452,8 +489,12 @@ std::string TrainOptions::table() const {
 
 std::string TrainOptions::resume_fingerprint() const {
   std::string out;
-  for (const auto& o : options_)
-    if (!o.resume_may_differ) out += o.name + "=" + o.value() + "\n";
+  for (const auto& o : options_) {
+    if (o.resume_may_differ) continue;
+    const std::string v = o.value();
+    if (o.fingerprint_unless && v == *o.fingerprint_unless) continue;  // Resume::kFixedWhenSet at its default
+    out += o.name + "=" + v + "\n";
+  }
   return out;
 }
 

@@ -110,6 +110,23 @@ class CpuTrainModel final : public PlannedTrainModel {
     }
   }
 
+  // ---- PreciseBN: training-mode forwards (no loss, no backward) while every layer's pass is open.
+  void begin_bn_population() override {
+    for (SyncBatchNorm* bn : net_.bns) bn->begin_population();
+  }
+  void population_forward(const float* images, const std::int32_t* /*labels*/, std::int64_t n) override {
+    load_input(images, n);
+    net_.net->forward(x_, logits_, true);
+  }
+  void finish_bn_population(Communicator& world) override {
+    for (SyncBatchNorm* bn : net_.bns) bn->finish_population(world);
+  }
+
+  // ---- Batch Renormalization: every layer's limits for the next forwards.
+  void set_renorm_limits(double rmax, double dmax) override {
+    for (SyncBatchNorm* bn : net_.bns) bn->set_renorm_limits(rmax, dmax);
+  }
+
   // A load between steps replaces the state: nothing of an open step is to be restored any more.
   void state_from_host() override { step_open_ = false; }
 

@@ -127,8 +127,8 @@ class TrainingRun {
       log_("stopped at step %lld of %lld (--stop-after); resume with --resume latest\n",
            static_cast<long long>(pos_.step), static_cast<long long>(total_steps_));
     }
-    log_("final test accuracy %.2f%% (loss %.4f) after %lld steps, %.1f s\n", 100 * last_eval_.acc, last_eval_.loss,
-         static_cast<long long>(pos_.step), wall);
+    log_("final test accuracy %.2f%% (loss %.4f) after %lld steps, %.1f s%s\n", 100 * last_eval_.acc, last_eval_.loss,
+         static_cast<long long>(pos_.step), wall, cfg_.precise_bn > 0 ? " (PreciseBN statistics)" : "");
     return 0;
   }
 
@@ -246,6 +246,11 @@ class TrainingRun {
     const std::int64_t* batch = sampler_->batch(pos_.epoch, pos_.step_in_epoch);
     const bool augment = cfg_.augment == "on" || (cfg_.augment == "auto" && cfg_.dataset == "cifar10");
     const Augment aug{augment, cfg_.seed, pos_.epoch};
+    // Batch Renormalization: this step's limits, a function of the step alone (so resuming is exact).
+    if (norm_.renorm) {
+      const BnRenormLimits limits = norm_.renorm_limits(pos_.step);
+      model_->set_renorm_limits(limits.rmax, limits.dmax);
+    }
     // Σ loss and Σ correct over this rank's samples, then the flags every rank must act on together.
     double sums[4] = {0, 0, 0, 0};
     for (std::int64_t m = 0; m < cfg_.accum_steps; ++m) {
@@ -347,12 +352,46 @@ class TrainingRun {
     log_("eval  epoch %lld step %lld: test loss %.4f acc %.2f%%\n", static_cast<long long>(epoch_of(step)),
          static_cast<long long>(step), e.loss, 100 * e.acc);
     write_metrics(metric_row("eval", step, e.loss, e.acc, 0));
-    return e;
+    if (cfg_.precise_bn == 0) return e;
+    // PreciseBN: the same weights once more, with the recomputed statistics (which then stay).
+    recompute_bn_statistics(step);
+    const EvalResult p = evaluate(*model_, data_.test, world_);
+    log_("eval  epoch %lld step %lld: test loss %.4f acc %.2f%% (PreciseBN statistics of %lld batches)\n",
+         static_cast<long long>(epoch_of(step)), static_cast<long long>(step), p.loss, 100 * p.acc,
+         static_cast<long long>(cfg_.precise_bn));
+    write_metrics(metric_row("eval-precise", step, p.loss, p.acc, 0));
+    return p;
+  }
+
+  // ---- PreciseBN (README "PreciseBN") ----
+  // Every BN layer's running statistics become the exact statistics of --precise-bn global training
+  // batches, drawn by a sampler of their own seeded from (--seed, step): the training sampler does not
+  // move, and a resumed run draws the same batches. Micro-batches and rank slices are those of a training
+  // step, so each layer sees the inputs training gives it. Done once per step (evaluation, checkpoint).
+  void recompute_bn_statistics(std::int64_t step) {
+    if (precise_step_ == step) return;
+    const std::uint64_t seed = cfg_.seed ^ (0x9E3779B97F4A7C15ull * static_cast<std::uint64_t>(step + 1));
+    Sampler sampler(data_.train.size(), cfg_.global_batch, seed);
+    const bool augment = cfg_.augment == "on" || (cfg_.augment == "auto" && cfg_.dataset == "cifar10");
+    const Augment aug{augment, cfg_.seed, pos_.epoch};
+    model_->begin_bn_population();
+    for (std::int64_t k = 0; k < cfg_.precise_bn; ++k) {
+      const std::int64_t* batch = sampler.batch(k / steps_per_epoch_, k % steps_per_epoch_);
+      for (std::int64_t m = 0; m < cfg_.accum_steps; ++m) {
+        if (my_.count == 0 && !norm_.communicates()) continue;  // as in train_step: nobody waits for us
+        gather_batch(data_.train, batch + m * micro_ + my_.first, my_.count, augment ? &aug : nullptr,
+                     images_.data(), labels_.data());
+        model_->population_forward(images_.data(), labels_.data(), my_.count);
+      }
+    }
+    model_->finish_bn_population(world_);  // every rank: one world all-reduce per layer
+    precise_step_ = step;
   }
 
   // A checkpoint of the current position (rank 0 writes; agreed); its path is kept for messages.
   void save() {
     if (cfg_.run_dir.empty()) return;
+    if (cfg_.precise_bn > 0) recompute_bn_statistics(pos_.step);  // PreciseBN: the checkpoint keeps them
     if (norm_.batchnorm() && !norm_.communicates()) model_->average_running_stats(world_);
     const std::string path = checkpoint_path(cfg_.run_dir, pos_.step);
     model_->state_to_host();
@@ -401,6 +440,7 @@ class TrainingRun {
   std::vector<std::int32_t> labels_;
   RateWindow window_{0.0};
   EvalResult last_eval_;
+  std::int64_t precise_step_ = -1;  // PreciseBN: the step whose statistics were last recomputed
 };
 
 }  // namespace

@@ -14,6 +14,9 @@ MODE:
                (rank 0) naming no source location, non-zero exit, within 10 s, and no half-written file
                left behind
   kill         kill -9 of one rank mid-run ends the whole job with a non-zero exit within 30 s
+  precise      --precise-bn 4 (README "PreciseBN"): each evaluation writes an "eval" (EMA) and an
+               "eval-precise" row, the final line reports PreciseBN; 20 + resume + 20 stays bitwise identical
+               (losses and both eval rows); bad values and --norm groupnorm are one-line errors
 """
 import csv
 import gzip
@@ -245,6 +248,16 @@ def mode_errors(a, tmp):
         ("synthetic size x shape overflow", quick + ["--synthetic-train", str(2**62), "--synthetic-shape", "1x64x64"],
          "--synthetic-train must be in [1, 1048576] for --synthetic-shape 1x64x64"),
     ]
+    cases += [  # Batch Renormalization: BatchNorm modes only, limits in range
+        ("bn-renorm with groupnorm", quick + ["--norm", "groupnorm", "--bn-renorm"],
+         "--bn-renorm renormalizes BatchNorm statistics: it needs --norm local, sync or sync:K, not groupnorm"),
+        ("bn-renorm with none", quick + ["--norm", "none", "--bn-renorm"], "it needs --norm local, sync or sync:K, not none"),
+        ("renorm-rmax 0.5", quick + ["--bn-renorm", "--renorm-rmax", "0.5"], "--renorm-rmax must be a finite number >= 1, got 0.5"),
+        ("renorm-rmax inf", quick + ["--bn-renorm", "--renorm-rmax", "inf"], "--renorm-rmax must be a finite number >= 1, got inf"),
+        ("renorm-dmax -1", quick + ["--bn-renorm", "--renorm-dmax", "-1"], "--renorm-dmax must be a finite number >= 0, got -1"),
+        ("renorm-warmup -1", quick + ["--bn-renorm", "--renorm-warmup", "-1"],
+         "--renorm-warmup must be an integer in [0, 1000000000], got -1"),
+    ]
     # Paths: checked before use; a FIFO must be refused (opening it for reading blocks), a directory or an
     # unreadable file must be an error, not an empty configuration.
     seed_ini = os.path.join(tmp, "seed.ini")
@@ -359,8 +372,44 @@ def mode_kill(a, tmp):
     print(f"ok: kill -9 of rank pid {victim}: the job ended with exit {p.returncode} after {dt:.1f} s")
 
 
+def eval_rows(run_dir):
+    with open(os.path.join(run_dir, "metrics.csv")) as fh:
+        return [(r["kind"], int(r["step"]), r["loss"], r["acc"]) for r in csv.DictReader(fh)
+                if r["kind"].startswith("eval")]
+
+
+def mode_precise(a, tmp):
+    args = BASE[:]
+    args[args.index("--max-steps") + 1] = "40"
+    args += ["--norm", "sync", "--eval-every", "20", "--precise-bn", "4"]
+    straight = os.path.join(tmp, "straight")
+    p, _ = run(args, 2, a.bin, a.mpiexec, straight)
+    rows = eval_rows(straight)
+    if [(k, s) for k, s, _, _ in rows] != [("eval", 20), ("eval-precise", 20), ("eval", 40), ("eval-precise", 40)]:
+        sys.exit(f"FAIL: expected eval and eval-precise rows at steps 20 and 40, got {rows}")
+    if p.stdout.count("(PreciseBN statistics of 4 batches)") != 2:
+        sys.exit("FAIL: expected two PreciseBN eval lines:\n" + p.stdout[-2000:])
+    final = re.search(r"final test accuracy ([0-9.]+)% \(loss ([0-9.]+)\) after 40 steps.*PreciseBN", p.stdout)
+    if not final or f"{float(final.group(1)) / 100:.6f}" != f"{float(rows[-1][3]):.6f}":
+        sys.exit(f"FAIL: the final line should report the PreciseBN evaluation {rows[-1]}:\n" + p.stdout[-1000:])
+    print("ok: precise: eval (EMA) / eval-precise (PreciseBN) accuracy " +
+          ", ".join(f"step {s}: {rows[i][3]} / {rows[i + 1][3]}" for i, (_, s, _, _) in enumerate(rows) if i % 2 == 0))
+    parted = os.path.join(tmp, "parted")
+    run(args + ["--stop-after", "20"], 2, a.bin, a.mpiexec, parted)
+    run(args + ["--resume", "latest"], 2, a.bin, a.mpiexec, parted)
+    if json_losses(straight) != json_losses(parted) or eval_rows(parted)[-2:] != rows[-2:]:
+        sys.exit(f"FAIL: --precise-bn: 40 straight vs 20 + resume + 20 differ: {rows} vs {eval_rows(parted)}")
+    print("ok: precise: 40 straight == 20 + resume + 20 (losses and both eval rows, bitwise)")
+    for bad, why in ((["--precise-bn", "-1"], "--precise-bn must be an integer in [0, 100000]"),
+                     (["--precise-bn", "4", "--norm", "groupnorm"], "--precise-bn recomputes BatchNorm statistics")):
+        p, _ = run(BASE + bad, 2, a.bin, a.mpiexec, check=False, timeout=60)
+        if p.returncode == 0 or p.stdout.count(why) != 1:
+            sys.exit(f"FAIL: {bad}: expected one error line with '{why}', exit {p.returncode}:\n{p.stdout[-1000:]}")
+    print("ok: precise: bad --precise-bn values are one-line errors")
+
+
 def main():
-    run_mode(__doc__, ["invariance", "local", "resume", "errors", "kill"], "sbn-train-", globals())
+    run_mode(__doc__, ["invariance", "local", "resume", "errors", "kill", "precise"], "sbn-train-", globals())
 
 
 if __name__ == "__main__":

@@ -82,11 +82,12 @@ void bn_running_coefs(std::int64_t channels, const float* running_mean, const fl
 // ---- backward ---------------------------------------------------------------------------------
 
 // Local sums Σdy' and Σdy'·(x − hi) into msg, and dβ += Σdy', dγ += invstd·Σdy'·(x − mean) (local, as on
-// the CPU) when dgamma/dbeta are not null.
+// the CPU) when dgamma/dbeta are not null; with `renorm` factors (device, Batch Renormalization)
+// dγ += Σdy'·(x̂·r + d).
 void bn_backward_reduce(const void* dy, const void* x, DType dtype, const BnGeometry& g, const float* hi,
                         const float* a, const float* b, bool relu, const double* mean, const double* invstd,
                         double tag, double* msg, float* dgamma, float* dbeta, const BnWorkspace& ws,
-                        cudaStream_t stream);
+                        cudaStream_t stream, BnRenormFactors renorm = {});
 
 // Input-gradient coefficients from the summed message; args.expected_count is ignored in favour of the
 // device value *expected_count.

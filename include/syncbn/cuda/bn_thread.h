@@ -398,16 +398,18 @@ SBN_HD void bn_stats_finish_channel(double s1, double s2, double n, double k, co
   bn_shift_to_pivot(s1, s2, n, k, pivot ? pivot[c] : 0.0, &S1[c], &S2[c]);
 }
 
-// Backward message entries of channel c, and the LOCAL parameter gradients (accumulated, as on the CPU).
+// Backward message entries of channel c, and the LOCAL parameter gradients (accumulated, as on the CPU;
+// `renorm`: Batch Renormalization's dγ).
 SBN_HD void bn_backward_finish_channel(double A, double B, std::int64_t channels, std::int64_t c,
                                        const double* mean, const float* hi, const double* invstd, double* msg,
-                                       float* dgamma, float* dbeta) {
+                                       float* dgamma, float* dbeta, BnRenormFactors renorm = {}) {
   msg[kMsgHeader + c] = A;
   msg[kMsgHeader + channels + c] = B;
-  if (dgamma || dbeta) {
-    const double lo = mean[c] - static_cast<double>(hi[c]);
-    if (dbeta) dbeta[c] += static_cast<float>(A);
-    if (dgamma) dgamma[c] += static_cast<float>(invstd[c] * (B - lo * A));
+  if (dbeta) dbeta[c] += static_cast<float>(A);
+  if (dgamma) {
+    double dg = bn_dgamma(A, B, mean[c], hi[c], renorm.r ? renorm.r[c] * invstd[c] : invstd[c]);
+    if (renorm.d) dg += renorm.d[c] * A;  // Batch Renormalization: Σdy'·(x̂·r + d)
+    dgamma[c] += static_cast<float>(dg);
   }
 }
 

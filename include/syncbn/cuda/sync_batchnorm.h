@@ -58,6 +58,13 @@ class CudaSyncBatchNorm : public BnLayerHost {
   // dx from dy (x must be the forward's input; dy in x's dtype). Accumulates dgamma/dbeta.
   void backward(const DeviceTensor& x, const DeviceTensor& dy, DeviceTensor& dx);
 
+  // PreciseBN, as SyncBatchNorm (README "PreciseBN"): while a pass is open, training forwards also add
+  // their input's sums to a device accumulator (stream-ordered: bn_stats around the pass's pivot, then
+  // bn_population_add) and move no running statistics. finish_population waits for the stream, sums the
+  // accumulators over `world` (a host communicator: one MPI all-reduce) and writes the running statistics.
+  void begin_population();
+  void finish_population(Communicator& world);
+
   // End of step: waits for the layer's stream (through the communicator's watchdog, so a hung collective
   // is reported instead of waiting forever), then throws syncbn::Error if a forward or backward of this
   // step failed a device-side check, with the CPU layer's message. Clears the status. Also accumulates
@@ -106,6 +113,8 @@ class CudaSyncBatchNorm : public BnLayerHost {
   void size_message();
   void reduce(const char* phase);
   BnWorkspace workspace();
+  // PreciseBN: enqueues the pivot (first batch) and this forward's sums into pop_acc_.
+  void accumulate_population(const DeviceTensor& x, const BnCall& call);
 
   NcclCommunicator* nccl_ = nullptr;  // group() as the NCCL communicator it must be (null: local)
   cudaStream_t stream_;
@@ -126,6 +135,9 @@ class CudaSyncBatchNorm : public BnLayerHost {
   // Timing of the collectives of the current step (event pairs around each), folded in by check().
   std::vector<cudaEvent_t> events_;
   std::size_t events_used_ = 0;
+
+  // PreciseBN pass: pivot P (C), acc [n, Σ(x−P) (C), Σ(x−P)² (C)], bn_stats message, pivot to restore.
+  DeviceArray<double> pop_pivot_, pop_acc_, pop_msg_, pop_saved_pivot_;
 };
 
 }  // namespace syncbn::cuda

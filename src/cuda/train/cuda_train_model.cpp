@@ -367,6 +367,27 @@ void CudaTrainModel::average_running_stats(Communicator& world) {
   }
 }
 
+// ---- PreciseBN ------------------------------------------------------------------------------------------
+
+void CudaTrainModel::begin_bn_population() {
+  for (BatchNormLayer* b : bns_) b->bn().begin_population();
+}
+
+void CudaTrainModel::population_forward(const float* images, const std::int32_t* labels, std::int64_t n) {
+  load_input(images, labels, n);
+  net_->forward(input_, true);
+}
+
+void CudaTrainModel::finish_bn_population(Communicator& world) {
+  for (BatchNormLayer* b : bns_) b->bn().finish_population(world);
+}
+
+// ---- Batch Renormalization ------------------------------------------------------------------------------
+
+void CudaTrainModel::set_renorm_limits(double rmax, double dmax) {
+  for (BatchNormLayer* b : bns_) b->bn().set_renorm_limits(rmax, dmax);
+}
+
 // ---- state ----------------------------------------------------------------------------------------------
 
 std::vector<StateArray> CudaTrainModel::state() { return state_; }

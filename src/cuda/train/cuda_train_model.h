@@ -68,6 +68,12 @@ class CudaTrainModel final : public PlannedTrainModel {
                 std::int64_t* correct) override;
   double take_syncbn_comm_seconds() override;
   void average_running_stats(Communicator& world) override;
+  // PreciseBN: stream-ordered training forwards; finish waits once per layer (outside any step).
+  void begin_bn_population() override;
+  void population_forward(const float* images, const std::int32_t* labels, std::int64_t n) override;
+  void finish_bn_population(Communicator& world) override;
+  // Batch Renormalization: every BatchNormLayer's CudaSyncBatchNorm (host values, read at its next combine).
+  void set_renorm_limits(double rmax, double dmax) override;
   void check() override;
   // As of the last check(): committed; skipped (fp16 overflow above the minimum loss scale); or non-finite
   // with the first parameter whose reduced gradient is NaN/Inf. Either way of not committing, the device
