@@ -68,6 +68,7 @@ struct TrainConfig {
   double comm_timeout = 600;
   std::string device = "auto";      // auto (cuda when built with it and a device is visible) | cpu | cuda
   std::string precision = "fp32";  // fp32 | bf16 | fp16 (activations on the GPU; fp16 with loss scaling)
+  std::string comm = "nccl";       // nccl | mpi: the GPU path's communicator (mpi: staged; no-op on the CPU)
 };
 
 // The data flags of a configuration as the data layer's options.

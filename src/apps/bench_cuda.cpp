@@ -5,7 +5,8 @@
 //  2. NCCL all-reduce latency at SyncBN's message sizes (3 + 2C doubles, C = 64 … 2048).
 //  3. One CudaSyncBatchNorm layer (mode sync over the world) forward+backward: device time split into
 //     compute and communication (the layer's own events around its two all-reduces), per rank.
-// Without a usable device every rank agrees and rank 0 prints one "error: ..." line (exit 1).
+// Without a usable device (or with two ranks on one device, device_select.h) every rank agrees and rank 0
+// prints one "error: ..." line (exit 1).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -322,16 +323,11 @@ void run_cuda_bench(const BenchOptions& opt, Communicator& world, BenchReport& r
   const Log0 log(world);
   auto* mpi = dynamic_cast<MpiCommunicator*>(&world);
   SBN_CHECK(mpi != nullptr, "--device cuda: the benchmark needs the MPI world communicator to bootstrap NCCL");
-  // Agree first, so that without a device rank 0 prints one clear line and every rank exits 1.
-  run_agreed(world, "bench.cuda.device", [&] {
-    std::string why;
-    const int n = cuda::visible_devices(&why);
-    SBN_CHECK(n > 0, "--device cuda: no CUDA device visible (" + why + ")");
-    SBN_CHECK(world.local_size() <= n, "--device cuda: " + std::to_string(world.local_size()) + " ranks on " +
-                                           world.host() + " but " + std::to_string(n) +
-                                           " CUDA device(s): start at most one rank per device");
-  });
-  cuda::NcclCommunicator nccl(*mpi);
+  // Agree first (the same selection NcclCommunicator makes, device_select.h), so that without a device, or
+  // with two ranks on one device, rank 0 prints one clear line and every rank exits 1.
+  const cuda::NcclOptions nccl_options = cuda::NcclOptions::from_env();
+  cuda::select_device(*mpi, nccl_options);
+  cuda::NcclCommunicator nccl(*mpi, nccl_options);
   cudaStream_t s = nullptr;
   SBN_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "bench stream");
   std::unique_ptr<CUstream_st, decltype(&cudaStreamDestroy)> stream_guard(s, &cudaStreamDestroy);

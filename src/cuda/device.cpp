@@ -1,5 +1,6 @@
 #include "syncbn/cuda/device.h"
 
+#include <cstdio>
 #include <utility>
 
 #include "syncbn/cuda/bn_thread.h"  // to_float / from_float: the kernels' own dtype conversions
@@ -18,6 +19,26 @@ int visible_devices(std::string* why) {
   }
   if (n == 0 && why) *why = "cudaGetDeviceCount reports 0 devices (CUDA_VISIBLE_DEVICES empty?)";
   return n;
+}
+
+std::vector<std::string> visible_device_uuids(std::string* why) {
+  std::vector<std::string> out;
+  const int n = visible_devices(why);
+  for (int d = 0; d < n; ++d) {
+    cudaDeviceProp prop{};
+    const cudaError_t rc = cudaGetDeviceProperties(&prop, d);
+    if (rc != cudaSuccess) {
+      cudaGetLastError();
+      if (why) *why = "cudaGetDeviceProperties(" + std::to_string(d) + "): " + cuda_error_text(rc);
+      return {};
+    }
+    const auto* b = reinterpret_cast<const unsigned char*>(prop.uuid.bytes);
+    char text[48];
+    std::snprintf(text, sizeof text, "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
+                  b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+    out.emplace_back(text);
+  }
+  return out;
 }
 
 int current_sm_count() {

@@ -17,11 +17,14 @@
 #include <exception>
 #include <functional>
 #include <mutex>
+#include <sstream>
 #include <thread>
 #include <vector>
 
 #include "syncbn/cuda/check.h"
 #include "syncbn/cuda/device.h"
+#include "syncbn/cuda/device_select.h"
+#include "syncbn/mpi_check.h"
 #include "syncbn/run_agreed.h"
 
 static_assert(NCCL_VERSION_CODE >= 21800, "syncbn needs NCCL >= 2.18 (ncclCommSplit, non-blocking init)");
@@ -197,6 +200,14 @@ struct NcclCommunicator::State {
       fail(origin + " NCCL watchdog: cudaSetDevice(" + std::to_string(device) + ") failed: " + cuda_error_text(dev_rc));
       return;
     }
+    // Relaxed capture mode for this thread: its cudaEventQuery calls would otherwise invalidate a
+    // global-mode capture (CUDA's default, PyTorch's) running on the owner's thread.
+    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+    const cudaError_t mode_rc = cudaThreadExchangeStreamCaptureMode(&mode);
+    if (mode_rc != cudaSuccess) {
+      fail(origin + " NCCL watchdog: cudaThreadExchangeStreamCaptureMode failed: " + cuda_error_text(mode_rc));
+      return;
+    }
     std::unique_lock<std::mutex> lk(mu);
     while (!stop) {
       cv.wait_for(lk, pending.empty() ? std::chrono::milliseconds(100) : std::chrono::milliseconds(2));
@@ -278,29 +289,61 @@ struct NcclCommunicator::State {
 
 namespace {
 
-// The device of this rank; throws (on this rank) when there is none for it.
-int select_device(MpiCommunicator& h, const NcclOptions& opt) {
-  std::string why;
-  const int n = visible_devices(&why);
-  SBN_CHECK(n > 0, "no CUDA device visible on " + h.host() + ": " + why);
-  if (h.local_size() > n) {
-    SBN_CHECK(opt.allow_sharing,
-              "node " + h.host() + " runs " + std::to_string(h.local_size()) + " ranks but has " +
-                  std::to_string(n) + " visible CUDA device(s): start at most " + std::to_string(n) +
-                  " rank(s) per node (e.g. mpirun --map-by ppr:" + std::to_string(n) +
-                  ":node), make more devices visible (CUDA_VISIBLE_DEVICES), or set SBN_GPU_SHARING=1 to "
-                  "share devices round-robin (slow; for tests and debugging)");
-    // NCCL rejects two ranks of one communicator on one GPU of one host; separate host ids route the
-    // sharing ranks through the network transport instead (see NcclOptions::allow_sharing).
-    if (!std::getenv("NCCL_HOSTID")) {
-      const std::string id = h.host() + ":" + std::to_string(h.local_rank());
-      SBN_CHECK(setenv("NCCL_HOSTID", id.c_str(), 1) == 0, "setting NCCL_HOSTID for device sharing");
-    }
+// Every local rank's global rank and visible device UUIDs (local-rank order), by an allgather over the
+// node's ranks (MPI_Comm_split_type SHARED, as MpiCommunicator finds local_rank). Collective over `h`.
+std::vector<RankDevices> gather_node_devices(MpiCommunicator& h, const std::vector<std::string>& mine) {
+  std::string blob = std::to_string(h.rank());
+  for (const std::string& u : mine) blob += "\n" + u;
+  MPI_Comm node = MPI_COMM_NULL;
+  SBN_MPI_CHECK(MPI_Comm_split_type(h.handle(), MPI_COMM_TYPE_SHARED, h.rank(), MPI_INFO_NULL, &node),
+                h.origin() + " device selection: finding node-local ranks");
+  int n = 0;
+  SBN_MPI_CHECK(MPI_Comm_size(node, &n), h.origin());
+  const int len = static_cast<int>(blob.size());
+  std::vector<int> lens(static_cast<std::size_t>(n)), offsets(static_cast<std::size_t>(n));
+  SBN_MPI_CHECK(MPI_Allgather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, node), h.origin() + " device selection");
+  int total = 0;
+  for (int r = 0; r < n; ++r) {
+    offsets[static_cast<std::size_t>(r)] = total;
+    total += lens[static_cast<std::size_t>(r)];
   }
-  return h.local_rank() % n;
+  std::string all(static_cast<std::size_t>(total), '\0');
+  SBN_MPI_CHECK(MPI_Allgatherv(blob.data(), len, MPI_CHAR, all.data(), lens.data(), offsets.data(), MPI_CHAR, node),
+                h.origin() + " device selection");
+  SBN_MPI_CHECK(MPI_Comm_free(&node), h.origin());
+  std::vector<RankDevices> out(static_cast<std::size_t>(n));
+  for (int r = 0; r < n; ++r) {
+    std::istringstream in(all.substr(static_cast<std::size_t>(offsets[static_cast<std::size_t>(r)]),
+                                     static_cast<std::size_t>(lens[static_cast<std::size_t>(r)])));
+    std::string line;
+    std::getline(in, line);
+    out[static_cast<std::size_t>(r)].rank = std::stoi(line);
+    while (std::getline(in, line)) out[static_cast<std::size_t>(r)].uuids.push_back(line);
+  }
+  return out;
 }
 
 }  // namespace
+
+int select_device(MpiCommunicator& h, const NcclOptions& opt) {
+  std::string why;
+  const std::vector<std::string> mine = visible_device_uuids(&why);  // never throws: every rank gathers
+  const std::vector<RankDevices> node = gather_node_devices(h, mine);
+  int device = -1;
+  run_agreed(h, "nccl.init.select_device", [&] {
+    SBN_CHECK(!mine.empty(), "no CUDA device visible on " + h.host() + ": " + why);
+    const DeviceChoice c = choose_device(node, h.local_rank(), opt.allow_sharing, h.host());
+    SBN_CHECK(c.error.empty(), c.error);
+    // NCCL rejects two ranks of one communicator on one GPU of one host; separate host ids route the
+    // sharing ranks through the network transport instead (see NcclOptions::allow_sharing).
+    if (c.shared && !std::getenv("NCCL_HOSTID")) {
+      const std::string id = h.host() + ":" + std::to_string(h.local_rank());
+      SBN_CHECK(setenv("NCCL_HOSTID", id.c_str(), 1) == 0, "setting NCCL_HOSTID for device sharing");
+    }
+    device = c.ordinal;
+  });
+  return device;
+}
 
 NcclCommunicator::NcclCommunicator(MpiCommunicator& bootstrap, const NcclOptions& options)
     : s_(std::make_unique<State>()) {
@@ -314,11 +357,11 @@ NcclCommunicator::NcclCommunicator(MpiCommunicator& bootstrap, const NcclOptions
   s.size = h.size();
   s.origin = h.origin();
 
+  s.device = select_device(h, options);  // agreed on its own
   run_agreed(h, "nccl.init.device", [&] {
     int version = 0;
     SBN_NCCL_CHECK(ncclGetVersion(&version), "querying the NCCL version");
     SBN_CHECK(version >= 21800, "NCCL " + std::to_string(version) + " is too old: syncbn needs >= 2.18");
-    s.device = select_device(h, options);
     SBN_CUDA_CHECK(cudaSetDevice(s.device), "selecting CUDA device " + std::to_string(s.device));
     if (options.stream) {
       s.stream = options.stream;
@@ -427,26 +470,28 @@ void NcclCommunicator::raise_if_failed(const char* label) {
 }
 
 void NcclCommunicator::synchronize(cudaStream_t stream, const char* label) {
-  check_usable("synchronize", label);
-  cudaEvent_t ev = nullptr;
-  SBN_CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), s_->origin + " synchronize '" + label + "'");
-  const cudaError_t rec = cudaEventRecord(ev, stream);
-  if (rec != cudaSuccess) cudaEventDestroy(ev);
-  SBN_CUDA_CHECK(rec, s_->origin + " synchronize '" + label + "'");
-  for (int round = 0;; ++round) {
-    const cudaError_t q = cudaEventQuery(ev);
+  State& s = *s_;
+  check_usable("synchronize", label);  // also takes the current timeout()
+  const std::string where = s.origin + " synchronize '" + label + "'";
+  // Own deadline: collectives replayed from a CUDA graph are not watched, so this bounds them.
+  const double t = timeout_s_;
+  const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(t));
+  for (;;) {
+    const cudaError_t q = cudaStreamQuery(stream);
     if (q == cudaSuccess) break;
-    if (q != cudaErrorNotReady || s_->failed) {
-      cudaEventDestroy(ev);
-      SBN_CUDA_CHECK(q == cudaErrorNotReady ? cudaSuccess : q, s_->origin + " synchronize '" + label + "'");
-      check_usable("synchronize", label);  // throws the watchdog's failure
-    }
+    if (q != cudaErrorNotReady) SBN_CUDA_CHECK(q, where);
     // "Not ready" is a status, not an error; make sure no runtime leaves it behind as this thread's last
     // error, where the next kernel-launch check (cudaGetLastError) would report it.
     if (cudaPeekAtLastError() == cudaErrorNotReady) cudaGetLastError();
-    backoff(round);
+    if (s.failed) check_usable("synchronize", label);  // the watchdog's failure first, as it is
+    if (t > 0 && Clock::now() > deadline)
+      s.fail_and_throw(where + ": the stream did not finish within the collective timeout of " + seconds_text(t) +
+                       " s (a collective, possibly inside a replayed CUDA graph, is stuck: a peer is missing, stuck, "
+                       "or in a different collective); NCCL communicator aborted");
+    // Poll interval well under 20 µs: a yield, not a sleep (sleeps round up to ~60 µs on Linux); the
+    // yield still lets a peer rank sharing this core run.
+    std::this_thread::yield();
   }
-  cudaEventDestroy(ev);
   check_usable("synchronize", label);  // folds the seconds of collectives completed meanwhile
 }
 

@@ -1,6 +1,6 @@
 // CudaSyncBatchNorm: BnLayerHost's steps (bn_layer.h), shared with the CPU layer, over the CUDA kernels.
 // Every line of forward()/backward() only enqueues work on stream_: kernel launches, cudaMemsetAsync,
-// NCCL collectives on stream_, event records. The one host wait of a step is in check().
+// collectives on stream_ (NCCL: enqueued; staged: host-synchronous), event records. The one host wait of a step is in check().
 #include "syncbn/cuda/sync_batchnorm.h"
 
 #include <algorithm>
@@ -37,13 +37,13 @@ CudaSyncBatchNorm::CudaSyncBatchNorm(int sm_count, std::string name, const Batch
     : BnLayerHost(std::move(name), options, group), stream_(stream), sm_count_(sm_count) {
   const std::string who = this->who();
   if (group_) {
-    nccl_ = dynamic_cast<NcclCommunicator*>(group_);
-    SBN_CHECK(nccl_ != nullptr, who + ": the CUDA layer needs its sync group over an NcclCommunicator (device "
-                                      "memory); this group's communicator works on host memory");
+    comm_ = dynamic_cast<DeviceCommunicator*>(group_);
+    SBN_CHECK(comm_ != nullptr, who + ": the CUDA layer needs its sync group over a device communicator (NCCL or "
+                                      "staged); this group's communicator works on host memory");
     int dev = -1;
     SBN_CUDA_CHECK(cudaGetDevice(&dev), who);
-    SBN_CHECK(dev == nccl_->device(), who + ": the current CUDA device is " + std::to_string(dev) +
-                                          ", the group's communicator uses device " + std::to_string(nccl_->device()));
+    SBN_CHECK(dev == comm_->device(), who + ": the current CUDA device is " + std::to_string(dev) +
+                                          ", the group's communicator uses device " + std::to_string(comm_->device()));
   }
   const auto C = static_cast<std::size_t>(opt_.channels);
   for (auto* a : {&bn_.gamma, &bn_.beta, &dgamma_, &dbeta_, &bn_.running_mean, &bn_.running_var})
@@ -117,7 +117,7 @@ void CudaSyncBatchNorm::reduce(const char* phase) {
     }
     SBN_CUDA_CHECK(cudaEventRecord(events_[events_used_], stream_), who() + " timing event");
   }
-  nccl_->allreduce_sum(msg_.data(), msg_.size(), label(phase), stream_);
+  comm_->allreduce_sum(msg_.data(), msg_.size(), label(phase), stream_);
   if (timed) {
     SBN_CUDA_CHECK(cudaEventRecord(events_[events_used_ + 1], stream_), who() + " timing event");
     events_used_ += 2;
@@ -266,8 +266,8 @@ void CudaSyncBatchNorm::check() {
   SBN_CUDA_CHECK(cudaMemcpyAsync(host, status_.data(), sizeof(StepStatus), cudaMemcpyDeviceToHost, stream_), label);
   // The one wait of the step. Through the communicator when there is one, so that a hung collective
   // surfaces as its watchdog's error instead of a wait without end.
-  if (nccl_) {
-    nccl_->synchronize(stream_, label.c_str());
+  if (comm_) {
+    comm_->synchronize(stream_, label.c_str());
   } else {
     SBN_CUDA_CHECK(cudaStreamSynchronize(stream_), label);
   }

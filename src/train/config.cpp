@@ -298,6 +298,9 @@ void register_options(Registry& reg, TrainConfig& c) {
           "auto | cpu | cuda: auto = cuda when this build has the CUDA path and every rank sees a GPU");
   reg.add("Runtime", "precision", &c.precision, Resume::kFixed,
           "fp32 | bf16 | fp16: activation precision on the GPU (fp16 with dynamic loss scaling); the CPU path is fp32");
+  reg.add("Runtime", "comm", &c.comm, Resume::kMayChange,
+          "nccl | mpi: the GPU path's communicator; mpi stages device buffers through host memory over MPI "
+          "(host-synchronous; lets ranks share a GPU); the CPU path always uses MPI and ignores it");
 }
 
 // Parses argv, then --config's INI file (the command line wins), into the fields `all` points at.
@@ -451,6 +454,7 @@ void TrainOptions::validate(int world_size) {
             "--device must be auto, cpu or cuda, got '" + c.device + "'");
   SBN_CHECK(c.precision == "fp32" || c.precision == "bf16" || c.precision == "fp16",
             "--precision must be fp32, bf16 or fp16, got '" + c.precision + "'");
+  SBN_CHECK(c.comm == "nccl" || c.comm == "mpi", "--comm must be nccl or mpi, got '" + c.comm + "'");
   norm_ = norm;
 }
 

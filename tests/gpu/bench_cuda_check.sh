@@ -2,7 +2,9 @@
 # bench_cuda_check.sh MPIEXEC... : runs `syncbn-bench --device cuda` on small shapes (ctest gpu_bench_*).
 # With a usable device the run must succeed and print its tables; without one it must fail fast with
 # exactly one "error: ... no CUDA device" line (every rank agrees; rank 0 reports) and no MPI abort.
-# SBN_REQUIRE_GPU=1: the no-device outcome is a failure.
+# More ranks on a node than devices (np2 on a one-GPU machine): the clean "would share one CUDA device"
+# refusal is a SKIP (exit 77), with or without SBN_REQUIRE_GPU. SBN_REQUIRE_GPU=1: the no-device outcome is
+# a failure.
 set -uo pipefail
 # shellcheck source=SCRIPTDIR/cuda_check_lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/cuda_check_lib.sh"
@@ -12,6 +14,7 @@ if [ "$rc" -eq 0 ]; then
     && { echo "OK: benchmark ran on a device"; exit 0; }
   echo "FAIL: exit 0 but the kernel / all-reduce / layer tables are missing"; exit 1
 fi
+skip_if_shared_device_refusal
 if [ "${SBN_REQUIRE_GPU:-0}" = "1" ]; then echo "FAIL: SBN_REQUIRE_GPU=1 and the benchmark failed"; exit 1; fi
 check_no_device_error
 echo "OK: no device -> one clear error line, exit $rc"

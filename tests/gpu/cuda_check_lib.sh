@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # cuda_check_lib.sh: sourced by the end-to-end --device cuda checks (bench_cuda_check.sh,
 # train_cuda_check.sh). Gives them $out (a temporary file for the last run's output, removed on exit),
-# $rc (its exit code), run_logged, fail and check_no_device_error.
+# $rc (its exit code), run_logged, fail, check_no_device_error and skip_if_shared_device_refusal.
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 rc=0
@@ -29,4 +29,18 @@ check_no_device_error() {
   [ "$errors" -eq 1 ] || fail "expected exactly one 'error:' line, got $errors"
   grep -Eq "^error: .*no CUDA device" "$out" || fail "the error does not say 'no CUDA device'"
   if grep -q "MPI_ABORT" "$out"; then fail "the job was aborted instead of failing cleanly"; fi
+}
+
+# skip_if_shared_device_refusal: if the failed run in $out is the clean refusal to put two ranks of one NCCL
+# communicator on one GPU (more ranks on a node than devices, include/syncbn/cuda/device_select.h):
+# exactly one "error:" line with that message and no MPI abort, then SKIP (exit 77, ctest
+# SKIP_RETURN_CODE): the machine has too few devices for this many ranks. Otherwise returns.
+skip_if_shared_device_refusal() {
+  grep -q "would share one CUDA device in one NCCL communicator" "$out" || return 0
+  [ "$(grep -c "^error:" "$out")" -eq 1 ] || fail "expected exactly one 'error:' line for the device refusal"
+  grep -Eq "^error: .*ranks [0-9]+ and [0-9]+ .*would share one CUDA device" "$out" \
+    || fail "the device refusal does not name both ranks"
+  if grep -q "MPI_ABORT" "$out"; then fail "the job was aborted instead of refusing cleanly"; fi
+  echo "SKIP: too few CUDA devices for this many ranks (two ranks would share one device; clear refusal, exit $rc)"
+  exit 77
 }

@@ -12,6 +12,8 @@
 
 #include <chrono>
 #include <cmath>
+#include <thread>
+#include <vector>
 
 #include "gpu_test_util.h"
 #include "syncbn/cuda/sync_batchnorm.h"
@@ -385,13 +387,17 @@ TEST(CudaSyncBatchNorm, GhostBatchesMatchCpu) {
   EXPECT_TRUE(near(as_double(gpu.state().running_mean), as_double(cpu.running_mean()), 1e-5, 1e-6, "running mean"));
 }
 
-// forward + backward captured once into a CUDA graph and replayed: the same results as eager steps.
-// Captured in thread-local mode: the communicator's watchdog thread keeps querying events meanwhile,
-// which the global capture mode would forbid.
-TEST(CudaSyncBatchNorm, GraphReplayMatchesEagerSteps) {
-  SBN_GPU_TEST_PRELUDE(world(), true);
+// forward + backward captured once (in `capture_mode`) into a CUDA graph and replayed: the same results as
+// eager steps. Just before the capture a watched collective is left pending (held back by a host function)
+// on the communicator's own stream and the capture is held open for several watchdog periods (2 ms), so the
+// watchdog thread queries its events during the capture: harmless in thread-local mode, and in global mode (CUDA's default,
+// PyTorch's) only because the watchdog runs in relaxed capture mode.
+void expect_graph_replay_matches_eager(cudaStreamCaptureMode capture_mode) {
   auto nccl = make_nccl();
   Stream st;
+  cuda::DeviceArray<double> probe;
+  probe.resize(4096, "graph.probe");
+  cuda::copy_to_device(std::vector<double>(probe.size(), 0.0), probe.data(), st.s);
   for (const char* mode : {"local", "sync"}) {
     SyncGroup group(*nccl, parse_sync_mode(mode));
     BatchNormOptions opt;
@@ -415,10 +421,18 @@ TEST(CudaSyncBatchNorm, GraphReplayMatchesEagerSteps) {
     graphed.check();
     cudaGraph_t graph = nullptr;
     cudaGraphExec_t exec = nullptr;
-    SBN_CUDA_CHECK(cudaStreamBeginCapture(st.s, cudaStreamCaptureModeThreadLocal), "test capture");
+    // A watched collective held back 20 ms by a host function, so it is still pending during the capture.
+    SBN_CUDA_CHECK(cudaLaunchHostFunc(
+                       nccl->stream(), [](void*) { std::this_thread::sleep_for(std::chrono::milliseconds(20)); },
+                       nullptr),
+                   "test delay");
+    nccl->allreduce_sum(probe.data(), probe.size(), "graph.probe");
+    SBN_CUDA_CHECK(cudaStreamBeginCapture(st.s, capture_mode), "test capture");
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
     graphed.forward(x, yg, true);
     graphed.backward(x, dy, dxg);
     SBN_CUDA_CHECK(cudaStreamEndCapture(st.s, &graph), "test capture");
+    nccl->synchronize("graph.probe");  // the eager probe completes before the replays' collectives
     SBN_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0), "test capture");
     for (int i = 0; i < 2; ++i) {
       SBN_CUDA_CHECK(cudaGraphLaunch(exec, st.s), "test replay");
@@ -434,6 +448,17 @@ TEST(CudaSyncBatchNorm, GraphReplayMatchesEagerSteps) {
     EXPECT_EQ(sg.dgamma, se.dgamma) << mode;
     EXPECT_EQ(sg.num_batches_tracked, 3) << mode;
   }
+}
+
+TEST(CudaSyncBatchNorm, GraphReplayMatchesEagerSteps) {
+  SBN_GPU_TEST_PRELUDE(world(), true);
+  expect_graph_replay_matches_eager(cudaStreamCaptureModeThreadLocal);
+}
+
+// Issue 11 item 2: a global-mode capture must survive the watchdog's event queries.
+TEST(CudaSyncBatchNorm, GraphReplayGlobalCaptureModeMatchesEagerSteps) {
+  SBN_GPU_TEST_PRELUDE(world(), true);
+  expect_graph_replay_matches_eager(cudaStreamCaptureModeGlobal);
 }
 
 }  // namespace

@@ -4,7 +4,9 @@
 # With a usable device: --device cuda trains in fp32 and bf16 and names the device in the rank table, and
 # --device auto picks cuda. Without one: --device cuda fails fast with exactly one "error: ... no CUDA
 # device" line (every rank agrees, rank 0 reports) and no MPI abort, and --device auto trains on the CPU.
-# SBN_REQUIRE_GPU=1: the no-device outcome is a failure.
+# More ranks on a node than devices (np2 on a one-GPU machine): the clean "would share one CUDA device"
+# refusal of --device cuda is a SKIP (exit 77), with or without SBN_REQUIRE_GPU. SBN_REQUIRE_GPU=1: the
+# no-device outcome is a failure.
 set -uo pipefail
 # shellcheck source=SCRIPTDIR/cuda_check_lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/cuda_check_lib.sh"
@@ -24,6 +26,7 @@ if [ "$rc" -eq 0 ]; then
   echo "OK: trained on the GPU (fp32, bf16); --device auto picks cuda"
   exit 0
 fi
+skip_if_shared_device_refusal
 if [ "${SBN_REQUIRE_GPU:-0}" = "1" ]; then fail "SBN_REQUIRE_GPU=1 and --device cuda failed"; fi
 check_no_device_error
 run "$@" --device auto "${common[@]}"

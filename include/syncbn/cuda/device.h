@@ -27,6 +27,10 @@ namespace syncbn::cuda {
 // driver, insufficient driver, CUDA_VISIBLE_DEVICES empty ...). Never throws.
 int visible_devices(std::string* why);
 
+// UUIDs of the visible devices in ordinal order, as nvidia-smi prints them ("GPU-xxxxxxxx-xxxx-..."); empty
+// with `why` set when there is none (see visible_devices). Never throws. Input of device_select.h.
+std::vector<std::string> visible_device_uuids(std::string* why);
+
 // Multiprocessors of the current device (sizes the kernels' grids).
 int current_sm_count();
 

@@ -2,8 +2,10 @@
 //
 // Start-up (collective over the bootstrap MPI communicator, every step agreed so that all ranks fail
 // together with the lowest failing rank's message):
-//   1. device = local rank (MPI_Comm_split_type SHARED) among the visible devices; more ranks on a node
-//      than devices is an error unless sharing is asked for (NcclOptions::allow_sharing, SBN_GPU_SHARING=1);
+//   1. select_device: the node's ranks exchange their visible devices' UUIDs and choose by the rules of
+//      device_select.h (own device → its ordinal 0; a shared list → local rank mod its length); two ranks
+//      on one device is an error naming both unless sharing is asked for (NcclOptions::allow_sharing,
+//      SBN_GPU_SHARING=1);
 //   2. cudaSetDevice(device); rank 0 ncclGetUniqueId → MPI broadcast;
 //   3. ncclCommInitRankConfig with blocking = 0, polled against the timeout.
 //
@@ -18,8 +20,10 @@
 // an error, the watchdog calls ncclCommAbort (which also releases the stuck kernels) and records a message
 // naming rank, host, operation and label. The next call on this communicator (or synchronize(),
 // raise_if_failed()) throws it as syncbn::Error, and main() then ends the job (app.h: MPI_Abort). The
-// watchdog never calls MPI (MPI_THREAD_FUNNELED). Collectives captured into a CUDA graph are not watched
-// (events cannot be queried inside a capture); replays are the caller's to synchronize.
+// watchdog never calls MPI (MPI_THREAD_FUNNELED) and runs in the relaxed stream-capture mode, so its event
+// queries never invalidate a global-mode capture made by another thread. Collectives captured into a CUDA
+// graph are not watched (events cannot be queried inside a capture): synchronize() has a deadline of its
+// own (timeout()), which bounds a hung collective inside a replayed graph.
 //
 // Host-side operations go through the MPI communicator this one was bootstrapped from (a duplicate of
 // it), because their inputs and results live on the host: any(), all_equal(), barrier() (a host barrier:
@@ -41,6 +45,7 @@
 #include <string>
 
 #include "syncbn/communicator.h"
+#include "syncbn/cuda/device_communicator.h"
 #include "syncbn/mpi_communicator.h"
 
 namespace syncbn::cuda {
@@ -59,7 +64,13 @@ struct NcclOptions {
   static NcclOptions from_env();
 };
 
-class NcclCommunicator final : public Communicator {
+// The CUDA device ordinal of this rank (device_select.h; with a shared device and allow_sharing it sets
+// NCCL_HOSTID, see NcclOptions). Collective over `host` (an allgather over the node's ranks) and agreed:
+// when any rank has no device, or two ranks would share one, every rank throws AgreedError with the lowest
+// failing rank's message. Does not set the device.
+int select_device(MpiCommunicator& host, const NcclOptions& options);
+
+class NcclCommunicator final : public DeviceCommunicator {
  public:
   // Collective over `bootstrap`, which need not outlive this communicator (host operations use a
   // duplicate of it). Takes bootstrap's timeout.
@@ -88,20 +99,21 @@ class NcclCommunicator final : public Communicator {
   std::unique_ptr<Communicator> split(int color, int key, const char* label) override;
 
   // Stream-ordered in-place sum of a DEVICE buffer, enqueued on `stream`.
-  void allreduce_sum(double* buf, std::size_t count, const char* label, cudaStream_t stream);
-  void allreduce_sum(float* buf, std::size_t count, const char* label, cudaStream_t stream);
+  void allreduce_sum(double* buf, std::size_t count, const char* label, cudaStream_t stream) override;
+  void allreduce_sum(float* buf, std::size_t count, const char* label, cudaStream_t stream) override;
 
-  // Waits until the work queued so far on `stream` is done, polling the watchdog: throws its failure
-  // (timeout, NCCL error) instead of waiting forever.
-  void synchronize(cudaStream_t stream, const char* label);
+  // Waits until the work queued so far on `stream` is done (cudaStreamQuery, polled with a yield), polling
+  // the watchdog: throws its failure (timeout, NCCL error) if it reports one first; past timeout() (0:
+  // never) aborts the communicator and throws an Error naming `label` and the timeout.
+  void synchronize(cudaStream_t stream, const char* label) override;
   void synchronize(const char* label) { synchronize(stream(), label); }
   // Throws the recorded failure, if any (cheap: an atomic load).
   void raise_if_failed(const char* label);
 
-  int device() const;
-  cudaStream_t stream() const;
+  int device() const override;
+  cudaStream_t stream() const override;
   ncclComm_t handle() const;
-  MpiCommunicator& host_comm();
+  MpiCommunicator& host_comm() override;
 
  private:
   struct State;

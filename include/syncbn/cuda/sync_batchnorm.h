@@ -32,7 +32,8 @@
 #include "syncbn/bn_layer.h"
 #include "syncbn/cuda/bn_kernels.h"
 #include "syncbn/cuda/device.h"
-#include "syncbn/cuda/nccl_communicator.h"
+#include "syncbn/cuda/device_communicator.h"
+#include "syncbn/cuda/nccl_communicator.h"  // the default group communicator, for the layer's users
 #include "syncbn/sync_batchnorm.h"
 
 namespace syncbn::cuda {
@@ -47,7 +48,7 @@ struct CudaBnState {
 class CudaSyncBatchNorm : public BnLayerHost {
  public:
   // `group`: the layer's sync group (null or local mode: local statistics); a group communicator must
-  // be an NcclCommunicator (device memory). `stream`: where every kernel and collective of the layer is
+  // be a DeviceCommunicator (NcclCommunicator, or StagedCommunicator: host-synchronous collectives). `stream`: where every kernel and collective of the layer is
   // enqueued (the current device must be the communicator's). Allocates the parameters (γ = 1, β = 0,
   // running mean 0, running var 1) synchronously.
   CudaSyncBatchNorm(std::string name, const BatchNormOptions& options, SyncGroup* group, cudaStream_t stream);
@@ -116,7 +117,7 @@ class CudaSyncBatchNorm : public BnLayerHost {
   // PreciseBN: enqueues the pivot (first batch) and this forward's sums into pop_acc_.
   void accumulate_population(const DeviceTensor& x, const BnCall& call);
 
-  NcclCommunicator* nccl_ = nullptr;  // group() as the NCCL communicator it must be (null: local)
+  DeviceCommunicator* comm_ = nullptr;  // group() as the device communicator it must be (null: local)
   cudaStream_t stream_;
   int sm_count_;
 

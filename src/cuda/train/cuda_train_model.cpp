@@ -48,18 +48,28 @@ std::string device_text(int dev) {
   return "cuda:" + std::to_string(dev) + " " + prop.name + " (PCI " + bus + ")";
 }
 
+// --comm: nccl (stream-ordered NCCL, one rank per GPU unless SBN_GPU_SHARING=1) or mpi (the staged
+// communicator: host-synchronous collectives over MPI, ranks may share a GPU; staged_communicator.h).
+std::unique_ptr<DeviceCommunicator> make_device_communicator(const std::string& comm, MpiCommunicator& world) {
+  if (comm == "mpi") {
+    use_local_device(world);  // cannot fail here: make_cuda_train_model agreed that every rank sees a device
+    return std::make_unique<StagedCommunicator>(world);
+  }
+  return std::make_unique<NcclCommunicator>(world, NcclOptions::from_env());
+}
+
 }  // namespace
 
 CudaTrainModel::CudaTrainModel(const ModelSpec& spec, const TrainConfig& cfg, MpiCommunicator& world)
     : PlannedTrainModel(spec, cfg.seed), cfg_(cfg), dtype_(parse_dtype(cfg.precision)) {
   SBN_CHECK(cfg.grad_accum == "fp32", "--grad-accum " + cfg.grad_accum + " is not supported with --device cuda");
   // ---- collectives (every rank, same order) ----
-  nccl_ = std::make_unique<NcclCommunicator>(world, NcclOptions::from_env());
-  if (spec_.norm.communicates()) group_ = std::make_unique<SyncGroup>(*nccl_, spec_.norm.sync);
+  comm_ = make_device_communicator(cfg.comm, world);
+  if (spec_.norm.communicates()) group_ = std::make_unique<SyncGroup>(*comm_, spec_.norm.sync);
   // ---- local from here on ----
-  stream_ = nccl_->stream();
+  stream_ = comm_->stream();
   sm_count_ = current_sm_count();
-  device_ = device_text(nccl_->device());
+  device_ = device_text(comm_->device());
   check_cudnn_version();
 
   // The network and its parameters came from the plan (PlannedTrainModel, net_plan.h), which the CPU
@@ -210,7 +220,7 @@ std::string CudaTrainModel::describe() const {
 
 // ---- steps ----------------------------------------------------------------------------------------------
 
-void CudaTrainModel::sync(const char* label) { nccl_->synchronize(stream_, label); }
+void CudaTrainModel::sync(const char* label) { comm_->synchronize(stream_, label); }
 
 void CudaTrainModel::scatter_bn_params() {
   bn_params_scatter(bn_links_.data(), static_cast<int>(bns_.size()), values_.data(), ctx_->launch);
@@ -286,14 +296,14 @@ void CudaTrainModel::evaluate(const float* images, const std::int32_t* labels, s
 }
 
 double CudaTrainModel::reduce_and_update(Communicator& world, double lr) {
-  (void)world;  // same ranks as nccl_, which works on device memory
+  (void)world;  // same ranks as comm_, which works on device memory
   const Launch& l = ctx_->launch;
   // Every BatchNorm layer's local γ/β gradients join the flat array, then one pass of buckets.
   bn_grads_gather(bn_links_.data(), static_cast<int>(bns_.size()), grads_.data(), l);
-  if (nccl_->size() > 1) {
+  if (comm_->size() > 1) {
     SBN_CUDA_CHECK(cudaEventRecord(grad_begin_, stream_), "gradient all-reduce timing");
     for (const auto& [off, n] : buckets(total_, sizeof(float), kBucketBytes))
-      nccl_->allreduce_sum(grads_.data() + off, static_cast<std::size_t>(n), "gradient bucket", stream_);
+      comm_->allreduce_sum(grads_.data() + off, static_cast<std::size_t>(n), "gradient bucket", stream_);
     SBN_CUDA_CHECK(cudaEventRecord(grad_end_, stream_), "gradient all-reduce timing");
     grad_timed_ = true;
   }

@@ -29,6 +29,7 @@
 
 #include "syncbn/cuda/device.h"
 #include "syncbn/cuda/nccl_communicator.h"
+#include "syncbn/cuda/staged_communicator.h"
 #include "kernels.h"
 #include "loss_scale.h"
 #include "syncbn/net_plan.h"
@@ -46,7 +47,8 @@ class CublasHandle;
 
 class CudaTrainModel final : public PlannedTrainModel {
  public:
-  // Collective over `world`: the NCCL communicator (device = local rank, SBN_GPU_SHARING policy), the
+  // Collective over `world`: the device communicator (--comm nccl: NCCL, device = local rank,
+  // SBN_GPU_SHARING policy; --comm mpi: the staged communicator, device = local rank mod devices), the
   // sync group's split for sync:K. Everything after those collectives is local, so a failure there
   // cannot leave peers waiting in one.
   CudaTrainModel(const ModelSpec& spec, const TrainConfig& cfg, MpiCommunicator& world);
@@ -60,7 +62,7 @@ class CudaTrainModel final : public PlannedTrainModel {
 
   void train_micro(const float* images, const std::int32_t* labels, std::int64_t n, float grad_scale,
                    double* loss_sum, std::int64_t* correct) override;
-  // The gradient all-reduce runs on this model's NCCL communicator (the same ranks as `world`). Returns
+  // The gradient all-reduce runs on this model's device communicator (the same ranks as `world`). Returns
   // the device seconds of the PREVIOUS step's all-reduce (measured with events, read at check()): the
   // current one has only been enqueued.
   double reduce_and_update(Communicator& world, double lr) override;
@@ -125,9 +127,9 @@ class CudaTrainModel final : public PlannedTrainModel {
   DType dtype_;
   // Declaration order is destruction order reversed: the communicator (and its stream) outlive
   // everything that enqueues on it.
-  std::unique_ptr<NcclCommunicator> nccl_;
+  std::unique_ptr<DeviceCommunicator> comm_;  // --comm: NcclCommunicator or StagedCommunicator
   std::unique_ptr<SyncGroup> group_;  // synced BN modes only
-  cudaStream_t stream_ = nullptr;     // nccl_->stream()
+  cudaStream_t stream_ = nullptr;     // comm_->stream()
   int sm_count_ = 1;
   std::string device_;
 
