@@ -118,7 +118,7 @@ NetPlan plan_network(const ModelSpec& spec, ParamStore& params);
 std::vector<const NormPlan*> norm_layers(const NetPlan& plan);
 
 // One layer's text in NetPlan::describe() (the CPU layers' describe() print the same).
-std::string describe(const ConvPlan& p);
+std::string describe(const ConvSpec& s);
 std::string describe(const NormPlan& p);
 std::string describe(const BlockPlan& p);
 

@@ -21,8 +21,7 @@ OpPlan op(OpKind kind) {
   return o;
 }
 
-std::string describe_conv(const ConvPlan& p) {
-  const ConvSpec& s = p.spec;
+std::string describe_conv(const ConvSpec& s) {
   return "conv" + std::to_string(s.kernel) + "x" + std::to_string(s.kernel) + "(" + std::to_string(s.in) + "->" +
          std::to_string(s.out) + (s.stride > 1 ? ",s" + std::to_string(s.stride) : "") + ")";
 }
@@ -35,14 +34,14 @@ std::string describe_norm(const NormPlan& p) {
 }
 
 std::string describe_block(const BlockPlan& b) {
-  return "res[" + describe_conv(b.conv1) + " " + describe_norm(b.n1) + " " + describe_conv(b.conv2) + " " +
-         describe_norm(b.n2) + (b.shortcut ? " | " + describe_conv(b.sc_conv) + " " + describe_norm(b.sc_norm) : " | id") +
+  return "res[" + describe_conv(b.conv1.spec) + " " + describe_norm(b.n1) + " " + describe_conv(b.conv2.spec) + " " +
+         describe_norm(b.n2) + (b.shortcut ? " | " + describe_conv(b.sc_conv.spec) + " " + describe_norm(b.sc_norm) : " | id") +
          "]";
 }
 
 std::string describe_op(const OpPlan& o) {
   switch (o.kind) {
-    case OpKind::kConv: return describe_conv(o.conv);
+    case OpKind::kConv: return describe_conv(o.conv.spec);
     case OpKind::kNorm: return describe_norm(o.norm);
     case OpKind::kMaxPool: return "maxpool2";
     case OpKind::kFlatten: return "flatten";
@@ -248,7 +247,7 @@ std::string NetPlan::describe() const {
   return s;
 }
 
-std::string describe(const ConvPlan& p) { return describe_conv(p); }
+std::string describe(const ConvSpec& s) { return describe_conv(s); }
 std::string describe(const NormPlan& p) { return describe_norm(p); }
 std::string describe(const BlockPlan& p) { return describe_block(p); }
 

@@ -64,8 +64,7 @@ memory scratch_of(const Pd& pd, const dnnl::engine& eng) {
 class Conv2d final : public Module {
  public:
   Conv2d(const ConvPlan& plan, ParamStore& store, CpuContext& ctx)
-      : plan_(plan),
-        name_(plan.name),
+      : name_(plan.name),
         spec_(plan.spec),
         store_(store),
         ctx_(ctx),
@@ -132,7 +131,7 @@ class Conv2d final : public Module {
     ctx_.stream.wait();
   }
 
-  std::string describe() const override { return syncbn::describe(plan_); }
+  std::string describe() const override { return syncbn::describe(spec_); }
 
  private:
   // ---- the im2col + sgemm path (few input channels) ----
@@ -408,7 +407,6 @@ class Conv2d final : public Module {
     p.has_bwd_d = true;
   }
 
-  ConvPlan plan_;
   std::string name_;
   ConvSpec spec_;
   ParamStore& store_;

@@ -74,9 +74,7 @@ CudaTrainModel::CudaTrainModel(const ModelSpec& spec, const TrainConfig& cfg, Mp
 
   // The network and its parameters came from the plan (PlannedTrainModel, net_plan.h), which the CPU
   // model builds too: names, shapes, offsets, initial values for the seed, buffers and the signature are
-  // the CPU model's.
-  total_ = params_.total();
-
+  // the CPU model's. The flat device arrays hold params_.total() floats.
   init_parameters();
   init_network();
   init_step_check();
@@ -87,7 +85,7 @@ CudaTrainModel::CudaTrainModel(const ModelSpec& spec, const TrainConfig& cfg, Mp
 
 // Flat device arrays in the ParamStore layout: values, gradients, momentum, weight decay per element.
 void CudaTrainModel::init_parameters() {
-  const auto total = static_cast<std::size_t>(total_);
+  const auto total = static_cast<std::size_t>(params_.total());
   values_.resize(std::max<std::size_t>(total, 1), "parameters");
   grads_.resize(std::max<std::size_t>(total, 1), "gradients");
   momentum_.resize(std::max<std::size_t>(total, 1), "momentum");
@@ -157,7 +155,7 @@ void CudaTrainModel::init_step_check() {
 // Checkpointed state: the CPU model's arrays, names and order ("params", "momentum", the plan's buffers:
 // each BatchNorm layer's running mean, running var, pivot, num_batches_tracked).
 void CudaTrainModel::init_checkpoint_state() {
-  const auto total = static_cast<std::size_t>(total_);
+  const auto total = static_cast<std::size_t>(params_.total());
   params_host_.assign(total, 0.0f);
   momentum_host_.assign(total, 0.0f);
   bn_host_.resize(bns_.size());
@@ -302,7 +300,7 @@ double CudaTrainModel::reduce_and_update(Communicator& world, double lr) {
   bn_grads_gather(bn_links_.data(), static_cast<int>(bns_.size()), grads_.data(), l);
   if (comm_->size() > 1) {
     SBN_CUDA_CHECK(cudaEventRecord(grad_begin_, stream_), "gradient all-reduce timing");
-    for (const auto& [off, n] : buckets(total_, sizeof(float), kBucketBytes))
+    for (const auto& [off, n] : buckets(params_.total(), sizeof(float), kBucketBytes))
       comm_->allreduce_sum(grads_.data() + off, static_cast<std::size_t>(n), "gradient bucket", stream_);
     SBN_CUDA_CHECK(cudaEventRecord(grad_end_, stream_), "gradient all-reduce timing");
     grad_timed_ = true;
@@ -311,10 +309,10 @@ double CudaTrainModel::reduce_and_update(Communicator& world, double lr) {
   // below is predicated on the device word, so the host does not wait for it.
   LossScaleState* scale = loss_scaling_ ? scale_.data() : nullptr;
   SBN_CUDA_CHECK(cudaMemsetAsync(check_.data(), 0xff, sizeof(GradCheck), stream_), "resetting the step check");
-  grad_check(grads_.data(), total_, check_.data(), l);
+  grad_check(grads_.data(), params_.total(), check_.data(), l);
   if (step_open_) bn_state_restore(bn_state_links_.data(), static_cast<int>(bns_.size()), check_.data(), l);
   step_open_ = false;
-  sgd_step(values_.data(), grads_.data(), momentum_.data(), decay_.data(), total_, static_cast<float>(cfg_.momentum),
+  sgd_step(values_.data(), grads_.data(), momentum_.data(), decay_.data(), params_.total(), static_cast<float>(cfg_.momentum),
            static_cast<float>(lr), cfg_.nesterov, scale, check_.data(), l);
   step_finish_launch(check_.data(), scale, scale_cfg_, l);
   ++ctx_->version;
@@ -413,7 +411,7 @@ void CudaTrainModel::upload(void* dev, const void* host, std::size_t bytes, cons
 }
 
 void CudaTrainModel::state_to_host() {
-  const auto bytes = static_cast<std::size_t>(total_) * sizeof(float);
+  const auto bytes = static_cast<std::size_t>(params_.total()) * sizeof(float);
   download(params_host_.data(), values_.data(), bytes, "parameters to host");
   download(momentum_host_.data(), momentum_.data(), bytes, "momentum to host");
   for (std::size_t i = 0; i < bns_.size(); ++i) {
@@ -428,7 +426,7 @@ void CudaTrainModel::state_to_host() {
 
 void CudaTrainModel::state_from_host() {
   step_open_ = false;  // the loaded state replaces an open step's: nothing of it is to be restored
-  const auto bytes = static_cast<std::size_t>(total_) * sizeof(float);
+  const auto bytes = static_cast<std::size_t>(params_.total()) * sizeof(float);
   upload(values_.data(), params_host_.data(), bytes, "parameters to device");
   upload(momentum_.data(), momentum_host_.data(), bytes, "momentum to device");
   for (std::size_t i = 0; i < bns_.size(); ++i) {
@@ -448,14 +446,14 @@ void CudaTrainModel::state_from_host() {
 // ---- test hooks -----------------------------------------------------------------------------------------
 
 std::vector<float> CudaTrainModel::parameters_to_host() {
-  std::vector<float> out(static_cast<std::size_t>(total_));
+  std::vector<float> out(static_cast<std::size_t>(params_.total()));
   download(out.data(), values_.data(), out.size() * sizeof(float), "parameters to host");
   return out;
 }
 
 std::vector<float> CudaTrainModel::gradients_to_host() {
   bn_grads_gather(bn_links_.data(), static_cast<int>(bns_.size()), grads_.data(), ctx_->launch);
-  std::vector<float> out(static_cast<std::size_t>(total_));
+  std::vector<float> out(static_cast<std::size_t>(params_.total()));
   download(out.data(), grads_.data(), out.size() * sizeof(float), "gradients to host");
   return out;
 }
@@ -469,7 +467,7 @@ void CudaTrainModel::set_loss_scale(float scale) {
 }
 
 void CudaTrainModel::set_gradient(std::int64_t index, float value) {
-  SBN_CHECK(index >= 0 && index < total_, "set_gradient: index " + std::to_string(index) + " out of range");
+  SBN_CHECK(index >= 0 && index < params_.total(), "set_gradient: index " + std::to_string(index) + " out of range");
   upload(grads_.data() + index, &value, sizeof value, "set_gradient");
 }
 

@@ -133,7 +133,6 @@ class CudaTrainModel final : public PlannedTrainModel {
   int sm_count_ = 1;
   std::string device_;
 
-  std::int64_t total_ = 0;  // params_.total(): floats in the flat device arrays
 
   std::unique_ptr<CudnnHandle> cudnn_;
   std::unique_ptr<CublasHandle> cublas_;
