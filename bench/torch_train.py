@@ -5,6 +5,7 @@ side-by-side throughput comparison with syncbn-train (bench/train_throughput.sh 
 Same model (conv3x3-BN-ReLU-maxpool x3 with widths w, 2w, 4w; fc 8w-BN-ReLU; fc 10; no conv biases),
 same data (Fashion-MNIST IDX files, normalized with the training set's mean/std), same global batch,
 SGD with Nesterov momentum 0.9 and weight decay 5e-4 on weights, one process, --threads threads.
+--bf16 runs the forward under PyTorch's CPU bf16 autocast (the mixed-precision recipe of PyTorch 1.13).
 Reports images/s over the timed steps (after --warmup steps) as a JSON line.
 """
 import argparse
@@ -54,6 +55,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--channels-last", action="store_true", help="NHWC activations (PyTorch's faster CPU layout)")
+    ap.add_argument("--bf16", action="store_true",
+                    help="bf16 autocast (torch.autocast('cpu', torch.bfloat16): bf16 convolutions and GEMMs, fp32 weights)")
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
@@ -83,13 +86,15 @@ def main():
         xb = images[idx].contiguous(memory_format=fmt)
         yb = labels[idx]
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(xb), yb)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
+            loss = loss_fn(model(xb), yb)
         loss.backward()
         opt.step()
     dt = time.perf_counter() - t0
     ips = a.steps * a.global_batch / dt
     print(json.dumps({"kind": "torch_train", "images_per_s": round(ips, 1), "step_ms": round(1e3 * dt / a.steps, 3),
                       "global_batch": a.global_batch, "threads": a.threads, "channels_last": a.channels_last,
+                      "bf16_autocast": a.bf16,
                       "steps": a.steps, "final_loss": round(float(loss), 4), "torch": torch.__version__}))
 
 

@@ -221,6 +221,19 @@ SBN_HD void bn_backward_combine_channel(const double* msg, const BnBackwardCombi
   bn_backward_coefs(A[c], B[c], n, arr.mean[c], arr.hi[c], arr.invstd[c], scale, &arr.k1[c], &arr.k0[c]);
 }
 
+// A k×k max pooling (stride k, floor: the last H mod k rows and W mod k columns are dropped) fused into
+// the elementwise passes of a channels-last (N, C, H, W) batch: forward writes only the pooled output and,
+// per pooled element, the index i·k + j of its window's first maximum (the unfused MaxPool's rule); backward
+// reads the pooled gradient and those indices instead of a full-size dy. CPU only. An index is one byte
+// (k·k ≤ 256): it is read twice in backward, a quarter of what an int32 would cost.
+constexpr std::int64_t kMaxPoolWindow = 16;
+struct BnPool {
+  std::int64_t k = 0;                    // window and stride (≤ kMaxPoolWindow); 0: no pooling
+  std::int64_t height = 0, width = 0;    // the input's H, W
+  std::int64_t out_height() const { return k ? height / k : 0; }
+  std::int64_t out_width() const { return k ? width / k : 0; }
+};
+
 namespace cpu {
 
 // The channels [begin, end) a CPU kernel call covers (end < 0: to C). With local statistics the layer
@@ -266,6 +279,30 @@ BnStatus bn_backward_combine(const double* msg, const BnBackwardCombineArgs& arg
 void bn_backward_elemt(const float* dy, const float* x, const BnGeometry& g, const float* hi,
                        const float* a, const float* b, bool relu, const float* k1, const float* k0,
                        bool stream, float* dx, ChannelRange r = {});
+
+// ---- BN (+ReLU) fused with a max pooling (BnPool), channels-last only ----------------------------
+// The same numbers as bn_normalize → maxpool and maxpool-backward → bn_backward_reduce → bn_backward_elemt,
+// bit for bit: the elements are computed by the same expressions and the sums are added in the same order
+// (a full-size dy is 0 off the maxima, and adding those zeros is exact).
+
+// Floats of the scratch bn_backward_reduce_pool needs for C channels (a tile of rows of dy).
+std::int64_t bn_pool_scratch_floats(std::int64_t channels);
+
+// y (N, C, H/k, W/k) = max over each window of [relu](a·(x − hi) + b), and arg = its index in the window.
+void bn_normalize_pool(const float* x, const BnGeometry& g, const BnPool& pool, const float* hi, const float* a,
+                       const float* b, bool relu, float* y, std::uint8_t* arg, ChannelRange r = {});
+
+// bn_backward_reduce of the full-size gradient that max-pool backward makes of (dy, arg) (pooled shape).
+// scratch: bn_pool_scratch_floats(C) floats.
+void bn_backward_reduce_pool(const float* dy, const std::uint8_t* arg, const BnPool& pool, const float* x,
+                             const BnGeometry& g, const float* hi, const float* a, const float* b, bool relu,
+                             const double* mean, const double* invstd, double tag, double* msg, float* dgamma,
+                             float* dbeta, float* scratch, ChannelRange r = {}, BnRenormFactors renorm = {});
+
+// bn_backward_elemt of that full-size gradient: dx over every position (also those the pooling dropped).
+void bn_backward_elemt_pool(const float* dy, const std::uint8_t* arg, const BnPool& pool, const float* x,
+                            const BnGeometry& g, const float* hi, const float* a, const float* b, bool relu,
+                            const float* k1, const float* k0, bool stream, float* dx, ChannelRange r = {});
 
 }  // namespace cpu
 }  // namespace syncbn

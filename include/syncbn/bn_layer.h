@@ -34,11 +34,21 @@ SyncMode parse_sync_mode(const std::string& text);
 // The ranks a mode synchronizes over: none for local, the world for sync, the consecutive block of K
 // ranks containing this one for sync:K (collective over `world`; throws if K ∤ size).
 //
-// Every SyncBN message in a group has the same length: that of the group's widest layer. Ranks that
-// disagree on the layer order then exchange equally long messages whose tags disagree, which every rank
-// reports cleanly; messages of different lengths would be an MPI truncation, which Open MPI's
-// non-blocking collectives treat as fatal. The padding costs nothing measurable (the messages are
-// latency-bound: a few hundred bytes to a few KB).
+// SyncBN messages come in size classes (bn_message_channels): a layer's message is padded to the next
+// power of two of its channels, at least kBnMessageMinChannels and at most the group's widest layer.
+// Ranks that disagree on the layer order then still exchange equally long messages whose tags disagree
+// (every rank reports the layer cleanly) whenever the two layers share a class — always among the narrow
+// layers, and for every pair of a ResNet's same-width layers. Messages of different classes (a layer-order
+// mismatch between layers of different widths, which the start-up signature agreement and the static
+// layer order leave to bugs) are a length mismatch: Open MPI's non-blocking collectives fail it as a
+// truncation, NCCL's hang is turned into an error by the watchdog's collective timeout. Padding every
+// message to the widest layer (the earlier choice) cost 32.8 KB per message in a ResNet-50 instead of
+// ~1 KB for its 64-channel layers: the bytes matter at NVLink latencies (docs/GPU.md).
+constexpr std::int64_t kBnMessageMinChannels = 64;
+// The channels a message of a C-channel layer is sized for in a group whose widest layer has max_channels:
+// min(max_channels, max(kBnMessageMinChannels, next power of two ≥ C)), never below C.
+std::int64_t bn_message_channels(std::int64_t channels, std::int64_t max_channels);
+
 class SyncGroup {
  public:
   SyncGroup(Communicator& world, const SyncMode& mode);
@@ -47,8 +57,10 @@ class SyncGroup {
 
   // Called by each layer at construction (same model on every rank → same result everywhere).
   void reserve_channels(std::int64_t channels);
-  // Doubles in every SyncBN message of this group.
-  std::int64_t message_size() const { return bn_msg_size(max_channels_); }
+  // Doubles in the SyncBN messages of this group's C-channel layers (their size class, see above).
+  std::int64_t message_size(std::int64_t channels) const {
+    return bn_msg_size(bn_message_channels(channels, max_channels_));
+  }
 
  private:
   SyncMode mode_;
@@ -67,6 +79,16 @@ double bn_layer_tag(const std::string& layer, const char* phase, std::int64_t ch
 // sync group, 0 for local statistics; count / forward_count explain kBnCountMismatch.
 [[noreturn]] void throw_bn_status(BnStatus status, const std::string& layer, const char* phase, int group_size,
                                   double count, double forward_count);
+
+// A device layer's status words of one step, written by its combine kernels (first error of each phase
+// sticks) and read on the host at the step's end. Plain data: the GPU model keeps every layer's in its one
+// step-status array (src/cuda/train/step_status.h), so a step has one device → host copy.
+struct BnStepStatus {
+  int forward = 0;                // BnStatus of the forward combines
+  int backward = 0;               // BnStatus of the backward combines
+  double backward_count = 0;      // the group count the failing backward saw
+  double backward_expected = 0;   // the forward's count it expected
+};
 
 // True when a training BN batch (one chunk) with LOCAL statistics has no values per channel. PyTorch
 // (BatchNorm*d, 1.13) then returns an empty output, leaves the running statistics as they were and still
@@ -191,9 +213,16 @@ class BnLayerHost {
   // group; returns for kBnOk.
   void check_status(BnStatus status, const char* phase, double count, double forward_count) const;
 
+ public:
+  // Throws the layer's error for the first failure of a step's status words (forward before backward), as
+  // check_status; returns if both are ok.
+  void check_step_status(const BnStepStatus& status) const;
+
+ protected:
+
   // "SyncBatchNorm 'name'", the prefix of the layer's errors.
   std::string who() const;
-  // Doubles in the layer's all-reduce message: the group's common length (see SyncGroup).
+  // Doubles in the layer's all-reduce message: its size class in the group (see SyncGroup).
   std::size_t message_doubles() const;
   double tag(const char* phase) const { return phase[0] == 'f' ? fwd_tag_ : bwd_tag_; }
   const char* label(const char* phase) const { return phase[0] == 'f' ? fwd_label_.c_str() : bwd_label_.c_str(); }

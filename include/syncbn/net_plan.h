@@ -62,6 +62,10 @@ struct NormPlan {
   NormSpec spec;     // kind, sync mode, groups, ghost batch, momentum, eps
   std::int64_t channels = 0;
   bool relu = false;  // fused ReLU after the norm
+  // > 0: the next op is a fused_pool × fused_pool max pooling that the CPU builder runs fused into this
+  // BatchNorm's output pass (make_norm_pool; set by plan_network where NormSpec::fuse_pool allows). The
+  // op list is unchanged: the GPU builder ignores it and runs the two ops separately.
+  std::int64_t fused_pool = 0;
   ParamSlot gamma, beta;
   bool batchnorm() const { return spec.batchnorm(); }
   bool synced() const { return spec.communicates(); }
@@ -113,6 +117,12 @@ struct NetPlan {
 // caller sets the initial values (params.init_params(seed)). Throws for a bad spec (unknown arch, width
 // or depth out of range, an input too small for the poolings, groups that do not divide the channels).
 NetPlan plan_network(const ModelSpec& spec, ParamStore& params);
+
+// The window of the max pooling that op i fuses (NormPlan::fused_pool), 0 for none. A BatchNorm op
+// followed by a kMaxPool op fuses it when its spec's fuse_pool is on; every mode with batch statistics
+// (local, sync, sync:K, ghost batches, Batch Renormalization, PreciseBN passes) gives the same numbers
+// fused. GroupNorm and no norm are never fused.
+std::int64_t fused_pool_window(const NetPlan& plan, std::size_t i);
 
 // Every norm layer of the plan in forward order (residual blocks: n1, n2, shortcut norm).
 std::vector<const NormPlan*> norm_layers(const NetPlan& plan);

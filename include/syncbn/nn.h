@@ -29,6 +29,9 @@ namespace syncbn {
 struct CpuContext {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
   dnnl::stream stream{engine};
+  // --precision bf16: convolutions and linear layers compute on bf16 copies of their inputs and weights
+  // (fp32 accumulation, outputs and gradients); the tensors between layers and the parameters stay fp32.
+  bool bf16 = false;
 };
 
 
@@ -74,7 +77,7 @@ ModulePtr make_conv2d(const std::string& name, const ConvSpec& spec, ParamStore&
 
 // y = x·Wᵀ + b for x (N, in) (or any (N, ...) flattened), W (out, in): oneDNN's sgemm. `classifier`: the
 // output layer (initialized with std 1/sqrt(in) instead of Kaiming's ReLU gain).
-ModulePtr make_linear(const LinearPlan& plan, ParamStore& store);
+ModulePtr make_linear(const LinearPlan& plan, ParamStore& store, CpuContext* ctx = nullptr);  // ctx: bf16 (none: fp32)
 ModulePtr make_linear(const std::string& name, std::int64_t in, std::int64_t out, bool bias, bool classifier,
                       ParamStore& store);
 
@@ -92,6 +95,10 @@ ModulePtr make_flatten();
 ModulePtr make_norm(const NormPlan& plan, ParamStore& store, SyncGroup* group = nullptr);
 ModulePtr make_norm(const std::string& name, std::int64_t channels, const NormSpec& spec, bool relu,
                     ParamStore& store, SyncGroup* group = nullptr);
+// A BatchNorm slot (+ReLU) and the k×k max pooling after it as one module (SyncBatchNorm::forward_pool):
+// the same numbers, parameters and buffers as make_norm followed by make_maxpool(k), without the
+// full-size activation and its gradient (NetPlan: NormPlan::fused_pool). Throws for a non-BatchNorm plan.
+ModulePtr make_norm_pool(const NormPlan& plan, std::int64_t k, ParamStore& store, SyncGroup* group = nullptr);
 
 // Residual block: conv3x3(s)-norm-relu-conv3x3-norm, plus the shortcut (identity, or 1x1 conv(s)-norm
 // when the shape changes), then ReLU. `group` as for make_norm.

@@ -32,6 +32,9 @@ struct NormSpec {
   double renorm_rmax = 3.0;            // ≥ 1
   double renorm_dmax = 5.0;            // ≥ 0
   std::int64_t renorm_warmup = 5000;   // optimizer steps; 0: the final limits from the first step
+  // kBatchNorm (--fuse): the CPU model runs a norm(+ReLU) → max-pool pair as one fused pass
+  // (NormPlan::fused_pool). Same numbers either way; not part of the signature.
+  bool fuse_pool = true;
 
   bool batchnorm() const { return kind == NormKind::kBatchNorm; }
   // True when the layers' statistics need a sync group (sync, sync:K): their forward and backward are

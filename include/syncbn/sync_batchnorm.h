@@ -35,6 +35,16 @@ class SyncBatchNorm : public BnLayerHost {
   // dx from dy; x must be the forward's input. Accumulates dgamma/dbeta.
   void backward(const Tensor& x, const Tensor& dy, Tensor& dx);
 
+  // BN (+ReLU) fused with a k×k max pooling (stride k, floor) of a channels-last (N, C, H, W) x: y is
+  // (N, C, H/k, W/k), maxpool(forward(x)) bit for bit, and the full-size output is never written (the
+  // window index of each maximum is kept for backward). Statistics, the one all-reduce per direction,
+  // running statistics, ghost batches, Batch Renormalization and PreciseBN are forward's.
+  void forward_pool(const Tensor& x, Tensor& y, std::int64_t k, bool training);
+  // dx from dy, the gradient of forward_pool's pooled output (the last forward must be forward_pool of x):
+  // the numbers of max-pool backward followed by backward(), without the full-size dy. Accumulates
+  // dgamma/dbeta.
+  void backward_pool(const Tensor& x, const Tensor& dy, Tensor& dx);
+
   // PreciseBN (README "PreciseBN"): begin_population() opens a pass in which training forwards also add
   // their input's per-channel sums (double, around a per-rank pivot) and move no running statistics;
   // finish_population() all-reduces them over `world` (ONE collective; every rank calls it, also one
@@ -72,6 +82,13 @@ class SyncBatchNorm : public BnLayerHost {
   void reduce_zero_message(const char* phase) override;
   void size_message();
   void reduce(const char* phase);
+  // forward / backward with pool_ (k = 0: none) set by the public entry points.
+  void forward_impl(const Tensor& x, Tensor& y, bool training);
+  void backward_impl(const Tensor& x, const Tensor& dy, Tensor& dx);
+  // BN batch b's output pass over channels `range`: normalize, or normalize and pool.
+  void normalize_batch(const Tensor& x, Tensor& y, const BnCallBatch& b, bool stream, cpu::ChannelRange range);
+  // The offset in the pooled output (and pool_arg_) of the sample at input element `offset`.
+  std::int64_t pooled_offset(std::int64_t offset) const;
   // Batch statistics of BN batch b of a forward: stats, [all-reduce], combine, normalize.
   void forward_batch(const Tensor& x, Tensor& y, const BnCall& call, const BnCallBatch& b, std::int64_t k,
                      bool stream);
@@ -91,6 +108,9 @@ class SyncBatchNorm : public BnLayerHost {
   std::vector<double> counts_;       // (chunks) group count per BN batch, from the forward combine
   std::vector<double> msg_;          // the all-reduce buffer, message_doubles()
   double group_count_ = 0;
+  BnPool pool_;                          // the last forward's pooling (k = 0: none)
+  std::vector<std::uint8_t> pool_arg_;   // (N, C, H/k, W/k) NHWC: window index of each maximum
+  std::vector<float> pool_scratch_;      // bn_pool_scratch_floats(C)
   // PreciseBN pass: pivot P (C), acc [n, Σ(x−P) (C), Σ(x−P)² (C)], bn_stats scratch, pivot to restore.
   std::vector<double> pop_pivot_, pop_acc_, pop_msg_, pop_saved_pivot_;
 };

@@ -39,6 +39,7 @@ struct TrainConfig {
   double renorm_rmax = 3.0;
   double renorm_dmax = 5.0;
   std::int64_t renorm_warmup = 5000;
+  std::string fuse = "on";  // on | off: fused BN+ReLU+max-pool on the CPU (typed: norm().fuse_pool)
   // batching
   std::int64_t global_batch = 64;
   std::int64_t accum_steps = 1;

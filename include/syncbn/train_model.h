@@ -60,10 +60,19 @@ class TrainModel {
   virtual std::string signature() const = 0;
 
   // Forward, softmax cross-entropy and backward of n samples: images host (n, C, H, W) fp32 planar,
-  // labels host (n). Accumulates parameter gradients; adds Σ loss to *loss_sum and the number of
-  // correct predictions to *correct.
+  // labels host (n). Accumulates parameter gradients. The loop passes null loss_sum/correct and reads the
+  // step's sums with step_totals() after check(): a device model then does not wait for the device per
+  // micro-batch. Non-null, they receive this micro-batch's Σ loss and #correct (added), at the cost of a
+  // host wait on a device (tests).
   virtual void train_micro(const float* images, const std::int32_t* labels, std::int64_t n, float grad_scale,
                            double* loss_sum, std::int64_t* correct) = 0;
+  // Σ loss and #correct over every train_micro() of the step the last check() ended (0 if none ran).
+  virtual void step_totals(double* loss_sum, std::int64_t* correct) const = 0;
+  // The number of train_micro() calls of every step from now on (the loop's --accum; 0, the default:
+  // unknown). A device model then starts the gradient all-reduce during the last one's backward (bucket
+  // by bucket, overlapping it); a step with more calls than that is an error there. A rank may make fewer
+  // (no samples, local statistics): its all-reduce then starts in reduce_and_update.
+  virtual void set_micro_batches(std::int64_t count) { (void)count; }
   // Gradient all-reduce over `world`, then - only if every reduced gradient is finite - the optimizer
   // update with learning rate lr and the BN running-statistics updates of this step's forwards; else
   // nothing of the step is kept (last_step() says which). Gradients are zeroed either way. Returns the
@@ -91,8 +100,9 @@ class TrainModel {
   // Only for a model whose norm spec has renorm; throws otherwise.
   virtual void set_renorm_limits(double rmax, double dmax) = 0;
 
-  // Raises deferred errors (a device layer's status words) at the end of a step; nothing on the CPU.
-  virtual void check() {}
+  // Ends a step: raises deferred errors (a device model's status array: a bad label, the BN layers'
+  // status words) and makes step_totals() and last_step() this step's. A device waits here, once.
+  virtual void check() = 0;
   // The outcome of the last reduce_and_update(); valid after check() (a device reads it at that wait).
   virtual StepResult last_step() const = 0;
 

@@ -29,6 +29,8 @@ struct BenchOptions {
   bool kernels = true;  // per-kernel bandwidth table
   bool layer = true;    // one SyncBN layer at the world size, compute vs communication
   std::string json_path;  // JSON lines go here when set
+  std::string comm = "nccl";                // --device cuda: nccl | mpi (the staged communicator)
+  std::string dtypes = "fp32,bf16,fp16";    // --device cuda: activation dtypes of the kernel table
 };
 
 // Collected JSON lines (one object per line) and the table printed as the benchmark runs.

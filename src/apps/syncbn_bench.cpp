@@ -266,7 +266,12 @@ int main(int argc, char** argv) {
       ("relu", po::bool_switch(&opt.relu), "fuse ReLU into normalize / gate dy in backward")
       ("kernels-only", po::bool_switch(&kernels_only), "only the per-kernel table")
       ("layer-only", po::bool_switch(&layer_only), "only the SyncBN layer table")
-      ("json", po::value(&json)->default_value(""), "write JSON lines to this file");
+      ("json", po::value(&json)->default_value(""), "write JSON lines to this file")
+      ("comm", po::value(&opt.comm)->default_value("nccl"),
+       "--device cuda: nccl | mpi (device buffers staged through pinned host memory over MPI; ranks may "
+       "share a GPU)")
+      ("dtypes", po::value(&opt.dtypes)->default_value("fp32,bf16,fp16"),
+       "--device cuda: comma-separated activation dtypes of the kernel table (fp32, bf16, fp16)");
     run_agreed(world, "bench.options", [&] {
       po::variables_map vm;
       po::store(po::parse_command_line(argc, argv, desc), vm);
@@ -276,6 +281,10 @@ int main(int argc, char** argv) {
                 "--layout must be nchw, nhwc or both, got '" + layout + "'");
       SBN_CHECK(opt.reps >= 1 && opt.warmup >= 0, "--reps must be >= 1 and --warmup >= 0");
       SBN_CHECK(!(kernels_only && layer_only), "--kernels-only and --layer-only exclude each other");
+      SBN_CHECK(opt.comm == "nccl" || opt.comm == "mpi", "--comm must be nccl or mpi, got '" + opt.comm + "'");
+      std::stringstream dts(opt.dtypes);
+      for (std::string d; std::getline(dts, d, ',');)
+        SBN_CHECK(d == "fp32" || d == "bf16" || d == "fp16", "--dtypes: '" + d + "' is not fp32, bf16 or fp16");
       opt.shapes = parse_shapes(shapes, layout);
     });
     if (help) {

@@ -6,6 +6,10 @@
 // Memory traffic per element (fp32): bn_stats reads x (4 B); bn_normalize reads x, writes y (8 B);
 // bn_backward_reduce reads x, dy (8 B); bn_backward_elemt reads x, dy, writes dx (12 B). These are the
 // "bytes that must move" syncbn-bench divides by: the all-reduce between the passes forbids fusing them.
+// What can be fused is the max pooling after a BN+ReLU (the *_pool kernels, BnPool): normalize_pool reads
+// x and writes the pooled output and its window indices (4 + 1.25 B per input element for 2×2), and backward
+// reads the pooled dy and the indices in place of a full-size dy that max-pool backward would write and
+// both backward passes would read.
 #include "syncbn/bn_kernels.h"
 
 #include <algorithm>
@@ -300,6 +304,156 @@ inline bool rows_streamable(const float* dst, std::int64_t channels) {
   return channels % kLineFloats == 0 && (reinterpret_cast<std::uintptr_t>(dst) & 63u) == 0;
 }
 
+// ---- max pooling fused into the passes (BnPool) ---------------------------------------------------
+
+// The rows of dy that bn_backward_reduce_pool expands at a time: a multiple of kRows (so backward_rows
+// groups the rows as one whole-batch call does), about 16 KB, kept in L1 with the rows of x it meets.
+constexpr std::int64_t kPoolTileFloats = 4096;
+
+// Where the rows (n, h, w positions) of a pooled batch's full-size gradient take their values, walked in
+// memory order with counters (no divisions per row): the pooled element `cell` when arg there equals
+// `here`, its index in the window; cell −1 for a row or column the pooling dropped (gradient 0).
+struct PoolSource {
+  std::int64_t cell = -1;
+  std::int32_t here = 0;
+};
+
+class PoolRows {
+ public:
+  PoolRows(const BnPool& p, std::int64_t row)
+      : k_(p.k), H_(p.height), W_(p.width), Ho_(p.out_height()), Wo_(p.out_width()) {
+    n_ = row / (H_ * W_);
+    h_ = row % (H_ * W_) / W_;
+    w_ = row % W_;
+    ho_ = h_ / k_, i_ = h_ % k_, wo_ = w_ / k_, j_ = w_ % k_;
+  }
+  PoolSource source() const {
+    if (ho_ >= Ho_ || wo_ >= Wo_) return {};
+    return {(n_ * Ho_ + ho_) * Wo_ + wo_, static_cast<std::int32_t>(i_ * k_ + j_)};
+  }
+  void next() {
+    if (++j_ == k_) j_ = 0, ++wo_;
+    if (++w_ < W_) return;
+    w_ = wo_ = j_ = 0;
+    if (++i_ == k_) i_ = 0, ++ho_;
+    if (++h_ < H_) return;
+    h_ = ho_ = i_ = 0;
+    ++n_;
+  }
+
+ private:
+  std::int64_t k_, H_, W_, Ho_, Wo_;
+  std::int64_t n_ = 0, h_ = 0, w_ = 0, ho_ = 0, i_ = 0, wo_ = 0, j_ = 0;  // (h, w) = (ho·k + i, wo·k + j)
+};
+
+// Channels [c0, c1) of one row of the full-size gradient, the expression of MaxPool::backward.
+inline void pooled_dy_row(const float* dy, const std::uint8_t* arg, std::int64_t C, PoolSource s, std::int64_t c0,
+                          std::int64_t c1, float* dst) {
+  if (s.cell < 0) {
+    std::fill(dst + c0, dst + c1, 0.0f);
+    return;
+  }
+  const float* g = dy + s.cell * C;
+  const std::uint8_t* ap = arg + s.cell * C;
+#pragma omp simd
+  for (std::int64_t c = c0; c < c1; ++c) dst[c] = ap[c] == s.here ? g[c] : 0.0f;
+}
+
+// backward_sums over the full-size gradient, expanded a tile of rows at a time into scratch.
+template <bool kRelu>
+void backward_sums_pool(const float* dy, const std::uint8_t* arg, const BnPool& pool, const float* x,
+                        const BnGeometry& g, const float* hi, const float* a, const float* b, double* A, double* B,
+                        std::int64_t c0, std::int64_t c1, float* scratch) {
+  const std::int64_t C = g.channels, tile = bn_pool_scratch_floats(C) / C;
+  std::fill(A + c0, A + c1, 0.0);
+  std::fill(B + c0, B + c1, 0.0);
+  const std::int64_t cv = c0 + (c1 - c0) - (c1 - c0) % Native::kW;
+  PoolRows src(pool, 0);
+  for (std::int64_t r0 = 0; r0 < g.outer; r0 += tile) {
+    const std::int64_t rows = std::min(tile, g.outer - r0);
+    for (std::int64_t i = 0; i < rows; ++i, src.next())
+      pooled_dy_row(dy, arg, C, src.source(), c0, c1, scratch + i * C);
+    backward_rows<Native, kRelu>(scratch, x + r0 * C, rows, C, c0, cv, hi, a, b, A, B);
+    backward_rows<Scalar, kRelu>(scratch, x + r0 * C, rows, C, cv, c1, hi, a, b, A, B);
+  }
+}
+
+// One pooled element's window (top-left input row `base`, rows W·C apart) for channels [c0, c1): the
+// activations computed as bn_normalize computes them, the maximum and its index as MaxPool computes them.
+template <bool kRelu>
+inline void pool_window(const float* base, std::int64_t k, std::int64_t W, std::int64_t C, const float* hi,
+                        const float* a, const float* b, std::int64_t c0, std::int64_t c1, float* out,
+                        std::uint8_t* arg) {
+  auto act = [=](const float* p, std::int64_t c) { return relu_if(std::fma(a[c], p[c] - hi[c], b[c]), kRelu); };
+  if (k == 2) {
+    const float* p0 = base;
+    const float* p1 = base + C;
+    const float* p2 = base + W * C;
+    const float* p3 = p2 + C;
+#pragma omp simd
+    for (std::int64_t c = c0; c < c1; ++c) {
+      const float v0 = act(p0, c), v1 = act(p1, c), v2 = act(p2, c), v3 = act(p3, c);
+      const float top = std::max(v0, v1), bottom = std::max(v2, v3);
+      const std::int32_t top_arg = static_cast<std::int32_t>(v1 > v0);
+      const std::int32_t bottom_arg = 2 + static_cast<std::int32_t>(v3 > v2);
+      const std::int32_t second = static_cast<std::int32_t>(bottom > top);
+      out[c] = std::max(top, bottom);
+      arg[c] = static_cast<std::uint8_t>(top_arg + second * (bottom_arg - top_arg));
+    }
+    return;
+  }
+  for (std::int64_t c = c0; c < c1; ++c) {
+    float m = act(base, c);
+    std::int32_t best = 0;
+    for (std::int64_t i = 0; i < k; ++i)
+      for (std::int64_t j = 0; j < k; ++j) {
+        const float v = act(base + (i * W + j) * C, c);
+        if (v > m) m = v, best = static_cast<std::int32_t>(i * k + j);
+      }
+    out[c] = m;
+    arg[c] = static_cast<std::uint8_t>(best);
+  }
+}
+
+template <bool kRelu>
+void normalize_pool(const float* x, const BnGeometry& g, const BnPool& p, const float* hi, const float* a,
+                    const float* b, float* y, std::uint8_t* arg, std::int64_t c0, std::int64_t c1) {
+  const std::int64_t C = g.channels, H = p.height, W = p.width, k = p.k, Ho = p.out_height(), Wo = p.out_width();
+  const std::int64_t N = g.outer / (H * W);
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t ho = 0; ho < Ho; ++ho)
+      for (std::int64_t wo = 0; wo < Wo; ++wo) {
+        const std::int64_t cell = (n * Ho + ho) * Wo + wo;
+        pool_window<kRelu>(x + ((n * H + ho * k) * W + wo * k) * C, k, W, C, hi, a, b, c0, c1, y + cell * C,
+                           arg + cell * C);
+      }
+}
+
+void check_pool(const BnGeometry& g, const BnPool& p) {
+  SBN_CHECK(g.channels_last && p.k >= 1 && p.k <= kMaxPoolWindow && p.out_height() > 0 && p.out_width() > 0 &&
+                g.outer % (p.height * p.width) == 0,
+            "fused BN + max-pool: needs a channels-last batch of HxW planes at least k x k, k <= 16 (k = " +
+                std::to_string(p.k) + ", " + std::to_string(p.height) + "x" + std::to_string(p.width) + ")");
+}
+
+// dγ, dβ of a backward message's local sums (bn_backward_reduce).
+void add_param_grads(const double* A, const double* B, const double* mean, const float* hi, const double* invstd,
+                     float* dgamma, float* dbeta, std::int64_t c0, std::int64_t c1, BnRenormFactors renorm) {
+  for (std::int64_t c = c0; c < c1; ++c) {
+    if (dbeta) dbeta[c] += static_cast<float>(A[c]);
+    if (!dgamma) continue;
+    double dg = bn_dgamma(A[c], B[c], mean[c], hi[c], renorm.r ? renorm.r[c] * invstd[c] : invstd[c]);
+    if (renorm.d) dg += renorm.d[c] * A[c];  // Batch Renormalization: Σdy'·(x̂·r + d)
+    dgamma[c] += static_cast<float>(dg);
+  }
+}
+
+inline void backward_header(double tag, const BnGeometry& g, double* msg) {
+  msg[kMsgTag] = tag;
+  msg[kMsgTag2] = tag * tag;
+  msg[kMsgCount] = static_cast<double>(g.per_channel());
+}
+
 }  // namespace
 
 // ---- forward ----------------------------------------------------------------------------------
@@ -392,9 +546,7 @@ void bn_backward_reduce(const float* dy, const float* x, const BnGeometry& g, co
                         const double* invstd, double tag, double* msg, float* dgamma, float* dbeta,
                         ChannelRange r, BnRenormFactors renorm) {
   const std::int64_t C = g.channels, c0 = r.begin, c1 = r.stop(C);
-  msg[kMsgTag] = tag;
-  msg[kMsgTag2] = tag * tag;
-  msg[kMsgCount] = static_cast<double>(g.per_channel());
+  backward_header(tag, g, msg);
   double* A = msg + kMsgHeader;
   double* B = A + C;
   if (relu) {
@@ -402,15 +554,7 @@ void bn_backward_reduce(const float* dy, const float* x, const BnGeometry& g, co
   } else {
     backward_sums<false>(dy, x, g, hi, a, b, A, B, c0, c1);
   }
-  if (dgamma || dbeta) {
-    for (std::int64_t c = c0; c < c1; ++c) {
-      if (dbeta) dbeta[c] += static_cast<float>(A[c]);
-      if (!dgamma) continue;
-      double dg = bn_dgamma(A[c], B[c], mean[c], hi[c], renorm.r ? renorm.r[c] * invstd[c] : invstd[c]);
-      if (renorm.d) dg += renorm.d[c] * A[c];  // Batch Renormalization: Σdy'·(x̂·r + d)
-      dgamma[c] += static_cast<float>(dg);
-    }
-  }
+  add_param_grads(A, B, mean, hi, invstd, dgamma, dbeta, c0, c1, renorm);
 }
 
 BnStatus bn_backward_combine(const double* msg, const BnBackwardCombineArgs& args, ChannelRange r) {
@@ -452,6 +596,76 @@ void bn_backward_elemt(const float* dy, const float* x, const BnGeometry& g, con
         return std::fma(ar[c], gate(dp[c], xh, ar[c], br[c], relu), std::fma(k1r[c], xh, k0r[c]));
       });
     }
+  }
+  if (stream) stream_fence();
+}
+
+// ---- fused with max pooling ---------------------------------------------------------------------
+
+std::int64_t bn_pool_scratch_floats(std::int64_t channels) {
+  const std::int64_t tile = std::max<std::int64_t>(1, kPoolTileFloats / (kRows * channels)) * kRows;
+  return tile * channels;
+}
+
+void bn_normalize_pool(const float* x, const BnGeometry& g, const BnPool& pool, const float* hi, const float* a,
+                       const float* b, bool relu, float* y, std::uint8_t* arg, ChannelRange r) {
+  check_pool(g, pool);
+  const std::int64_t c0 = r.begin, c1 = r.stop(g.channels);
+  if (relu) {
+    normalize_pool<true>(x, g, pool, hi, a, b, y, arg, c0, c1);
+  } else {
+    normalize_pool<false>(x, g, pool, hi, a, b, y, arg, c0, c1);
+  }
+}
+
+void bn_backward_reduce_pool(const float* dy, const std::uint8_t* arg, const BnPool& pool, const float* x,
+                             const BnGeometry& g, const float* hi, const float* a, const float* b, bool relu,
+                             const double* mean, const double* invstd, double tag, double* msg, float* dgamma,
+                             float* dbeta, float* scratch, ChannelRange r, BnRenormFactors renorm) {
+  check_pool(g, pool);
+  const std::int64_t C = g.channels, c0 = r.begin, c1 = r.stop(C);
+  backward_header(tag, g, msg);
+  double* A = msg + kMsgHeader;
+  double* B = A + C;
+  if (relu) {
+    backward_sums_pool<true>(dy, arg, pool, x, g, hi, a, b, A, B, c0, c1, scratch);
+  } else {
+    backward_sums_pool<false>(dy, arg, pool, x, g, hi, a, b, A, B, c0, c1, scratch);
+  }
+  add_param_grads(A, B, mean, hi, invstd, dgamma, dbeta, c0, c1, renorm);
+}
+
+void bn_backward_elemt_pool(const float* dy, const std::uint8_t* arg, const BnPool& pool, const float* x,
+                            const BnGeometry& g, const float* hi, const float* a, const float* b, bool relu,
+                            const float* k1, const float* k0, bool stream, float* dx, ChannelRange r) {
+  check_pool(g, pool);
+  const std::int64_t C = g.channels, c0 = r.begin, c1 = r.stop(C);
+  const bool nt = stream && rows_streamable(dx + c0, C) && (c1 - c0) % kLineFloats == 0;
+  const float* hr = hi + c0;
+  const float* ar = a + c0;
+  const float* br = b + c0;
+  const float* k1r = k1 + c0;
+  const float* k0r = k0 + c0;
+  PoolRows src(pool, 0);
+  for (std::int64_t row = 0; row < g.outer; ++row, src.next()) {
+    const PoolSource s = src.source();
+    const float* xp = x + row * C + c0;
+    float* out = dx + row * C + c0;
+    if (s.cell < 0) {  // dropped by the pooling: dy' = 0, but the mean terms still reach x
+      write_elements(out, c1 - c0, nt, [=](std::int64_t c) {
+        const float xh = xp[c] - hr[c];
+        return std::fma(ar[c], gate(0.0f, xh, ar[c], br[c], relu), std::fma(k1r[c], xh, k0r[c]));
+      });
+      continue;
+    }
+    const float* gp = dy + s.cell * C + c0;
+    const std::uint8_t* ap = arg + s.cell * C + c0;
+    const std::int32_t here = s.here;
+    write_elements(out, c1 - c0, nt, [=](std::int64_t c) {  // the expressions of MaxPool and bn_backward_elemt
+      const float xh = xp[c] - hr[c];
+      const float d = ap[c] == here ? gp[c] : 0.0f;
+      return std::fma(ar[c], gate(d, xh, ar[c], br[c], relu), std::fma(k1r[c], xh, k0r[c]));
+    });
   }
   if (stream) stream_fence();
 }

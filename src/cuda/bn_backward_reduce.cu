@@ -82,8 +82,14 @@ void bn_backward_reduce(const void* dy, const void* x, DType dtype, const BnGeom
       using T = std::remove_pointer_t<decltype(tag_ptr)>;
       constexpr int V = decltype(v)::value;
       constexpr bool kRelu = decltype(r)::value;
-      detail::launch_tiled(t, stream, backward_rows_kernel<T, V, kRelu>, backward_planar_kernel<T, V, kRelu>,
-                           static_cast<const T*>(dy), static_cast<const T*>(x), t, hi, a, b, ws.data);
+      const T* dyt = static_cast<const T*>(dy);
+      const T* xt = static_cast<const T*>(x);
+      if constexpr (V <= kMaxRowsReduceVec) {
+        detail::launch_tiled(t, stream, backward_rows_kernel<T, V, kRelu>, backward_planar_kernel<T, V, kRelu>, dyt,
+                             xt, t, hi, a, b, ws.data);
+      } else {
+        detail::launch_tiled(t, stream, nullptr, backward_planar_kernel<T, V, kRelu>, dyt, xt, t, hi, a, b, ws.data);
+      }
     });
     SBN_CUDA_LAUNCH_CHECK("bn_backward_reduce: partial sums, " + detail::describe(t, dtype));
   }

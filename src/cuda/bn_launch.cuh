@@ -8,6 +8,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <type_traits>
@@ -162,6 +163,14 @@ inline dim3 block_of(const BnTile& t) { return dim3(static_cast<unsigned>(t.tx),
 template <class... P, class... A>
 void launch_tiled(const BnTile& t, cudaStream_t stream, void (*rows)(P...), void (*planar)(P...), A... args) {
   (t.channels_last ? rows : planar)<<<grid_of(t), block_of(t), 0, stream>>>(args...);
+}
+
+// A reduction whose vector width V has no channels-last kernel (V > kMaxRowsReduceVec, which bn_plan never
+// gives a channels-last reduction): launches the planar kernel; a channels-last plan is an internal error.
+template <class... P, class... A>
+void launch_tiled(const BnTile& t, cudaStream_t stream, std::nullptr_t, void (*planar)(P...), A... args) {
+  SBN_CHECK(!t.channels_last, "internal: no channels-last reduction kernel for vec" + std::to_string(t.vec));
+  planar<<<grid_of(t), block_of(t), 0, stream>>>(args...);
 }
 
 // "fp32 NCHW vec4" for launch-failure messages.

@@ -16,13 +16,15 @@
 // Memory traffic: x is read once, sizeof(T) bytes per element; the workspace is splits·2·C doubles
 // (≤ 2·(4·SMs + C) planar, ≤ 4·SMs·256 channels-last: kilobytes) written and read once. Nothing else
 // scales with the tensor, so the kernel is a pure read stream. Why it can reach ≥ 80% of HBM bandwidth on
-// an H100 (3.35 TB/s, ~0.7 µs latency ⇒ ~2.3 MB in flight across 132 SMs, ~18 KB per SM): every thread
-// issues 2–4 independent 16-byte loads per step (bn_unroll: 32–64 bytes), coalesced across a warp
-// (consecutive threads read consecutive vectors); at 2–4 resident blocks of 256 threads per SM that is
-// 16–64 KB per SM in flight, up to ~3.5× what Little's law asks. It cannot where (a) the tensor is small (a few MB: launch latency and the tail
-// wave dominate, ~5 µs floor), or (b) the row length forces narrow accesses (planar H·W odd, e.g. 7×7,
-// or channels-last C odd ⇒ vec = 1: 4-byte fp32 / 2-byte bf16 loads, 4–8× fewer bytes in flight per
-// thread; bf16 at vec = 1 is expected below 80%).
+// an H100 (3.35 TB/s, ~0.7–0.8 µs latency ⇒ ~20–25 KB in flight per SM; H200 4.8 TB/s: ~25–30 KB): every
+// thread issues 4 independent loads of 8–16 bytes per step (32–64 bytes), coalesced across a warp, and
+// both kernels are held to ≤ 64 registers (__launch_bounds__(256, kStatsMinBlocksPerSm = 4)) so 4 blocks
+// of 256 threads are resident per SM: 32 KB (bf16/fp16 channels-last: 4 lanes of 2 bytes, bn_tiling.h) to
+// 64 KB per SM in flight. Register and occupancy figures: docs/GPU.md "Registers and occupancy". It
+// cannot where (a) the tensor is small (a few MB: launch latency and the tail wave dominate, ~5 µs floor),
+// or (b) the row length forces narrow accesses (planar H·W odd, e.g. 7×7, or channels-last C odd ⇒
+// vec = 1: 4-byte fp32 / 2-byte bf16 loads, 4–8× fewer bytes in flight per thread; bf16 at vec = 1 is
+// expected below 80%).
 #include "bn_launch.cuh"
 
 namespace syncbn::cuda {
@@ -32,8 +34,8 @@ namespace {
 
 // Block (c, split) of a planar tensor → ws[split][0|1][c].
 template <class T, int V>
-__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) stats_planar_kernel(const T* __restrict__ x, const BnTile t,
-                                                                 double* __restrict__ ws) {
+__global__ void __launch_bounds__(kThreads, kStatsMinBlocksPerSm)
+    stats_planar_kernel(const T* __restrict__ x, const BnTile t, double* __restrict__ ws) {
   double s1 = 0.0, s2 = 0.0;
   stats_thread_planar<T, V>(x, t, blockIdx.x, blockIdx.y, threadIdx.x, threadIdx.y, &s1, &s2);
   detail::store_planar_partials(s1, s2, t, ws);
@@ -41,8 +43,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) stats_planar_kernel
 
 // Block (channel tile, split) of a channels-last tensor → ws[split][0|1][tile's channels].
 template <class T, int V>
-__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) stats_rows_kernel(const T* __restrict__ x, const BnTile t,
-                                                               double* __restrict__ ws) {
+__global__ void __launch_bounds__(kThreads, kStatsMinBlocksPerSm)
+    stats_rows_kernel(const T* __restrict__ x, const BnTile t, double* __restrict__ ws) {
   double s1[V], s2[V];
   stats_thread_rows<T, V>(x, t, blockIdx.x, blockIdx.y, threadIdx.x, threadIdx.y, s1, s2);
   detail::store_rows_partials<V>(s1, s2, t, ws);
@@ -90,7 +92,11 @@ void bn_stats(const void* x, DType dtype, const BnGeometry& g, const double* piv
       const T* xt = static_cast<const T*>(x);
       detail::with_vec<T>(t.vec, [&](auto v) {
         constexpr int V = decltype(v)::value;
-        detail::launch_tiled(t, stream, stats_rows_kernel<T, V>, stats_planar_kernel<T, V>, xt, t, ws.data);
+        if constexpr (V <= kMaxRowsReduceVec) {
+          detail::launch_tiled(t, stream, stats_rows_kernel<T, V>, stats_planar_kernel<T, V>, xt, t, ws.data);
+        } else {
+          detail::launch_tiled(t, stream, nullptr, stats_planar_kernel<T, V>, xt, t, ws.data);
+        }
       });
     });
     SBN_CUDA_LAUNCH_CHECK("bn_stats: partial sums, " + detail::describe(t, dtype));

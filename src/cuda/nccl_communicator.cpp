@@ -41,14 +41,16 @@ std::string seconds_text(double s) {
   return buf;
 }
 
-// Sleeps a little longer each round: a SyncBN collective normally completes in microseconds, but with
-// more ranks than cores (tests) a spinning waiter would starve the peer it waits for.
+// Polls a non-blocking NCCL call: yields first (it normally completes in microseconds), then sleeps
+// kPollSleep at a time — never longer, so a completion is seen within ~20 µs of timer slack after it
+// happened (a 1 ms sleep once cost up to a millisecond per wait), while a waiter with more ranks than
+// cores (tests) still leaves the core to the peer it waits for. The deadline is the caller's.
+constexpr auto kPollSleep = std::chrono::microseconds(20);
 void backoff(int round) {
   if (round < 64) {
     std::this_thread::yield();
   } else {
-    const int us = round < 200 ? 20 : 1000;
-    std::this_thread::sleep_for(std::chrono::microseconds(us));
+    std::this_thread::sleep_for(kPollSleep);
   }
 }
 

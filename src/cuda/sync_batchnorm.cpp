@@ -51,7 +51,8 @@ CudaSyncBatchNorm::CudaSyncBatchNorm(int sm_count, std::string name, const Batch
   bn_.pivot.resize(C, who + " pivot");
   batches_tracked_.resize(1, who + " num_batches_tracked");
   status_.resize(1, who + " status");
-  status_host_.reserve(sizeof(StepStatus), who + " status");
+  status_dev_ = status_.data();
+  status_host_.reserve(sizeof(BnStepStatus), who + " status");
   CudaBnState init;
   init.gamma.assign(C, 1.0f);
   init.beta.assign(C, 0.0f);
@@ -61,7 +62,7 @@ CudaSyncBatchNorm::CudaSyncBatchNorm(int sm_count, std::string name, const Batch
   init.running_var.assign(C, 1.0f);
   init.pivot.assign(C, 0.0);
   set_state(init);
-  SBN_CUDA_CHECK(cudaMemsetAsync(status_.data(), 0, sizeof(StepStatus), stream_), who + " status");
+  SBN_CUDA_CHECK(cudaMemsetAsync(status_.data(), 0, sizeof(BnStepStatus), stream_), who + " status");
   SBN_CUDA_CHECK(cudaStreamSynchronize(stream_), who + " initialisation");
   if (sync_group_) sync_group_->reserve_channels(opt_.channels);
 }
@@ -73,7 +74,7 @@ CudaSyncBatchNorm::~CudaSyncBatchNorm() {
 // ---- helpers ----------------------------------------------------------------------------------
 
 void CudaSyncBatchNorm::size_message() {
-  // The group's common message length (see SyncGroup); the kernels fill the first 3 + 2C doubles and
+  // The layer's size class in its group (see SyncGroup); the kernels fill the first 3 + 2C doubles and
   // the padding stays zero. Resized on the first call after the group's last layer was built.
   const std::size_t len = message_doubles();
   if (msg_.size() == len) return;
@@ -166,7 +167,7 @@ void CudaSyncBatchNorm::forward(const DeviceTensor& x, DeviceTensor& y, bool tra
       BnRunningCounter counter;
       if (call.update) counter.batches_tracked = batches_tracked_.data();
       BnDeviceReport report;
-      report.status = member_ptr<int>(status_.data(), offsetof(StepStatus, forward));
+      report.status = member_ptr<int>(status_dev_, offsetof(BnStepStatus, forward));
       report.count = counts_.data() + k;
       bn_combine(msg_.data(), args, counter, report, stream_);
     }
@@ -243,9 +244,9 @@ void CudaSyncBatchNorm::backward(const DeviceTensor& x, const DeviceTensor& dy, 
       // The expected count is the device value the forward combine wrote (counts_), not this 0.
       const BnBackwardCombineArgs args = backward_combine_args(bn_.arrays(C), k, call, 0);
       BnDeviceReport report;
-      report.status = member_ptr<int>(status_.data(), offsetof(StepStatus, backward));
-      report.count = member_ptr<double>(status_.data(), offsetof(StepStatus, backward_count));
-      report.expected = member_ptr<double>(status_.data(), offsetof(StepStatus, backward_expected));
+      report.status = member_ptr<int>(status_dev_, offsetof(BnStepStatus, backward));
+      report.count = member_ptr<double>(status_dev_, offsetof(BnStepStatus, backward_count));
+      report.expected = member_ptr<double>(status_dev_, offsetof(BnStepStatus, backward_expected));
       bn_backward_combine(msg_.data(), args, counts_.data() + k, report, stream_);
     } else {
       // Statistics were constants (running stats): dx = a·dy'.
@@ -262,26 +263,32 @@ void CudaSyncBatchNorm::backward(const DeviceTensor& x, const DeviceTensor& dy, 
 
 void CudaSyncBatchNorm::check() {
   const std::string label = name_ + ".check";
-  auto* host = static_cast<StepStatus*>(status_host_.data());
-  SBN_CUDA_CHECK(cudaMemcpyAsync(host, status_.data(), sizeof(StepStatus), cudaMemcpyDeviceToHost, stream_), label);
-  // The one wait of the step. Through the communicator when there is one, so that a hung collective
-  // surfaces as its watchdog's error instead of a wait without end.
+  auto* host = static_cast<BnStepStatus*>(status_host_.data());
+  SBN_CUDA_CHECK(cudaMemcpyAsync(host, status_dev_, sizeof(BnStepStatus), cudaMemcpyDeviceToHost, stream_), label);
+  // The layer's own wait (a layer used alone; the GPU model reads every layer's status in its one wait
+  // instead). Through the communicator when there is one, so that a hung collective surfaces as its
+  // watchdog's error instead of a wait without end.
   if (comm_) {
     comm_->synchronize(stream_, label.c_str());
   } else {
     SBN_CUDA_CHECK(cudaStreamSynchronize(stream_), label);
   }
+  fold_timing();
+  const BnStepStatus st = *host;
+  if (st.forward == kBnOk && st.backward == kBnOk) return;
+  SBN_CUDA_CHECK(cudaMemsetAsync(status_dev_, 0, sizeof(BnStepStatus), stream_), label);
+  check_step_status(st);
+}
+
+void CudaSyncBatchNorm::set_status_slot(BnStepStatus* slot) { status_dev_ = slot ? slot : status_.data(); }
+
+void CudaSyncBatchNorm::fold_timing() {
   for (std::size_t i = 0; i + 1 < events_used_; i += 2) {
     float ms = 0;
-    SBN_CUDA_CHECK(cudaEventElapsedTime(&ms, events_[i], events_[i + 1]), label + " (collective timing)");
+    SBN_CUDA_CHECK(cudaEventElapsedTime(&ms, events_[i], events_[i + 1]), who() + " (collective timing)");
     comm_seconds_ += 1e-3 * ms;
   }
   events_used_ = 0;
-  const StepStatus st = *host;
-  if (st.forward == kBnOk && st.backward == kBnOk) return;
-  SBN_CUDA_CHECK(cudaMemsetAsync(status_.data(), 0, sizeof(StepStatus), stream_), label);
-  check_status(static_cast<BnStatus>(st.forward), "forward", 0, 0);
-  check_status(static_cast<BnStatus>(st.backward), "backward", st.backward_count, st.backward_expected);
 }
 
 // ---- state ------------------------------------------------------------------------------------

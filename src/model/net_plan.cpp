@@ -219,6 +219,8 @@ NetPlan plan_network(const ModelSpec& spec, ParamStore& params) {
     SBN_FAIL("unknown model '" + spec.arch + "'; expected convnet or resnet");
   }
   params.finalize();
+  for (std::size_t i = 0; i < plan.ops.size(); ++i)
+    if (plan.ops[i].kind == OpKind::kNorm) plan.ops[i].norm.fused_pool = fused_pool_window(plan, i);
   for (const NormPlan* n : norm_layers(plan)) {
     if (!n->batchnorm()) continue;
     for (const char* field : {".running_mean", ".running_var", ".pivot"}) plan.buffers.push_back({n->name + field, n->channels});
@@ -226,6 +228,14 @@ NetPlan plan_network(const ModelSpec& spec, ParamStore& params) {
   }
   plan.signature = signature_of(spec, params, plan.buffers);
   return plan;
+}
+
+std::int64_t fused_pool_window(const NetPlan& plan, std::size_t i) {
+  constexpr std::int64_t kPoolWindow = 2;  // every kMaxPool op is 2×2, stride 2
+  if (i + 1 >= plan.ops.size() || plan.ops[i].kind != OpKind::kNorm || plan.ops[i + 1].kind != OpKind::kMaxPool)
+    return 0;
+  const NormPlan& n = plan.ops[i].norm;
+  return n.batchnorm() && n.spec.fuse_pool ? kPoolWindow : 0;
 }
 
 std::vector<const NormPlan*> norm_layers(const NetPlan& plan) {

@@ -55,6 +55,12 @@ SyncGroup::SyncGroup(Communicator& world, const SyncMode& mode) : mode_(mode) {
 
 void SyncGroup::reserve_channels(std::int64_t channels) { max_channels_ = std::max(max_channels_, channels); }
 
+std::int64_t bn_message_channels(std::int64_t channels, std::int64_t max_channels) {
+  std::int64_t c = kBnMessageMinChannels;
+  while (c < channels) c *= 2;
+  return std::max(channels, std::min(c, max_channels));
+}
+
 // ---- tags, statuses, empty batches ------------------------------------------------------------
 
 double bn_layer_tag(const std::string& layer, const char* phase, std::int64_t channels) {
@@ -127,8 +133,8 @@ void BnLayerHost::set_renorm_limits(double rmax, double dmax) {
 std::string BnLayerHost::who() const { return "SyncBatchNorm '" + name_ + "'"; }
 
 std::size_t BnLayerHost::message_doubles() const {
-  // The kernels fill the first 3 + 2C doubles; the padding up to the group's length stays zero.
-  return static_cast<std::size_t>(sync_group_ ? sync_group_->message_size() : bn_msg_size(opt_.channels));
+  // The kernels fill the first 3 + 2C doubles; the padding up to the size class stays zero.
+  return static_cast<std::size_t>(sync_group_ ? sync_group_->message_size(opt_.channels) : bn_msg_size(opt_.channels));
 }
 
 BnGeometry BnLayerHost::validate(const BnInputDesc& x, const char* phase) const {
@@ -232,6 +238,11 @@ BnRenormFactors BnLayerHost::renorm_factors(const BnLayerArrays& arrays, std::in
 
 void BnLayerHost::check_status(BnStatus status, const char* phase, double count, double forward_count) const {
   if (status != kBnOk) throw_bn_status(status, name_, phase, saved_comm_ ? group_size_ : 0, count, forward_count);
+}
+
+void BnLayerHost::check_step_status(const BnStepStatus& status) const {
+  check_status(static_cast<BnStatus>(status.forward), "forward", 0, 0);
+  check_status(static_cast<BnStatus>(status.backward), "backward", status.backward_count, status.backward_expected);
 }
 
 // ---- population pass (PreciseBN) ---------------------------------------------------------------

@@ -9,6 +9,13 @@
 // its jit kernel writes a blocked layout whose reorders to and from NHWC cost more than the convolution),
 // so they are computed as im2col + oneDNN's sgemm, which writes NHWC directly. Any other plan whose
 // NHWC output would take the reference kernel computes in the blocked layout and reorders.
+//
+// --precision bf16 (CpuContext::bf16): the oneDNN convolutions take bf16 copies of their input, weights
+// and output gradient (one reorder each, converting as it goes) and write fp32 outputs, input gradients
+// and weight gradients (oneDNN accumulates in fp32), so the tensors between layers, the ParamStore and
+// its gradient accumulation stay fp32. The bf16 input copy made by forward() is the one the weight
+// gradient reads in backward(). The im2col + sgemm layers (the network input) stay fp32: a few percent
+// of the FLOPs, and their input is the data itself.
 #include <cblas.h>
 
 #include <omp.h>
@@ -27,6 +34,10 @@ using tag = dnnl::memory::format_tag;
 using dt = dnnl::memory::data_type;
 
 bool is_reference_impl(const char* impl) { return std::strncmp(impl, "ref", 3) == 0; }
+
+constexpr const char* kNoBf16 =
+    ": --precision bf16 has no optimized oneDNN convolution on this CPU (needs AVX-512; fast with AVX512-BF16 "
+    "or AMX); use --precision fp32";
 
 // Convolutions with fewer input channels than this take the im2col + sgemm path (see above).
 constexpr std::int64_t kGemmMaxIn = 8;
@@ -87,7 +98,8 @@ class Conv2d final : public Module {
     p.w_user.set_data_handle(store_.value(weight_));
     p.w_to_fwd.reorder(ctx_.stream, p.w_user, p.w_fwd);
     p.src.set_data_handle(const_cast<float*>(x.data()));
-    std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, p.src}, {DNNL_ARG_WEIGHTS, p.w_fwd}};
+    if (p.lp) p.src_to_lp.reorder(ctx_.stream, p.src, p.src_lp);  // kept for the weight gradient
+    std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, p.lp ? p.src_lp : p.src}, {DNNL_ARG_WEIGHTS, p.w_fwd}};
     if (bias_ >= 0) {
       p.b.set_data_handle(store_.value(bias_));
       args[DNNL_ARG_BIAS] = p.b;
@@ -111,7 +123,10 @@ class Conv2d final : public Module {
     }
     p.dst_user.set_data_handle(const_cast<float*>(dy.data()));
     memory diff_dst = p.dst_user;
-    if (p.blocked_dst) {
+    if (p.lp) {
+      p.dy_to_lp.reorder(ctx_.stream, p.dst_user, p.diff_dst_lp);
+      diff_dst = p.diff_dst_lp;
+    } else if (p.blocked_dst) {
       p.user_to_dst.reorder(ctx_.stream, p.dst_user, p.dst_blocked);
       diff_dst = p.dst_blocked;
     }
@@ -253,6 +268,10 @@ class Conv2d final : public Module {
     dnnl::convolution_forward::primitive_desc fwd_pd;
     Prim fwd, bwd_w, bwd_d;
     bool has_bwd_d = false;
+    bool lp = false;  // bf16 compute (CpuContext::bf16): src_lp, diff_dst_lp are the bf16 operands
+    memory src_lp, diff_dst_lp;
+    Prim src_to_lp, dy_to_lp;
+    memory::desc src_cmp_md, diff_dst_md;  // src and diff_dst as the primitives take them
     memory src, dst_user, dst_blocked, w_user, w_fwd, w_bwd, b, dw, dw_user, db, diff_src;
     Prim dst_to_user, user_to_dst, w_to_fwd, w_to_bwd, dw_to_user;
     memory::desc src_md, dst_md, wei_any, bias_md;
@@ -267,7 +286,7 @@ class Conv2d final : public Module {
   void weight_grad_fp32(const Tensor& x, const memory& diff_dst, Plan& p) {
     p.src.set_data_handle(const_cast<float*>(x.data()));
     std::unordered_map<int, memory> args = {
-        {DNNL_ARG_SRC, p.src}, {DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_DIFF_WEIGHTS, p.dw}};
+        {DNNL_ARG_SRC, p.lp ? p.src_lp : p.src}, {DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_DIFF_WEIGHTS, p.dw}};
     if (bias_ >= 0) args[DNNL_ARG_DIFF_BIAS] = p.db;
     p.bwd_w.execute(ctx_.stream, args);
     p.dw_user.set_data_handle(dw_scratch_.data());
@@ -333,27 +352,42 @@ class Conv2d final : public Module {
     p.strides = {s, s};
     p.pad = {spec_.pad, spec_.pad};
     // (N, 1, H, W) is the same bytes in NCHW and NHWC; give oneDNN the tag its first-layer kernels take.
-    p.src_md = memory::desc(src_dims, dt::f32, planar || spec_.in == 1 ? tag::nchw : tag::nhwc);
+    const tag src_tag = planar || spec_.in == 1 ? tag::nchw : tag::nhwc;
+    p.lp = ctx_.bf16;
+    const dt cdt = p.lp ? dt::bf16 : dt::f32;  // the compute type of src, weights and diff_dst
+    p.src_md = memory::desc(src_dims, dt::f32, src_tag);
+    p.src_cmp_md = memory::desc(src_dims, cdt, src_tag);
     const memory::desc dst_nhwc(dst_dims, dt::f32, tag::nhwc);
-    p.wei_any = memory::desc(wei_dims, dt::f32, tag::any);
+    p.wei_any = memory::desc(wei_dims, cdt, tag::any);
     p.bias_md = memory::desc(bias_dims, dt::f32, tag::x);
     auto make_fwd = [&](const memory::desc& dst_md) {
       auto d = spec_.bias ? dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training,
-                                                           dnnl::algorithm::convolution_direct, p.src_md,
+                                                           dnnl::algorithm::convolution_direct, p.src_cmp_md,
                                                            p.wei_any, p.bias_md, dst_md, p.strides, p.pad, p.pad)
                           : dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training,
-                                                           dnnl::algorithm::convolution_direct, p.src_md,
+                                                           dnnl::algorithm::convolution_direct, p.src_cmp_md,
                                                            p.wei_any, dst_md, p.strides, p.pad, p.pad);
       return dnnl::convolution_forward::primitive_desc(d, user_scratchpad(), ctx_.engine);
     };
-    p.fwd_pd = make_fwd(dst_nhwc);
+    try {
+      p.fwd_pd = make_fwd(dst_nhwc);
+    } catch (const dnnl::error&) {
+      SBN_CHECK(!p.lp, name_ + kNoBf16);  // below AVX-512 oneDNN 2.6 has no bf16 convolution at all
+      throw;
+    }
     if (is_reference_impl(p.fwd_pd.impl_info_str())) {
       p.fwd_pd = make_fwd(memory::desc(dst_dims, dt::f32, tag::any));
       p.blocked_dst = true;
     }
+    // bf16 is a speed option: on a CPU where oneDNN has only its reference kernel for it, say so.
+    SBN_CHECK(!p.lp || !is_reference_impl(p.fwd_pd.impl_info_str()), name_ + kNoBf16);
     p.dst_md = p.fwd_pd.dst_desc();
     p.fwd = {dnnl::convolution_forward(p.fwd_pd), scratch_of(p.fwd_pd, ctx_.engine)};
     p.src = memory(p.src_md, ctx_.engine, nullptr);
+    if (p.lp) {
+      p.src_lp = memory(p.src_cmp_md, ctx_.engine);
+      p.src_to_lp = make_reorder(p.src, p.src_lp, ctx_.engine);
+    }
     p.dst_user = memory(dst_nhwc, ctx_.engine, nullptr);
     if (p.blocked_dst) {
       p.dst_blocked = memory(p.dst_md, ctx_.engine);
@@ -372,15 +406,25 @@ class Conv2d final : public Module {
     // channels). For those layers, ask for plain OIHW weight gradients, which oneDNN computes with its
     // reference kernel: correct, and cheap at these sizes.
     const bool avoid_jit_1x1 = spec_.kernel == 1 && spec_.in < 16 && omp_get_max_threads() > 1;
-    const memory::desc wei_grad_md = avoid_jit_1x1 ? memory::desc(wei_dims, dt::f32, tag::oihw) : p.wei_any;
-    auto wd = spec_.bias ? dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, p.src_md,
-                                                                    wei_grad_md, p.bias_md, p.dst_md, p.strides,
-                                                                    p.pad, p.pad)
-                         : dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, p.src_md,
-                                                                    wei_grad_md, p.dst_md, p.strides, p.pad, p.pad);
+    const memory::desc wei_grad_md(wei_dims, dt::f32, avoid_jit_1x1 ? tag::oihw : tag::any);
+    // diff_dst: fp32 in the output's format; bf16 in NHWC, or in the kernel's choice when the output is
+    // blocked (dy is converted from NHWC into it by one reorder either way).
+    const bool diff_dst_any = p.lp && p.blocked_dst;
+    p.diff_dst_md = p.lp ? memory::desc(dst_dims, dt::bf16, diff_dst_any ? tag::any : tag::nhwc) : p.dst_md;
+    auto wd = spec_.bias ? dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct,
+                                                                    p.src_cmp_md, wei_grad_md, p.bias_md,
+                                                                    p.diff_dst_md, p.strides, p.pad, p.pad)
+                         : dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct,
+                                                                    p.src_cmp_md, wei_grad_md, p.diff_dst_md,
+                                                                    p.strides, p.pad, p.pad);
     auto wpd = dnnl::convolution_backward_weights::primitive_desc(wd, user_scratchpad(), ctx_.engine, p.fwd_pd);
-    SBN_CHECK(wpd.src_desc() == p.src_md && wpd.diff_dst_desc() == p.dst_md,
+    SBN_CHECK(wpd.src_desc() == p.src_cmp_md && (diff_dst_any || wpd.diff_dst_desc() == p.diff_dst_md),
               name_ + ": oneDNN chose other activation formats for the weight gradient");
+    p.diff_dst_md = wpd.diff_dst_desc();
+    if (p.lp) {
+      p.diff_dst_lp = memory(p.diff_dst_md, ctx_.engine);
+      p.dy_to_lp = make_reorder(p.dst_user, p.diff_dst_lp, ctx_.engine);
+    }
     p.bwd_w = {dnnl::convolution_backward_weights(wpd), scratch_of(wpd, ctx_.engine)};
     p.dw = memory(wpd.diff_weights_desc(), ctx_.engine);
     dw_scratch_.resize(static_cast<std::size_t>(store_.info(weight_).size));
@@ -396,9 +440,9 @@ class Conv2d final : public Module {
     if (p.has_bwd_d) return;
     const memory::desc diff_src_md = p.src_md;
     auto dd = dnnl::convolution_backward_data::desc(dnnl::algorithm::convolution_direct, diff_src_md, p.wei_any,
-                                                    p.dst_md, p.strides, p.pad, p.pad);
+                                                    p.diff_dst_md, p.strides, p.pad, p.pad);
     auto dpd = dnnl::convolution_backward_data::primitive_desc(dd, user_scratchpad(), ctx_.engine, p.fwd_pd);
-    SBN_CHECK(dpd.diff_src_desc() == diff_src_md && dpd.diff_dst_desc() == p.dst_md,
+    SBN_CHECK(dpd.diff_src_desc() == diff_src_md && dpd.diff_dst_desc() == p.diff_dst_md,
               name_ + ": oneDNN chose other activation formats for the input gradient");
     p.bwd_d = {dnnl::convolution_backward_data(dpd), scratch_of(dpd, ctx_.engine)};
     p.w_bwd = memory(dpd.weights_desc(), ctx_.engine);

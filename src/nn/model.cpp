@@ -89,7 +89,7 @@ ModulePtr make_module(const OpPlan& op, ParamStore& store, CpuContext& ctx, Sync
     case OpKind::kNorm: return make_norm(op.norm, store, group);
     case OpKind::kMaxPool: return make_maxpool(2);
     case OpKind::kFlatten: return make_flatten();
-    case OpKind::kLinear: return make_linear(op.linear, store);
+    case OpKind::kLinear: return make_linear(op.linear, store, &ctx);
     case OpKind::kGlobalAvgPool: return make_global_avgpool();
     case OpKind::kBlock: return make_residual_block(op.block, store, ctx, group);
   }
@@ -99,7 +99,18 @@ ModulePtr make_module(const OpPlan& op, ParamStore& store, CpuContext& ctx, Sync
 Network build_network(const NetPlan& plan, ParamStore& params, CpuContext& ctx, SyncGroup* group) {
   Network n;
   n.net = std::make_unique<Sequential>();
-  for (const OpPlan& op : plan.ops) n.net->add(make_module(op, params, ctx, group));
+  for (std::size_t i = 0; i < plan.ops.size(); ++i) {
+    const OpPlan& op = plan.ops[i];
+    if (op.kind == OpKind::kNorm && op.norm.fused_pool > 0) {
+      // The norm and the max pooling after it as one pass (NormPlan::fused_pool): skip the pool op.
+      SBN_CHECK(i + 1 < plan.ops.size() && plan.ops[i + 1].kind == OpKind::kMaxPool,
+                op.norm.name + ": fused_pool set, but no max-pool op follows");
+      n.net->add(make_norm_pool(op.norm, op.norm.fused_pool, params, group));
+      ++i;
+      continue;
+    }
+    n.net->add(make_module(op, params, ctx, group));
+  }
   n.net->sync_bns(n.bns);
   n.net->buffers(n.buffers);
   // The layers' buffers are the plan's (its signature names them): names and sizes, in order.

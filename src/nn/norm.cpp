@@ -14,11 +14,12 @@ namespace syncbn {
 namespace {
 
 // SyncBatchNorm in the model: gamma/beta live in the ParamStore (copied in before forward, gradients
-// added out after backward - C floats each way), everything else in the layer.
+// added out after backward - C floats each way), everything else in the layer. pool_k > 0: the k×k max
+// pooling that follows is fused in (SyncBatchNorm::forward_pool): the module's output is the pooled one.
 class BatchNormModule final : public Module {
  public:
-  BatchNormModule(const NormPlan& plan, ParamStore& store, SyncGroup* group)
-      : plan_(plan), store_(store), gamma_(plan.gamma.index), beta_(plan.beta.index) {
+  BatchNormModule(const NormPlan& plan, ParamStore& store, SyncGroup* group, std::int64_t pool_k = 0)
+      : plan_(plan), store_(store), gamma_(plan.gamma.index), beta_(plan.beta.index), pool_k_(pool_k) {
     SBN_CHECK(!plan.synced() || group, plan.name + ": a synced BatchNorm needs a sync group");
     bn_ = std::make_unique<SyncBatchNorm>(plan.name, plan.batchnorm_options(), plan.synced() ? group : nullptr);
   }
@@ -27,12 +28,20 @@ class BatchNormModule final : public Module {
     const std::int64_t C = bn_->options().channels;
     std::copy(store_.value(gamma_), store_.value(gamma_) + C, bn_->gamma().begin());
     std::copy(store_.value(beta_), store_.value(beta_) + C, bn_->beta().begin());
-    bn_->forward(x, y, training);
+    if (pool_k_) {
+      bn_->forward_pool(x, y, pool_k_, training);
+    } else {
+      bn_->forward(x, y, training);
+    }
   }
 
   void backward(const Tensor& x, const Tensor&, const Tensor& dy, Tensor* dx) override {
     Tensor scratch;
-    bn_->backward(x, dy, dx ? *dx : scratch);
+    if (pool_k_) {
+      bn_->backward_pool(x, dy, dx ? *dx : scratch);
+    } else {
+      bn_->backward(x, dy, dx ? *dx : scratch);
+    }
     const std::int64_t C = bn_->options().channels;
     if (store_.fp64_grads()) {
       double* dg = store_.grad64(gamma_);
@@ -64,12 +73,16 @@ class BatchNormModule final : public Module {
     out.insert(out.end(), {rm, rv, pv, nb});
   }
   void sync_bns(std::vector<SyncBatchNorm*>& out) override { out.push_back(bn_.get()); }
-  std::string describe() const override { return syncbn::describe(plan_); }
+  // The plan's two ops, as the unfused modules print them.
+  std::string describe() const override {
+    return syncbn::describe(plan_) + (pool_k_ ? " -> maxpool" + std::to_string(pool_k_) : "");
+  }
 
  private:
   NormPlan plan_;
   ParamStore& store_;
   int gamma_ = -1, beta_ = -1;
+  std::int64_t pool_k_ = 0;
   std::unique_ptr<SyncBatchNorm> bn_;
 };
 
@@ -281,6 +294,12 @@ ModulePtr make_norm(const NormPlan& plan, ParamStore& store, SyncGroup* group) {
   }
   if (plan.relu) return make_relu();
   return std::make_unique<Identity>();
+}
+
+ModulePtr make_norm_pool(const NormPlan& plan, std::int64_t k, ParamStore& store, SyncGroup* group) {
+  SBN_CHECK(plan.batchnorm() && k >= 1, plan.name + ": only BatchNorm fuses a max pooling (k >= 1), got " +
+                                            describe(plan) + " with k = " + std::to_string(k));
+  return std::make_unique<BatchNormModule>(plan, store, group, k);
 }
 
 ModulePtr make_norm(const std::string& name, std::int64_t channels, const NormSpec& spec, bool relu,

@@ -71,10 +71,52 @@ void SyncBatchNorm::reduce(const char* phase) {
 // ---- forward ----------------------------------------------------------------------------------
 
 void SyncBatchNorm::forward(const Tensor& x, Tensor& y, bool training) {
+  pool_ = {};
+  forward_impl(x, y, training);
+}
+
+void SyncBatchNorm::forward_pool(const Tensor& x, Tensor& y, std::int64_t k, bool training) {
+  // Checked before the collective steps: the shape past N is the same on every rank, so either every rank
+  // of the group throws here or none does.
+  SBN_CHECK(k >= 1 && k <= kMaxPoolWindow, who() + " fused max-pool: window " + std::to_string(k) + " outside [1, " +
+                                               std::to_string(kMaxPoolWindow) + "]");
+  SBN_CHECK(x.rank() == 4 && x.layout() == Layout::kChannelsLast && x.dim(2) / k > 0 && x.dim(3) / k > 0,
+            who() + " fused max-pool " + std::to_string(k) + ": expects an NHWC input of at least " +
+                std::to_string(k) + "x" + std::to_string(k) + ", got " + describe(x.shape(), x.layout()));
+  pool_ = {k, x.dim(2), x.dim(3)};
+  pool_scratch_.resize(static_cast<std::size_t>(cpu::bn_pool_scratch_floats(opt_.channels)));
+  forward_impl(x, y, training);
+}
+
+std::int64_t SyncBatchNorm::pooled_offset(std::int64_t offset) const {
+  const std::int64_t plane = pool_.height * pool_.width * opt_.channels;
+  return offset / plane * pool_.out_height() * pool_.out_width() * opt_.channels;
+}
+
+void SyncBatchNorm::normalize_batch(const Tensor& x, Tensor& y, const BnCallBatch& b, bool stream,
+                                    cpu::ChannelRange range) {
+  const auto p = static_cast<std::size_t>(b.block);
+  const float* xk = x.data() + b.offset;
+  if (!pool_.k) {
+    cpu::bn_normalize(xk, b.geometry, &bn_.hi[p], &bn_.a[p], &bn_.b[p], opt_.fuse_relu, stream, y.data() + b.offset,
+                      range);
+    return;
+  }
+  const std::int64_t q = pooled_offset(b.offset);
+  cpu::bn_normalize_pool(xk, b.geometry, pool_, &bn_.hi[p], &bn_.a[p], &bn_.b[p], opt_.fuse_relu, y.data() + q,
+                         pool_arg_.data() + q, range);
+}
+
+void SyncBatchNorm::forward_impl(const Tensor& x, Tensor& y, bool training) {
   size_message();
   const BnCall call = begin_forward({x.shape(), x.layout()}, training);
   const std::int64_t C = opt_.channels;
-  y.resize(x.shape(), x.layout());
+  if (pool_.k) {
+    y.resize({x.dim(0), C, pool_.out_height(), pool_.out_width()}, Layout::kChannelsLast);
+    pool_arg_.resize(static_cast<std::size_t>(y.numel()));
+  } else {
+    y.resize(x.shape(), x.layout());
+  }
   const bool stream = x.numel() * static_cast<std::int64_t>(sizeof(float)) >= opt_.stream_threshold_bytes;
   const float* gamma = opt_.affine ? bn_.gamma.data() : nullptr;
   const float* beta = opt_.affine ? bn_.beta.data() : nullptr;
@@ -103,8 +145,7 @@ void SyncBatchNorm::forward(const Tensor& x, Tensor& y, bool training) {
       forward_batch(x, y, call, b, k, stream);
       continue;
     }
-    cpu::bn_normalize(x.data() + b.offset, b.geometry, &bn_.hi[p], &bn_.a[p], &bn_.b[p], opt_.fuse_relu, stream,
-                      y.data() + b.offset);
+    normalize_batch(x, y, b, stream, {});
   }
   if (population_open() && call.batch_stats) accumulate_population(x, call);
 }
@@ -112,10 +153,8 @@ void SyncBatchNorm::forward(const Tensor& x, Tensor& y, bool training) {
 void SyncBatchNorm::forward_batch(const Tensor& x, Tensor& y, const BnCall& call, const BnCallBatch& b,
                                   std::int64_t k, bool stream) {
   const std::int64_t C = opt_.channels;
-  const auto p = static_cast<std::size_t>(b.block);
   Communicator* comm = call.comm;
   const float* xk = x.data() + b.offset;
-  float* yk = y.data() + b.offset;
   // Synced statistics combine sums from several ranks around a common pivot (the group's previous
   // mean); local ones need no common pivot, so they use the batch's own first values (exact, and
   // independent of history: local BN on P ranks, ghost batches and accumulation then agree bit for bit).
@@ -136,7 +175,7 @@ void SyncBatchNorm::forward_batch(const Tensor& x, Tensor& y, const BnCall& call
     counts_[static_cast<std::size_t>(k)] = msg_[kMsgCount];
     if (k == 0) group_count_ = msg_[kMsgCount];
     check_status(st, "forward", msg_[kMsgCount], 0);
-    cpu::bn_normalize(xk, b.geometry, &bn_.hi[p], &bn_.a[p], &bn_.b[p], opt_.fuse_relu, stream, yk, range);
+    normalize_batch(x, y, b, stream, range);
   }
   if (call.update) ++num_batches_tracked_;
 }
@@ -173,8 +212,26 @@ void SyncBatchNorm::finish_population(Communicator& world) {
 // ---- backward ---------------------------------------------------------------------------------
 
 void SyncBatchNorm::backward(const Tensor& x, const Tensor& dy, Tensor& dx) {
+  SBN_CHECK(!pool_.k, who() + " backward: the last forward was forward_pool; its gradient goes to backward_pool");
+  backward_impl(x, dy, dx);
+}
+
+void SyncBatchNorm::backward_pool(const Tensor& x, const Tensor& dy, Tensor& dx) {
+  SBN_CHECK(pool_.k, who() + " backward_pool: the last forward was not forward_pool");
+  const std::vector<std::int64_t> pooled{x.rank() == 4 ? x.dim(0) : -1, opt_.channels, pool_.out_height(),
+                                         pool_.out_width()};
+  SBN_CHECK(dy.shape() == pooled && dy.layout() == Layout::kChannelsLast && x.rank() == 4 &&
+                x.dim(2) == pool_.height && x.dim(3) == pool_.width,
+            who() + " backward_pool: gradient " + describe(dy.shape(), dy.layout()) + " is not the pooled output of " +
+                describe(x.shape(), x.layout()));
+  backward_impl(x, dy, dx);
+}
+
+void SyncBatchNorm::backward_impl(const Tensor& x, const Tensor& dy, Tensor& dx) {
   size_message();
-  const BnCall call = begin_backward({x.shape(), x.layout()}, {dy.shape(), dy.layout()});
+  // A pooled dy was checked by backward_pool; it stands for a full-size gradient of x's shape.
+  const BnInputDesc xd{x.shape(), x.layout()};
+  const BnCall call = begin_backward(xd, pool_.k ? xd : BnInputDesc{dy.shape(), dy.layout()});
   const std::int64_t C = opt_.channels;
   dx.resize(x.shape(), x.layout());
   const bool stream = x.numel() * static_cast<std::int64_t>(sizeof(float)) >= opt_.stream_threshold_bytes;
@@ -186,15 +243,23 @@ void SyncBatchNorm::backward(const Tensor& x, const Tensor& dy, Tensor& dx) {
     const auto p = static_cast<std::size_t>(b.block);
     if (b.kind == BnCallBatch::kEmpty) continue;  // forward's empty batch
     const float* xk = x.data() + b.offset;
-    const float* dyk = dy.data() + b.offset;
+    const std::int64_t q = pool_.k ? pooled_offset(b.offset) : b.offset;
+    const float* dyk = dy.data() + q;
+    const std::uint8_t* argk = pool_.k ? pool_arg_.data() + q : nullptr;
     const BnRenormFactors renorm = renorm_factors(bn_.arrays(C), k, call);  // none: plain BN's dγ
     // As in forward: synced statistics need the all-reduce between the two passes; local ones go block
     // by block of channels, so elemt reads x and dy from cache.
     const std::int64_t block = call.comm ? C : local_block_channels(b.geometry, 2);
     for (std::int64_t c0 = 0; c0 < C; c0 += block) {
       const cpu::ChannelRange range{c0, std::min(C, c0 + block)};
-      cpu::bn_backward_reduce(dyk, xk, b.geometry, &bn_.hi[p], &bn_.a[p], &bn_.b[p], opt_.fuse_relu, &bn_.mean[p],
-                              &bn_.invstd[p], bwd_tag_, msg_.data(), dgamma, dbeta, range, renorm);
+      if (pool_.k) {
+        cpu::bn_backward_reduce_pool(dyk, argk, pool_, xk, b.geometry, &bn_.hi[p], &bn_.a[p], &bn_.b[p],
+                                     opt_.fuse_relu, &bn_.mean[p], &bn_.invstd[p], bwd_tag_, msg_.data(), dgamma,
+                                     dbeta, pool_scratch_.data(), range, renorm);
+      } else {
+        cpu::bn_backward_reduce(dyk, xk, b.geometry, &bn_.hi[p], &bn_.a[p], &bn_.b[p], opt_.fuse_relu,
+                                &bn_.mean[p], &bn_.invstd[p], bwd_tag_, msg_.data(), dgamma, dbeta, range, renorm);
+      }
       if (opt_.affine) {  // the local sums, before the all-reduce replaces them with the group's
         for (std::int64_t c = range.begin; c < range.end; ++c) {
           const double A = msg_[static_cast<std::size_t>(kMsgHeader + c)];
@@ -217,8 +282,13 @@ void SyncBatchNorm::backward(const Tensor& x, const Tensor& dy, Tensor& dx) {
         std::fill(&bn_.k1[p + range.begin], &bn_.k1[p + range.end], 0.0f);
         std::fill(&bn_.k0[p + range.begin], &bn_.k0[p + range.end], 0.0f);
       }
-      cpu::bn_backward_elemt(dyk, xk, b.geometry, &bn_.hi[p], &bn_.a[p], &bn_.b[p], opt_.fuse_relu, &bn_.k1[p],
-                             &bn_.k0[p], stream, dx.data() + b.offset, range);
+      if (pool_.k) {
+        cpu::bn_backward_elemt_pool(dyk, argk, pool_, xk, b.geometry, &bn_.hi[p], &bn_.a[p], &bn_.b[p],
+                                    opt_.fuse_relu, &bn_.k1[p], &bn_.k0[p], stream, dx.data() + b.offset, range);
+      } else {
+        cpu::bn_backward_elemt(dyk, xk, b.geometry, &bn_.hi[p], &bn_.a[p], &bn_.b[p], opt_.fuse_relu, &bn_.k1[p],
+                               &bn_.k0[p], stream, dx.data() + b.offset, range);
+      }
     }
   }
 }

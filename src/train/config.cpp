@@ -177,6 +177,8 @@ NormSpec checked_norm(const TrainConfig& c, int world_size) {
   norm.gn_groups = c.gn_groups;
   norm.ghost_batch = c.ghost_batch;
   norm.eps = c.bn_eps;
+  SBN_CHECK(c.fuse == "on" || c.fuse == "off", "--fuse must be on or off, got '" + c.fuse + "'");
+  norm.fuse_pool = c.fuse == "on";
   checked_renorm(c, norm);
   return norm;
 }
@@ -202,6 +204,35 @@ void check_bn_batches(const TrainConfig& c, const NormSpec& norm, int world_size
       SBN_FAIL("--ghost-batch " + std::to_string(c.ghost_batch) + " splits the " + std::to_string(n) + " samples of " +
                who + " into a last ghost batch of 1 sample: BatchNorm needs at least 2");
   }
+}
+
+// The table's last groups, output and runtime (register_options, below, ends with them).
+void register_output_options(Registry& reg, TrainConfig& c) {
+  reg.add("Output", "eval-every", &c.eval_every, Resume::kMayChange,
+          "also evaluate every N optimizer steps (0: at the end of each epoch only)");
+  reg.add("Output", "log-every", &c.log_every, Resume::kMayChange,
+          "progress line and metrics row every N optimizer steps");
+  reg.add("Output", "run-dir", &c.run_dir, Resume::kMayChange,
+          "directory for config.ini, metrics.csv, metrics.jsonl and checkpoints (empty: none)");
+  reg.add("Output", "save-every", &c.save_every, Resume::kMayChange,
+          "checkpoint every N optimizer steps into --run-dir (0: only at the end when --run-dir is set)");
+  reg.add("Output", "resume", &c.resume, Resume::kMayChange,
+          "resume from a checkpoint file, or 'latest' (the newest in --run-dir)");
+  reg.add("Runtime", "seed", &c.seed, Resume::kFixed,
+          "seed of the initialization, the sampler, augmentation and synthetic data (0 .. 2^64-1)");
+  reg.add("Runtime", "threads", &c.threads, Resume::kMayChange,
+          "oneDNN threads per rank (1 .. 1024)");
+  reg.add("Runtime", "comm-timeout", &c.comm_timeout, Resume::kMayChange,
+          "seconds a collective may take before the job is aborted as hung (0: never; at most 604800, a week)");
+  reg.add("Runtime", "device", &c.device, Resume::kMayChange,
+          "auto | cpu | cuda: auto = cuda when this build has the CUDA path and every rank sees a GPU");
+  reg.add("Runtime", "precision", &c.precision, Resume::kFixed,
+          "fp32 | bf16 | fp16: activation precision on the GPU (fp16 with dynamic loss scaling); on the CPU fp32, or "
+          "bf16 convolutions and linear layers (bf16 inputs and weights; fp32 accumulation, activations, gradients; "
+          "needs AVX-512, fast with AVX512-BF16 or AMX)");
+  reg.add("Runtime", "comm", &c.comm, Resume::kMayChange,
+          "nccl | mpi: the GPU path's communicator; mpi stages device buffers through host memory over MPI "
+          "(host-synchronous; lets ranks share a GPU); the CPU path always uses MPI and ignores it");
 }
 
 // Every flag of syncbn-train, in --help order: group, name, field, whether a resumed run may change it,
@@ -248,6 +279,9 @@ void register_options(Registry& reg, TrainConfig& c) {
           "--bn-renorm: final d_max (>= 0), reached linearly from 0 over --renorm-warmup steps");
   reg.add("Normalization", "renorm-warmup", &c.renorm_warmup, Resume::kFixedWhenSet,
           "--bn-renorm: optimizer steps of the linear ramp of r_max from 1 and d_max from 0 (0: the final limits from the first step)");
+  reg.add("Normalization", "fuse", &c.fuse, Resume::kMayChange,
+          "on | off: the CPU model runs each BatchNorm+ReLU -> max-pool pair as one fused pass (same numbers, "
+          "fewer bytes moved); off runs them separately, for comparisons. The GPU path always runs them separately");
   reg.add("Batching", "global-batch,b", &c.global_batch, Resume::kFixed,
           "samples per optimizer step over all ranks (B)");
   reg.add("Batching", "accum-steps", &c.accum_steps, Resume::kFixed,
@@ -278,29 +312,7 @@ void register_options(Registry& reg, TrainConfig& c) {
           "step: comma-separated epochs at which lr *= lr-gamma (default: 50% and 75% of --epochs)");
   reg.add("Optimization", "lr-gamma", &c.lr_gamma, Resume::kFixed,
           "step: factor in (0, 1]");
-  reg.add("Output", "eval-every", &c.eval_every, Resume::kMayChange,
-          "also evaluate every N optimizer steps (0: at the end of each epoch only)");
-  reg.add("Output", "log-every", &c.log_every, Resume::kMayChange,
-          "progress line and metrics row every N optimizer steps");
-  reg.add("Output", "run-dir", &c.run_dir, Resume::kMayChange,
-          "directory for config.ini, metrics.csv, metrics.jsonl and checkpoints (empty: none)");
-  reg.add("Output", "save-every", &c.save_every, Resume::kMayChange,
-          "checkpoint every N optimizer steps into --run-dir (0: only at the end when --run-dir is set)");
-  reg.add("Output", "resume", &c.resume, Resume::kMayChange,
-          "resume from a checkpoint file, or 'latest' (the newest in --run-dir)");
-  reg.add("Runtime", "seed", &c.seed, Resume::kFixed,
-          "seed of the initialization, the sampler, augmentation and synthetic data (0 .. 2^64-1)");
-  reg.add("Runtime", "threads", &c.threads, Resume::kMayChange,
-          "oneDNN threads per rank (1 .. 1024)");
-  reg.add("Runtime", "comm-timeout", &c.comm_timeout, Resume::kMayChange,
-          "seconds a collective may take before the job is aborted as hung (0: never; at most 604800, a week)");
-  reg.add("Runtime", "device", &c.device, Resume::kMayChange,
-          "auto | cpu | cuda: auto = cuda when this build has the CUDA path and every rank sees a GPU");
-  reg.add("Runtime", "precision", &c.precision, Resume::kFixed,
-          "fp32 | bf16 | fp16: activation precision on the GPU (fp16 with dynamic loss scaling); the CPU path is fp32");
-  reg.add("Runtime", "comm", &c.comm, Resume::kMayChange,
-          "nccl | mpi: the GPU path's communicator; mpi stages device buffers through host memory over MPI "
-          "(host-synchronous; lets ranks share a GPU); the CPU path always uses MPI and ignores it");
+  register_output_options(reg, c);
 }
 
 // Parses argv, then --config's INI file (the command line wins), into the fields `all` points at.

@@ -25,13 +25,18 @@ class CpuTrainModel final : public PlannedTrainModel {
       : PlannedTrainModel(spec, cfg.seed) {
     omp_set_num_threads(static_cast<int>(cfg.threads));
     openblas_set_num_threads(static_cast<int>(cfg.threads));
+    SBN_CHECK(cfg.precision == "fp32" || cfg.precision == "bf16",
+              "--precision " + cfg.precision + " needs --device cuda; the CPU path computes in fp32 or bf16");
+    ctx_.bf16 = cfg.precision == "bf16";
     if (spec_.norm.communicates()) group_ = std::make_unique<SyncGroup>(world, spec_.norm.sync);
     net_ = build_network(plan_, params_, ctx_, group_.get());
     if (cfg.grad_accum == "fp64") params_.enable_fp64_grads();
     sgd_ = std::make_unique<Sgd>(params_, cfg.momentum, cfg.weight_decay, cfg.nesterov, cfg.decay_norm_bias);
   }
 
-  std::string describe() const override { return describe_network(); }
+  std::string describe() const override {
+    return describe_network() + (ctx_.bf16 ? " | bf16 conv/linear compute, fp32 activations" : "");
+  }
   std::string device() const override { return "cpu"; }
   int num_syncbn_layers() const override { return static_cast<int>(net_.bns.size()); }
 
@@ -42,9 +47,24 @@ class CpuTrainModel final : public PlannedTrainModel {
     load_input(images, n);
     net_.net->forward(x_, logits_, true);
     std::int64_t right = 0;
-    *loss_sum += softmax_cross_entropy(logits_, labels, grad_scale, dlogits_, &right);
-    *correct += right;
+    const double loss = softmax_cross_entropy(logits_, labels, grad_scale, dlogits_, &right);
+    open_loss_ += loss;  // the same additions, in the same order, as the loop made when it summed them
+    open_correct_ += right;
+    if (loss_sum) *loss_sum += loss;
+    if (correct) *correct += right;
     net_.net->backward(x_, logits_, dlogits_, nullptr);
+  }
+
+  void step_totals(double* loss_sum, std::int64_t* correct) const override {
+    *loss_sum = loss_;
+    *correct = correct_;
+  }
+
+  void check() override {  // nothing deferred on the CPU: the step's sums become step_totals()
+    loss_ = open_loss_;
+    correct_ = open_correct_;
+    open_loss_ = 0;
+    open_correct_ = 0;
   }
 
   double reduce_and_update(Communicator& world, double lr) override {
@@ -167,6 +187,8 @@ class CpuTrainModel final : public PlannedTrainModel {
   std::unique_ptr<Sgd> sgd_;
   Tensor x_, logits_, dlogits_;
   bool step_open_ = false;               // train_micro ran since the last reduce_and_update
+  double open_loss_ = 0, loss_ = 0;      // Σ loss of the open step's micro-batches; of the last checked step
+  std::int64_t open_correct_ = 0, correct_ = 0;  // #correct, the same
   std::vector<std::vector<char>> saved_;  // per Model::buffers entry: its bytes at the step's start
   StepResult last_;
 };

@@ -146,7 +146,7 @@ class TrainingRun {
     agree_on_options(world_, options_);  // before anything acts on them
     device_ = resolve_device(cfg_.device, world_);
     run_agreed(world_, "device", [&] {
-      SBN_CHECK(device_ == "cuda" || cfg_.precision == "fp32", "--precision " + cfg_.precision + " needs --device cuda; the CPU path computes in fp32");
+      SBN_CHECK(device_ == "cuda" || cfg_.precision != "fp16", "--precision fp16 needs --device cuda; the CPU path computes in fp32 or bf16");
     });
     // Every rank must train the same thing (options and build agreed above); nothing is written before
     // the data agree too.
@@ -193,6 +193,7 @@ class TrainingRun {
     const ModelSpec spec{cfg_.model, cfg_.width, cfg_.depth,
                          train.channels, train.height, train.width, train.num_classes, norm_};
     run_agreed(world_, "model", [&] { model_ = make_train_model(device_, spec, cfg_, world_); });
+    model_->set_micro_batches(cfg_.accum_steps);  // a device model overlaps the last one's backward
     print_rank_table(world_, log_, model_->device());
     log_("# model %s\n# %.3f M parameters, %d SyncBN layers\n", model_->describe().c_str(),
          static_cast<double>(model_->num_params()) / 1e6, model_->num_syncbn_layers());
@@ -257,20 +258,22 @@ class TrainingRun {
       if (my_.count == 0 && !norm_.communicates()) continue;  // nothing to compute, nobody waits for us here
       gather_batch(data_.train, batch + m * micro_ + my_.first, my_.count, augment ? &aug : nullptr, images_.data(),
                    labels_.data());
-      std::int64_t correct = 0;
+      // No sums per micro-batch: a device model would have to wait for each (step_totals after check()).
       model_->train_micro(images_.data(), labels_.data(), my_.count, 1.0f / static_cast<float>(cfg_.global_batch),
-                          &sums[0], &correct);
-      sums[1] += static_cast<double>(correct);
+                          nullptr, nullptr);
     }
     // Sum gradients over ranks: each rank's loss is its share of the global mean, so the sum is the
     // gradient of the global batch's mean loss. The model commits the step only if they are finite.
     StepEnd end;
     end.lr = learning_rate(cfg_, pos_.step, steps_per_epoch_, total_steps_);
     const double grad_s = model_->reduce_and_update(world_, end.lr);
+    model_->check();  // the step's one host wait on a device: deferred errors, the verdict, the sums
+    std::int64_t correct = 0;
+    model_->step_totals(&sums[0], &correct);
+    sums[1] = static_cast<double>(correct);
     sums[2] = stop_.pending() != 0 ? 1.0 : 0.0;
     sums[3] = write_error_.empty() ? 0.0 : 1.0;
     world_.allreduce_sum(sums, 4, "step loss");
-    model_->check();
     end.loss = sums[0] / static_cast<double>(cfg_.global_batch);
     end.acc = sums[1] / static_cast<double>(cfg_.global_batch);
     end.stop_signal = sums[2] > 0;

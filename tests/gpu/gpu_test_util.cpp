@@ -7,19 +7,33 @@
 
 #include "syncbn/cuda/bn_thread.h"
 #include "syncbn/cuda/device.h"
+#include "syncbn/cuda/nccl_communicator.h"
+#include "syncbn/error.h"
+#include "syncbn/mpi_communicator.h"
 
 namespace syncbn::test {
 
 std::string gpu_unavailable(Communicator& world, bool device_per_rank) {
   std::string why;
   const int devices = cuda::visible_devices(&why);
-  if (devices == 0) {
-    why = "no CUDA device: " + why;
-  } else if (device_per_rank && world.local_size() > devices) {
+  int device = devices > 0 ? world.local_rank() % devices : -1;
+  if (devices == 0) why = "no CUDA device: " + why;
+  auto* mpi = dynamic_cast<MpiCommunicator*>(&world);
+  if (device_per_rank && mpi) {
+    // The applications' choice (NcclCommunicator, device_select.h): by device UUID over the node's ranks, so
+    // ranks that each see their own device (CUDA_VISIBLE_DEVICES per rank) use it. Collective and agreed:
+    // every rank gets the same verdict. SBN_GPU_SHARING=1 lets ranks share devices.
+    try {
+      device = cuda::select_device(*mpi, cuda::NcclOptions::from_env());
+    } catch (const Error& e) {
+      if (why.empty()) why = std::string("no CUDA device per rank: ") + e.what();
+    }
+  } else if (device_per_rank && devices > 0 && world.local_size() > devices) {
     why = "no CUDA device per rank: " + std::to_string(world.local_size()) + " ranks on " + world.host() +
-          " but " + std::to_string(devices) + " device(s) (NCCL needs one device per rank)";
-  } else {
-    const cudaError_t rc = cudaSetDevice(world.local_rank() % devices);
+          " see " + std::to_string(devices) + " device(s) (NCCL needs one device per rank)";
+  }
+  if (why.empty()) {
+    const cudaError_t rc = cudaSetDevice(device);
     if (rc != cudaSuccess) why = "no usable CUDA device: cudaSetDevice: " + cuda::cuda_error_text(rc);
   }
   // Agree before anyone returns: a rank that skipped alone would leave the others in a collective.

@@ -17,8 +17,9 @@ namespace syncbn::test {
 
 // "" when every rank can run GPU tests, else (on every rank) why not. Collective over `world`.
 // device_per_rank: the test needs a device of its own per rank of a node (NCCL refuses to put two
-// ranks of one communicator on one GPU); otherwise ranks may share one. On success the current device
-// is set to local_rank % devices.
+// ranks of one communicator on one GPU): the device is then chosen as the applications choose it
+// (cuda::select_device: by UUID across the node's ranks, so ranks with one device each use their own).
+// Otherwise ranks may share one: local_rank % devices. On success the current device is set.
 std::string gpu_unavailable(Communicator& world, bool device_per_rank);
 
 // SBN_REQUIRE_GPU=1: a missing GPU is a failure, not a skip.

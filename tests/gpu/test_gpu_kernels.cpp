@@ -14,6 +14,7 @@
 
 #include "gpu_test_util.h"
 #include "syncbn/cuda/bn_kernels.h"
+#include "syncbn/cuda/bn_tiling.h"
 #include "syncbn/cuda/device.h"
 #include "test_util.h"
 
@@ -319,6 +320,26 @@ bool run_scenario(const Scenario& sc, DType dt, bool relu, cudaStream_t s, int s
                           d.k0.data(), k.at(k.dxd), sms, s);
   ok &= same_as_cpu(device_result(k, k.dxd, view), dx_cpu, k, "backward_elemt", why);
   return ok;
+}
+
+// Host only (no device): channels-last reductions use at most kMaxRowsReduceVec lanes, so bf16/fp16 stats
+// get 8-byte vectors (4 channels of accumulators per thread, ≤ 64 registers, 4 blocks per SM) while the
+// elementwise passes and planar reductions keep 16-byte ones. Fails if the cap is dropped: the launchers
+// have no channels-last reduction kernel wider than the cap (launch_tiled's nullptr overload throws).
+TEST(GpuKernels, TwoByteChannelsLastReductionsUseFourLanes) {
+  using cuda::BnPass;
+  for (int elem : {2, 4}) {
+    const cuda::BnTile red = cuda::bn_plan(BnPass::kReduce, 4096, 256, 1, true, elem, 0, 132);
+    const cuda::BnTile elt = cuda::bn_plan(BnPass::kElementwise, 4096, 256, 1, true, elem, 0, 132);
+    const cuda::BnTile planar = cuda::bn_plan(BnPass::kReduce, 32, 256, 56 * 56, false, elem, 0, 132);
+    EXPECT_EQ(red.vec, 4) << elem << "-byte channels-last reduction";
+    EXPECT_EQ(red.unroll, 4);
+    EXPECT_EQ(red.tx * red.vec, cuda::kMaxTileChannels);  // a full 128-channel tile per block
+    EXPECT_EQ(elt.vec, 16 / elem) << elem << "-byte channels-last elementwise pass";
+    EXPECT_EQ(planar.vec, 16 / elem) << elem << "-byte planar reduction";
+  }
+  EXPECT_EQ(cuda::bn_pick_vec(784, 0, 2, cuda::kMaxRowsReduceVec), 4);
+  EXPECT_EQ(cuda::bn_pick_vec(784, 0, 2), 8);
 }
 
 TEST(GpuKernels, MatchCpuKernelsAllLayoutsDtypesRelu) {

@@ -13,6 +13,11 @@
 //    compared with the CPU layers: max pooling (bit-exact, ties, odd sizes, bf16), average pooling
 //    (bit-exact), GroupNorm forward/backward, cross-entropy, SGD (incl. unscaling), layout maps;
 //  - the refusals that need no device: --grad-accum fp64, and no device → one agreed, clear error.
+//  - the loop's step contract on the CPU model: null per-micro-batch sums, then step_totals() after
+//    check() bit-identical to the per-micro-batch sums (the GPU model's one-wait step needs it).
+//  - a whole step as a CUDA graph: the rules of capture and replay (step_graph.h: an eager step first, no
+//    open step, one micro-batch, no staged communicator, one checked replay at a time), and the step
+//    status read split into the copy (in the graph) and the wait (check()): one copy per step either way.
 // GPU tests (skip without one device per rank; SBN_REQUIRE_GPU=1 makes that a failure), at np 1..4:
 //  - CudaTrainModel vs the CPU model on the same global batch (convnet width 4, resnet width 4 depth 1;
 //    norm sync, sync:2, local, groupnorm, none; fp32): signature, initial parameters, loss within 1e-4,
@@ -23,12 +28,24 @@
 //    says so on every rank, parameters, momentum and every BatchNorm buffer bitwise unchanged;
 //  - checkpoints: the GPU state() has the CPU model's names and sizes, and a CPU state loaded into the
 //    GPU model evaluates to the CPU model's loss.
+//  - one host wait per optimizer step (2 micro-batches, null sums, set_micro_batches): host_waits and
+//    status reads +1 per step, step_totals() equal to the per-micro-batch sums; gradient buckets that
+//    overlap the backward give the parameters of the after-backward all-reduce; a bad label is the
+//    step's error at check() (host tests of the protocols: test_step_status.cpp).
+//  - a whole training step captured in GLOBAL capture mode (while the communicator's watchdog polls a
+//    pending collective) and replayed on new batches and learning rates: losses, parameters, momentum and BatchNorm buffers
+//    those of eager steps (bitwise at np 1, 1e-6 relative with more ranks), one host wait per replay, and
+//    eager steps after the replays still agree (an eval batch just before the capture, too).
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <random>
+#include <thread>
+#include <utility>
 
 #include "gpu_test_util.h"
 #include "syncbn/app.h"
@@ -37,6 +54,8 @@
 #include "cuda/train/cuda_train_model.h"
 #include "cuda/train/loss_scale.h"
 #include "cuda/train/step_check.h"
+#include "cuda/train/step_graph.h"
+#include "cuda/train/step_status.h"
 #include "cuda/train/train_thread.h"
 #include "syncbn/cuda/train_model.h"
 #include "syncbn/model.h"
@@ -907,6 +926,335 @@ TEST(GpuTrainModel, CheckpointStateIsTheCpuModelsAndLoadsAcrossDevices) {
     gpu.evaluate(b.images.data(), b.labels.data(), b.n, &l_gpu, &k_gpu);
     EXPECT_NEAR(l_gpu, l_cpu, 1e-4 * std::fabs(l_cpu) + 1e-6);
     EXPECT_LE(std::abs(k_gpu - k_cpu), 1) << "predictions differ beyond a near-tie";
+    EXPECT_TRUE(all_ranks(world(), !HasFailure()));
+  }
+}
+
+// The TrainModel contract the loop now uses, on the CPU model (no device needed, never skips): null sums
+// per micro-batch, then step_totals() after check() are exactly the per-micro-batch sums in order (the
+// loop logs bit-identical losses), and the same gradients.
+TEST(TrainModelStepTotals, CpuModelsStepTotalsAreThePerMicroBatchSums) {
+  const Case c{"convnet", "sync"};
+  const ModelSpec spec = spec_of(c);
+  const TrainConfig cfg = config_of(c, "fp32");
+  std::unique_ptr<TrainModel> a = make_cpu_train_model(spec, cfg, world()), b = make_cpu_train_model(spec, cfg, world());
+  a->set_micro_batches(3);
+  for (int step = 0; step < 2; ++step) {
+    double loss = 0;
+    std::int64_t correct = 0;
+    for (std::uint32_t m = 0; m < 3; ++m) {
+      const Batch x = batch_of(spec, 50 + m);
+      a->train_micro(x.images.data(), x.labels.data(), x.n, 1.0f / (3.0f * kGlobalBatch), nullptr, nullptr);
+      b->train_micro(x.images.data(), x.labels.data(), x.n, 1.0f / (3.0f * kGlobalBatch), &loss, &correct);
+    }
+    a->reduce_and_update(world(), 0.05);
+    b->reduce_and_update(world(), 0.05);
+    a->check();
+    b->check();
+    double total = -1;
+    std::int64_t right = -1;
+    a->step_totals(&total, &right);
+    EXPECT_EQ(total, loss) << "step " << step << ": bit-identical to the loop's former sum";
+    EXPECT_EQ(right, correct);
+    b->step_totals(&total, &right);
+    EXPECT_EQ(total, loss);
+    a->check();  // a check with no step in between (the loop's after evaluation): nothing trained
+    a->step_totals(&total, &right);
+    EXPECT_EQ(total, 0.0);
+    EXPECT_EQ(right, 0);
+  }
+  a->state_to_host();
+  b->state_to_host();
+  const std::vector<StateArray> sa = a->state(), sb = b->state();
+  EXPECT_EQ(std::memcmp(sa[0].data, sb[0].data, sa[0].bytes), 0) << "the same parameters";
+  EXPECT_TRUE(all_ranks(world(), !HasFailure()));
+}
+
+// Issue 11: the loop's way of training (null sums per micro-batch, set_micro_batches) waits for the
+// device ONCE per optimizer step, whatever the number of micro-batches, and the step's Σ loss and #correct
+// come with check(); with more than one rank the gradient buckets then overlap the last backward on their
+// own NCCL communicator and stream and give the step of the plain after-backward all-reduce.
+TEST(GpuTrainModel, OneHostWaitPerStepAndOverlappedBucketsGiveTheSameStep) {
+  SBN_GPU_TEST_PRELUDE(world(), true);
+  for (const Case& c : {Case{"convnet", "sync"}, Case{"resnet", "sync"}}) {
+    SCOPED_TRACE(c.str());
+    const ModelSpec spec = spec_of(c);
+    const TrainConfig cfg = config_of(c, "fp32");
+    tr::CudaTrainModel overlap(spec, cfg, mpi_world()), plain(spec, cfg, mpi_world());
+    overlap.set_micro_batches(2);
+    const Batch b1 = batch_of(spec, 41), b2 = batch_of(spec, 43);
+    const float grad_scale = 1.0f / (2.0f * kGlobalBatch);
+    for (int step = 0; step < 2; ++step) {
+      const std::int64_t waits = overlap.host_waits(), reads = overlap.status_reads();
+      overlap.train_micro(b1.images.data(), b1.labels.data(), b1.n, grad_scale, nullptr, nullptr);
+      overlap.train_micro(b2.images.data(), b2.labels.data(), b2.n, grad_scale, nullptr, nullptr);
+      overlap.reduce_and_update(world(), 0.05);
+      overlap.check();
+      EXPECT_EQ(overlap.host_waits() - waits, 1) << "host waits in step " << step;
+      EXPECT_EQ(overlap.status_reads() - reads, 1);
+      double loss = 0, ref = 0;
+      std::int64_t correct = -1, k = 0;
+      overlap.step_totals(&loss, &correct);
+      plain.train_micro(b1.images.data(), b1.labels.data(), b1.n, grad_scale, &ref, &k);
+      plain.train_micro(b2.images.data(), b2.labels.data(), b2.n, grad_scale, &ref, &k);
+      plain.reduce_and_update(world(), 0.05);
+      plain.check();
+      EXPECT_NEAR(loss, ref, 1e-9 * std::fabs(ref) + 1e-12) << "step_totals vs the per-micro-batch sums";
+      EXPECT_EQ(correct, k);
+      double plain_loss = 0;
+      std::int64_t plain_correct = 0;
+      plain.step_totals(&plain_loss, &plain_correct);
+      EXPECT_NEAR(plain_loss, ref, 1e-9 * std::fabs(ref) + 1e-12);
+      const std::vector<float> a = overlap.parameters_to_host(), p = plain.parameters_to_host();
+      float worst = 0;
+      for (std::size_t i = 0; i < a.size(); ++i)
+        worst = std::max(worst, std::fabs(a[i] - p[i]) / (1e-3f + std::fabs(p[i])));
+      EXPECT_LE(worst, 1e-5f) << "overlapped buckets moved the parameters differently (step " << step << ")";
+    }
+    // A third micro-batch in a step declared with two is refused once the all-reduce may have started.
+    overlap.train_micro(b1.images.data(), b1.labels.data(), b1.n, grad_scale, nullptr, nullptr);
+    overlap.train_micro(b2.images.data(), b2.labels.data(), b2.n, grad_scale, nullptr, nullptr);
+    if (world().size() > 1) {
+      EXPECT_THROW(overlap.train_micro(b1.images.data(), b1.labels.data(), b1.n, grad_scale, nullptr, nullptr), Error);
+    }
+    overlap.reduce_and_update(world(), 0.05);
+    overlap.check();
+    EXPECT_TRUE(all_ranks(world(), !HasFailure()));
+  }
+}
+
+// A bad label no longer stops train_micro (no wait there): it is the step's error at check(), one line.
+TEST(GpuTrainModel, BadLabelSurfacesAtTheStepsEnd) {
+  SBN_GPU_TEST_PRELUDE(world(), true);
+  const Case c{"convnet", "local"};
+  const ModelSpec spec = spec_of(c);
+  tr::CudaTrainModel gpu(spec, config_of(c, "fp32"), mpi_world());
+  Batch b = batch_of(spec, 47);
+  if (!b.labels.empty()) b.labels[0] = static_cast<std::int32_t>(spec.classes) + 2;
+  EXPECT_NO_THROW(gpu.train_micro(b.images.data(), b.labels.data(), b.n, 0.01f, nullptr, nullptr));
+  gpu.reduce_and_update(world(), 0.05);
+  std::string msg;
+  try {
+    gpu.check();
+  } catch (const Error& e) {
+    msg = e.what();
+  }
+  if (b.n > 0) {
+    EXPECT_NE(msg.find("cross-entropy: label 12 outside [0, 10)"), std::string::npos) << msg;
+  } else {
+    EXPECT_EQ(msg, "");
+  }
+  EXPECT_TRUE(all_ranks(world(), !HasFailure()));
+}
+
+// ---- a whole step as a CUDA graph ---------------------------------------------------------------------
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(StepGraphRules, CaptureNeedsACheckedEagerStepOfItsSizeAClosedStepOneMicroBatchAndNccl) {
+  tr::StepGraphState g;
+  EXPECT_NE(error_of([&] { g.require_capturable(false, 1, false, 6); }).find("run one eager step"), std::string::npos);
+  g.eager_micro(6);
+  EXPECT_NE(error_of([&] { g.require_capturable(false, 1, false, 6); }).find("run one eager step"), std::string::npos)
+      << "a micro-batch without its step's check() is not enough";
+  g.eager_step_checked();
+  EXPECT_EQ(error_of([&] { g.require_capturable(false, 0, false, 6); }), "");
+  EXPECT_EQ(error_of([&] { g.require_capturable(false, 1, false, 6); }), "");
+  // Another batch size has never run eagerly: its buffers and cuDNN algorithms are not set up.
+  EXPECT_NE(error_of([&] { g.require_capturable(false, 1, false, 7); }).find("(7 samples)"), std::string::npos);
+  EXPECT_NE(error_of([&] { g.require_capturable(true, 1, false, 6); }).find("a step is open"), std::string::npos);
+  EXPECT_NE(error_of([&] { g.require_capturable(false, 2, false, 6); }).find("set_micro_batches(2)"), std::string::npos);
+  EXPECT_NE(error_of([&] { g.require_capturable(false, 1, true, 6); }).find("--comm mpi"), std::string::npos);
+}
+
+TEST(StepGraphRules, OneCheckedReplayAtATime) {
+  tr::StepGraphState g;
+  EXPECT_NE(error_of([&] { g.replaying(); }).find("no step graph"), std::string::npos);
+  g.eager_micro(4);
+  g.eager_step_checked();
+  g.captured();
+  EXPECT_TRUE(g.has_graph());
+  g.replaying();
+  EXPECT_TRUE(g.pending());
+  // Before check(): no second replay, no eager micro-batch, no new capture.
+  EXPECT_NE(error_of([&] { g.replaying(); }).find("has not been checked"), std::string::npos);
+  EXPECT_NE(error_of([&] { g.require_no_pending("train_micro"); }).find("train_micro: a replayed step"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { g.require_capturable(false, 1, false, 4); }).find("has not been checked"), std::string::npos);
+  g.replay_checked();
+  EXPECT_FALSE(g.pending());
+  EXPECT_EQ(error_of([&] { g.require_no_pending("train_micro"); }), "");
+  g.replaying();
+  g.replay_checked();
+  EXPECT_EQ(g.replays(), 2);
+  g.released();
+  EXPECT_NE(error_of([&] { g.replaying(); }).find("no step graph"), std::string::npos);
+}
+
+// The status read of a replayed step: the copy was the graph's, check() only waits; either way one read
+// per step, and a reader whose fetch also waits cannot be split.
+TEST(StepGraphRules, StatusReadSplitsIntoTheGraphsCopyAndCheckWait) {
+  const tr::StepStatusLayout l = tr::step_status_layout(2);
+  std::vector<char> dev(l.bytes, 0), host(l.bytes, 0);
+  int copies = 0, waits = 0;
+  tr::StepStatusReader r(
+      l, host.data(),
+      [&](void* to, std::size_t bytes) {
+        ++copies;
+        std::memcpy(to, dev.data(), bytes);
+      },
+      [&] { ++waits; });
+  tr::StepCounters c;
+  c.loss = 2.5;
+  c.correct = 3;
+  std::memcpy(dev.data() + l.counters, &c, sizeof c);
+  EXPECT_EQ(r.read().counters.loss, 2.5);  // eager: copy + wait
+  EXPECT_EQ(copies, 1);
+  EXPECT_EQ(waits, 1);
+  r.enqueue_copy();  // the capture
+  EXPECT_EQ(copies, 2);
+  EXPECT_EQ(waits, 1);
+  c.loss = 4.0;  // what a replay's copy brought (the host buffer, written behind the reader's back)
+  std::memcpy(host.data() + l.counters, &c, sizeof c);
+  const tr::StepStatusView v = r.read_copied();  // check() after the replay: the wait only
+  EXPECT_EQ(v.counters.loss, 4.0);
+  EXPECT_EQ(v.counters.correct, 3.0);
+  EXPECT_EQ(copies, 2);
+  EXPECT_EQ(waits, 2);
+  EXPECT_EQ(r.fetches(), 2);
+  tr::StepStatusReader joined(l, host.data(), [](void*, std::size_t) {});
+  EXPECT_NE(error_of([&] { joined.enqueue_copy(); }).find("separate"), std::string::npos);
+  EXPECT_NE(error_of([&] { joined.read_copied(); }).find("separate"), std::string::npos);
+}
+
+// Every checkpointed array of two models (after state_to_host): bitwise, or within rtol of the larger
+// magnitude of the array.
+::testing::AssertionResult states_match(tr::CudaTrainModel& a, tr::CudaTrainModel& b, double rtol) {
+  a.state_to_host();
+  b.state_to_host();
+  const std::vector<StateArray> sa = a.state(), sb = b.state();
+  if (sa.size() != sb.size()) return ::testing::AssertionFailure() << "state sizes differ";
+  for (std::size_t i = 0; i < sa.size(); ++i) {
+    if (rtol == 0 || sa[i].type != StateType::kF32) {
+      if (sa[i].bytes != sb[i].bytes || std::memcmp(sa[i].data, sb[i].data, sa[i].bytes) != 0)
+        return ::testing::AssertionFailure() << sa[i].name << " differs bitwise";
+      continue;
+    }
+    const auto* x = static_cast<const float*>(sa[i].data);
+    const auto* y = static_cast<const float*>(sb[i].data);
+    const std::size_t n = sa[i].bytes / sizeof(float);
+    double scale = 0;
+    for (std::size_t k = 0; k < n; ++k) scale = std::max(scale, static_cast<double>(std::fabs(x[k])));
+    for (std::size_t k = 0; k < n; ++k)
+      if (!(std::fabs(static_cast<double>(x[k]) - y[k]) <= rtol * std::max(scale, 1e-30)))
+        return ::testing::AssertionFailure() << sa[i].name << "[" << k << "]: " << x[k] << " vs " << y[k];
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// Issue 11: a whole training step (input copy, forward, loss, backward, gradient buckets — overlapping
+// the backward on their own stream with > 1 rank —, step check, SGD, status copy) captured in GLOBAL
+// mode, and replayed on new batches with a new learning rate each (read from device memory), against a
+// model of the same seed that runs every step eagerly.
+// During the capture a watched collective is pending on the model's communicator (held back by a host
+// function), so its watchdog thread queries events while the capture is open: only its relaxed capture
+// mode keeps that from invalidating a global-mode capture. Bitwise at np 1: the kernels are deterministic
+// (fixed-order reductions, no floating-point atomics) and run with the same algorithms on the same data;
+// with more ranks 1e-6 relative, as NCCL may run a captured all-reduce with another algorithm (buffer
+// registration in graphs), which changes the summation order of the gradients and the SyncBN statistics.
+TEST(CudaTrainModelGraph, GlobalModeStepReplayMatchesEager) {
+  SBN_GPU_TEST_PRELUDE(world(), true);
+  const double rtol = world().size() == 1 ? 0.0 : 1e-6;
+  constexpr int kSteps = 4;  // step 0 eager on both (the graphed model's warm-up), then kSteps − 1 replays
+  for (const Case& c : {Case{"convnet", "sync"}, Case{"resnet", "sync"}}) {
+    SCOPED_TRACE(c.str());
+    const ModelSpec spec = spec_of(c);
+    const TrainConfig cfg = config_of(c, "fp32");
+    tr::CudaTrainModel eager(spec, cfg, mpi_world()), graphed(spec, cfg, mpi_world());
+    eager.set_micro_batches(1);  // with > 1 rank the buckets overlap the backward (and are captured so)
+    graphed.set_micro_batches(1);
+    std::vector<Batch> batches;
+    for (int k = 0; k <= kSteps; ++k) batches.push_back(batch_of(spec, 61 + static_cast<std::uint32_t>(k)));
+    const float grad_scale = 1.0f / static_cast<float>(kGlobalBatch);
+    // A learning rate that changes every step: the graph reads it from device memory (set_step_lr).
+    const auto lr_of = [](int k) { return 0.05 * (1.0 + 0.25 * k); };
+    const auto expect_same = [&](std::pair<double, std::int64_t> got, std::pair<double, std::int64_t> want,
+                                 const std::string& what) {
+      if (rtol == 0) {
+        EXPECT_EQ(got.first, want.first) << what << ": loss";
+      } else {
+        EXPECT_NEAR(got.first, want.first, rtol * std::fabs(want.first)) << what << ": loss";
+      }
+      EXPECT_EQ(got.second, want.second) << what << ": #correct";
+    };
+    const auto eager_step = [&](tr::CudaTrainModel& m, const Batch& b, double lr) {
+      m.train_micro(b.images.data(), b.labels.data(), b.n, grad_scale, nullptr, nullptr);
+      m.reduce_and_update(world(), lr);
+      m.check();
+      double loss = 0;
+      std::int64_t correct = 0;
+      m.step_totals(&loss, &correct);
+      return std::make_pair(loss, correct);
+    };
+    const Batch& b0 = batches[0];
+    EXPECT_NE(error_of([&] { graphed.capture_step(b0.images.data(), b0.labels.data(), b0.n, grad_scale, lr_of(1)); })
+                  .find("run one eager step"),
+              std::string::npos);
+    std::vector<std::pair<double, std::int64_t>> ref{eager_step(eager, b0, lr_of(0))};
+    expect_same(eager_step(graphed, b0, lr_of(0)), ref[0], "warm-up step");
+    // An eval batch (both models) converts the weight copies for the current parameters: the capture must
+    // still hold the conversion (each replay changes the parameters).
+    for (tr::CudaTrainModel* m : {&eager, &graphed}) {
+      double eval_loss = 0;
+      std::int64_t eval_correct = 0;
+      m->evaluate(b0.images.data(), b0.labels.data(), b0.n, &eval_loss, &eval_correct);
+    }
+    for (int k = 1; k < kSteps; ++k) ref.push_back(eager_step(eager, batches[static_cast<std::size_t>(k)], lr_of(k)));
+
+    // A watched collective held back 20 ms on the model's stream, pending while the capture is open.
+    cuda::DeviceCommunicator& comm = graphed.communicator();
+    cuda::DeviceArray<float> probe;
+    probe.resize(4096, "graph.probe");
+    SBN_CUDA_CHECK(cudaMemsetAsync(probe.data(), 0, probe.size() * sizeof(float), comm.stream()), "graph.probe");
+    SBN_CUDA_CHECK(cudaLaunchHostFunc(
+                       comm.stream(), [](void*) { std::this_thread::sleep_for(std::chrono::milliseconds(20)); }, nullptr),
+                   "test delay");
+    comm.allreduce_sum(probe.data(), probe.size(), "graph.probe", comm.stream());
+    graphed.capture_step(b0.images.data(), b0.labels.data(), b0.n, grad_scale, lr_of(1), cudaStreamCaptureModeGlobal);
+    comm.synchronize(comm.stream(), "graph.probe");
+    ASSERT_TRUE(graphed.has_step_graph());
+
+    for (int k = 1; k < kSteps; ++k) {
+      const Batch& b = batches[static_cast<std::size_t>(k)];
+      graphed.set_step_lr(lr_of(k));
+      const std::int64_t waits = graphed.host_waits(), reads = graphed.status_reads();
+      graphed.replay_step(b.images.data(), b.labels.data());
+      EXPECT_THROW(graphed.replay_step(), Error) << "a second replay before check()";
+      EXPECT_THROW(graphed.set_step_lr(0.1), Error) << "a new learning rate before check()";
+      graphed.check();
+      EXPECT_EQ(graphed.host_waits() - waits, 1) << "host waits of replay " << k;
+      EXPECT_EQ(graphed.status_reads() - reads, 1);
+      EXPECT_EQ(graphed.last_step().outcome, StepResult::Outcome::kCommitted);
+      double loss = 0;
+      std::int64_t correct = -1;
+      graphed.step_totals(&loss, &correct);
+      expect_same({loss, correct}, ref[static_cast<std::size_t>(k)], "replay " + std::to_string(k));
+    }
+    EXPECT_TRUE(states_match(graphed, eager, rtol)) << "after " << kSteps - 1 << " replays";
+    // Eager again after the replays (the weight copies are converted anew), then the next batch.
+    const Batch& last = batches[static_cast<std::size_t>(kSteps)];
+    const auto e = eager_step(eager, last, lr_of(kSteps));
+    expect_same(eager_step(graphed, last, lr_of(kSteps)), e, "eager step after the replays");
+    EXPECT_TRUE(states_match(graphed, eager, rtol)) << "after an eager step that followed the replays";
+    graphed.release_step_graph();
+    EXPECT_FALSE(graphed.has_step_graph());
     EXPECT_TRUE(all_ranks(world(), !HasFailure()));
   }
 }

@@ -17,6 +17,10 @@ MODE:
   precise      --precise-bn 4 (README "PreciseBN"): each evaluation writes an "eval" (EMA) and an
                "eval-precise" row, the final line reports PreciseBN; 20 + resume + 20 stays bitwise identical
                (losses and both eval rows); bad values and --norm groupnorm are one-line errors
+  fuse         --fuse on vs off (fused BN + ReLU + max-pool on the CPU) at np = 2: bitwise identical
+               per-step losses with --norm sync and with --norm local --ghost-batch 8 --bn-renorm; a run
+               stopped at step 10 with --fuse on and resumed with --fuse off continues the straight run
+               bitwise (one checkpoint format); a bad --fuse value is a one-line error
 """
 import csv
 import gzip
@@ -408,8 +412,40 @@ def mode_precise(a, tmp):
     print("ok: precise: bad --precise-bn values are one-line errors")
 
 
+def mode_fuse(a, tmp):
+    def same(name, ref_dir, got_dir):
+        ref, got = json_losses(ref_dir), json_losses(got_dir)
+        if not ref or ref != got:
+            for (s1, l1), (s2, l2) in zip(ref, got):
+                print(f"  step {s1}/{s2}: {l1!r} {l2!r}")
+            sys.exit(f"FAIL: {name}: per-step losses differ ({len(ref)} vs {len(got)} rows)")
+        print(f"ok: fuse: {name}: {len(ref)} per-step losses bitwise identical")
+
+    for label, extra in (("sync", ["--norm", "sync"]),
+                         ("local ghost renorm", ["--norm", "local", "--ghost-batch", "8", "--bn-renorm", "true",
+                                                 "--renorm-warmup", "5"])):
+        dirs = {}
+        for fuse in ("on", "off"):
+            dirs[fuse] = os.path.join(tmp, f"{label.replace(' ', '-')}-{fuse}")
+            run(BASE + extra + ["--fuse", fuse], 2, a.bin, a.mpiexec, dirs[fuse])
+        same(f"{label}: --fuse on vs off", dirs["off"], dirs["on"])
+        if label == "sync":
+            parted = os.path.join(tmp, "parted")
+            run(BASE + extra + ["--fuse", "on", "--stop-after", "10"], 2, a.bin, a.mpiexec, parted)
+            p, _ = run(BASE + extra + ["--fuse", "off", "--resume", "latest"], 2, a.bin, a.mpiexec, parted)
+            if "resumed from" not in p.stdout:
+                sys.exit("FAIL: the --fuse off part did not resume:\n" + p.stdout[-2000:])
+            same("sync: 10 steps --fuse on + resume with --fuse off vs 20 straight", dirs["on"], parted)
+    why = "--fuse must be on or off"
+    p, _ = run(BASE + ["--fuse", "yes"], 2, a.bin, a.mpiexec, check=False, timeout=60)
+    if p.returncode == 0 or p.stdout.count(why) != 1:
+        sys.exit(f"FAIL: --fuse yes: expected one error line with '{why}', exit {p.returncode}:\n{p.stdout[-1000:]}")
+    print("ok: fuse: a bad --fuse value is a one-line error")
+
+
 def main():
-    run_mode(__doc__, ["invariance", "local", "resume", "errors", "kill", "precise"], "sbn-train-", globals())
+    run_mode(__doc__, ["invariance", "local", "resume", "errors", "kill", "precise", "fuse"], "sbn-train-",
+             globals())
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@
 // Each thread handles U = bn_unroll(vec) vectors per step (4, or 2 for 8-wide vectors: at most 16
 // elements per tensor and step, which bounds the fp32 registers a step needs), all loaded before any
 // is used, so they are in flight together.
+// Channels-last REDUCTIONS use at most kMaxRowsReduceVec = 4 lanes (so 8-byte bf16/fp16 vectors): each
+// lane is a channel with its own fp32 and double accumulators, and 8 lanes cost ~90 registers, i.e. only
+// 2 resident blocks per SM (docs/GPU.md "Registers and occupancy").
 //
 // Planar cursor: a plane is cut into segments of seg = tx·vec·U elements; a "piece" is one segment of
 // one plane. A block row (fixed threadIdx.y) takes pieces p, p + stride, ...; inside a piece thread x
@@ -36,6 +39,8 @@ constexpr int kMaxUnroll = 4;               // vectors each thread keeps in flig
 constexpr int kStepElems = 16;              // ... and at most this many elements per tensor and step
 constexpr int kMaxVecBytes = 16;            // widest access: 128-bit loads/stores
 constexpr int kMaxTileChannels = 128;       // channels-last reductions: channels per block (smem bound)
+constexpr int kMaxRowsReduceVec = 4;        // channels-last reductions: lanes (channels) per thread, at most
+constexpr int kStatsMinBlocksPerSm = 4;     // bn_stats' partial kernels: ≤ 64 registers, 1024 threads per SM
 constexpr int kReduceBlocksPerSm = 4;       // reduction grids: enough blocks to fill every SM a few times
 constexpr int kElementwiseBlocksPerSm = 8;  // elementwise grids: 8 × 256 = 2048 threads = a full SM
 constexpr std::int64_t kMaxGridY = 65535;   // CUDA's limit on gridDim.y
@@ -80,11 +85,12 @@ SBN_HD void bn_divmod(std::int64_t a, std::int64_t b, std::int64_t* q, std::int6
   }
 }
 
-// Elements per access: the widest power of two with vec·elem_bytes ≤ 16 that divides the row length and
-// whose byte size divides every base address. `addr_bits` is the OR of all the kernel's base addresses
-// (the OR has the alignment of the least aligned one).
-SBN_HD int bn_pick_vec(std::int64_t row_len, std::uint64_t addr_bits, int elem_bytes) {
-  int v = kMaxVecBytes / elem_bytes;
+// Elements per access: the widest power of two with vec·elem_bytes ≤ 16 (and vec ≤ max_vec, a cap in
+// elements; the default caps nothing) that divides the row length and whose byte size divides every base
+// address. `addr_bits` is the OR of all the kernel's base addresses (the OR has the alignment of the least
+// aligned one).
+SBN_HD int bn_pick_vec(std::int64_t row_len, std::uint64_t addr_bits, int elem_bytes, int max_vec = kMaxVecBytes) {
+  int v = kMaxVecBytes / elem_bytes < max_vec ? kMaxVecBytes / elem_bytes : max_vec;
   while (v > 1 && (row_len % v != 0 || addr_bits % static_cast<std::uint64_t>(v * elem_bytes) != 0)) v /= 2;
   return v;
 }
@@ -162,7 +168,7 @@ inline BnTile bn_plan(BnPass pass, std::int64_t outer, std::int64_t channels, st
       t.grid_y = bn_clamp(bn_ceil_div(target, channels), 1, most);
     }
   } else {
-    t.vec = bn_pick_vec(channels, addr_bits, elem_bytes);
+    t.vec = bn_pick_vec(channels, addr_bits, elem_bytes, t.elementwise ? kMaxVecBytes : kMaxRowsReduceVec);
     t.unroll = bn_unroll(t.vec);
     const std::int64_t vecs = channels / t.vec;
     const int cap = kMaxTileChannels / t.vec < 32 ? kMaxTileChannels / t.vec : 32;

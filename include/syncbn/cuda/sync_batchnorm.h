@@ -7,8 +7,9 @@
 //    communicates. Uneven and empty local batches are exact (counts travel in the message).
 //  - Nothing in forward() or backward() synchronises the host or copies device → host: the tag, count
 //    and batch checks are made on the device (bn_combine, bn_backward_combine) into a status word, and
-//    check() — called by the trainer at the end of the step, its natural sync point — reads it and throws
-//    the same errors as the CPU layer (throw_bn_status). So a step can be captured in a CUDA graph (after
+//    check() — at the end of the step, its natural sync point — reads it and throws the same errors as
+//    the CPU layer (throw_bn_status); the GPU model instead points every layer's status at its one
+//    step-status array (set_status_slot) and decodes them all after its one wait (check_step_status). So a step can be captured in a CUDA graph (after
 //    one eager step with the same shapes: that is when buffers are allocated).
 //  - An empty batch with local statistics (decided on the host from the shape: no peers, nothing to
 //    count on the device) follows PyTorch like the CPU layer: empty output, running statistics untouched,
@@ -71,6 +72,13 @@ class CudaSyncBatchNorm : public BnLayerHost {
   // step failed a device-side check, with the CPU layer's message. Clears the status. Also accumulates
   // comm_seconds().
   void check();
+  // The GPU model's one-wait step (src/cuda/train/step_status.h): the layer writes its status words to
+  // `slot` (device memory, a BnStepStatus, zeroed by the owner at each step's start) instead of its own
+  // array, and the owner decodes them with check_step_status() after its one wait; null: back to its own.
+  void set_status_slot(BnStepStatus* slot);
+  // Folds the timing events of the collectives enqueued since the last fold into comm_seconds(); only
+  // once the stream has passed them (after a wait), since it reads them without waiting.
+  void fold_timing();
 
   // name(), options(), group(), reset_comm_seconds(): BnLayerHost.
   cudaStream_t stream() const { return stream_; }
@@ -98,14 +106,6 @@ class CudaSyncBatchNorm : public BnLayerHost {
   // measured inside graph captures.
 
  private:
-  // The device status word(s) of a step.
-  struct StepStatus {
-    int forward = 0;           // BnStatus of the forward combines (first error sticks)
-    int backward = 0;          // BnStatus of the backward combines
-    double backward_count = 0;     // the group count the failing backward saw
-    double backward_expected = 0;  // the forward's count it expected
-  };
-
   // The constructor, after the device query (made first, so that a missing device is the error reported).
   CudaSyncBatchNorm(int sm_count, std::string name, const BatchNormOptions& options, SyncGroup* group,
                     cudaStream_t stream);
@@ -130,8 +130,9 @@ class CudaSyncBatchNorm : public BnLayerHost {
   DeviceArray<double> counts_;                 // (chunks) group count per BN batch, from the forward combine
   DeviceArray<double> msg_;                    // the all-reduce buffer: message_doubles()
   DeviceArray<double> ws_;                     // reduction partials
-  DeviceArray<StepStatus> status_;             // (1)
-  PinnedBuffer status_host_;                   // StepStatus, copied back by check()
+  DeviceArray<BnStepStatus> status_;           // (1) the layer's own status words
+  BnStepStatus* status_dev_ = nullptr;         // where the combines report: status_ or the owner's slot
+  PinnedBuffer status_host_;                   // BnStepStatus, copied back by check()
 
   // Timing of the collectives of the current step (event pairs around each), folded in by check().
   std::vector<cudaEvent_t> events_;

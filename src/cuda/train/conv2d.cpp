@@ -120,7 +120,10 @@ class ConvLayer final : public Layer {
     const DeviceTensor& x = *x_;
     const std::int64_t N = x.dim(0), H = x.dim(2), W = x.dim(3), Ho = y_.dim(2), Wo = y_.dim(3);
     if (need_dx) dx_.resize(x.shape(), x.layout(), ctx_.dtype, ctx_.launch.stream);
-    if (N == 0) return need_dx ? &dx_ : nullptr;
+    if (N == 0) {
+      grads_done(ctx_, {p_.weight, p_.bias});  // nothing to add: complete as they are
+      return need_dx ? &dx_ : nullptr;
+    }
     Plan& a = plan_for(N, H, W, Ho, Wo);
     const float one = 1.0f, zero = 0.0f;
     // Weight gradient: into the NHWC scratch in the activation dtype, then += into the fp32 OIHW gradient.
@@ -142,6 +145,7 @@ class ConvLayer final : public Layer {
     accumulate_krsc_grad(dw_work_.data(), ctx_.dtype, s.out, s.in, s.kernel, ctx_.grads + p_.weight.offset, ctx_.launch);
     if (p_.bias.present())
       bias_grad(dy.data(), ctx_.dtype, N * Ho * Wo, s.out, ctx_.grads + p_.bias.offset, ctx_.reduce_ws, ctx_.launch);
+    grads_done(ctx_, {p_.weight, p_.bias});  // before the input gradient: its bucket may start meanwhile
     if (!need_dx) return nullptr;
     if (!a.bwd_data.chosen) {
       int count = 0, returned = 0;

@@ -119,9 +119,11 @@ void cross_entropy(const void* logits, DType dtype, std::int64_t N, std::int64_t
 // resets *check (all bits set) before.
 void grad_check(const float* grad, std::int64_t n, GradCheck* check, const Launch& l);
 // SGD over the flat arrays (sgd_element) when step_commits(*check), then grad = 0 in any case. With a
-// loss scale: gradients × 1/S.
+// loss scale: gradients × 1/S. lr_dev (not null): the learning rate is read from there on the device (a
+// captured step's, changed per replay), `lr` ignored.
 void sgd_step(float* w, float* grad, float* buf, const float* decay, std::int64_t n, float momentum, float lr,
-              bool nesterov, const LossScaleState* scale, const GradCheck* check, const Launch& l);
+              bool nesterov, const LossScaleState* scale, const GradCheck* check, const Launch& l,
+              const float* lr_dev = nullptr);
 // step_finish on the device (one thread): the verdict, and the loss-scale update when scale is not null.
 void step_finish_launch(GradCheck* check, LossScaleState* scale, const LossScaleConfig& config, const Launch& l);
 

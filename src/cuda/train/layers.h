@@ -8,9 +8,13 @@
 //    parameter gradients into the flat gradient array, so micro-batches accumulate.
 //  - Everything is enqueued on the context's stream; no layer synchronises the host, except when a
 //    buffer or the cuDNN workspace grows (cudaFree synchronises the device): the first step of a shape.
+//  - A layer with parameters calls grads_done() once its backward has enqueued the last write to their
+//    gradients (also with an empty batch): the model's gradient buckets start from there (grad_buckets.h).
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -38,7 +42,15 @@ struct NetContext {
   std::size_t workspace_limit = 0;  // per algorithm, bytes
   ReduceWorkspace reduce_ws;      // column reductions (bias, GroupNorm parameter gradients)
   SyncGroup* bn_group = nullptr;  // the synced BatchNorm modes' group (null: local)
+  // Set by the model: the parameters whose gradients a layer's backward has just completed (enqueued);
+  // empty: nobody listens.
+  std::function<void(std::initializer_list<ParamSlot>)> grads_done;
 };
+
+// Tells ctx's listener that the backward has enqueued the last write to these parameters' gradients.
+inline void grads_done(NetContext& ctx, std::initializer_list<ParamSlot> slots) {
+  if (ctx.grads_done) ctx.grads_done(slots);
+}
 
 class BatchNormLayer;
 
@@ -65,6 +77,7 @@ class BatchNormLayer final : public Layer {
 
  private:
   NormPlan plan_;
+  NetContext& ctx_;
   CudaSyncBatchNorm bn_;
   const DeviceTensor* x_ = nullptr;
   DeviceTensor y_, dx_;

@@ -49,6 +49,10 @@ void check_cudnn_version() {
 
 // ---- handles ----------------------------------------------------------------------------------------
 
+namespace {
+constexpr std::size_t kCublasWorkspaceBytes = std::size_t{32} << 20;
+}  // namespace
+
 CudnnHandle::CudnnHandle(cudaStream_t stream) {
   SBN_CUDNN_CHECK(cudnnCreate(&h_), "creating the cuDNN handle");
   const cudnnStatus_t rc = cudnnSetStream(h_, stream);
@@ -71,10 +75,22 @@ CublasHandle::CublasHandle(cudaStream_t stream) {
     rc = cublasSetMathMode(h_, static_cast<cublasMath_t>(CUBLAS_DEFAULT_MATH |
                                                          CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION));
   if (rc == CUBLAS_STATUS_SUCCESS) rc = cublasSetPointerMode(h_, CUBLAS_POINTER_MODE_HOST);
+  // After cublasSetStream, which resets the workspace to cuBLAS's own pool. 32 MiB: cuBLAS's recommendation
+  // for Hopper (4 MiB suffice before it); the model's GEMMs are small.
+  if (rc == CUBLAS_STATUS_SUCCESS) {
+    try {
+      workspace_.reserve(kCublasWorkspaceBytes, "cuBLAS workspace");
+    } catch (...) {
+      cublasDestroy(h_);
+      h_ = nullptr;
+      throw;
+    }
+    rc = cublasSetWorkspace(h_, workspace_.data(), workspace_.capacity());
+  }
   if (rc != CUBLAS_STATUS_SUCCESS) {
     cublasDestroy(h_);
     h_ = nullptr;
-    SBN_CUBLAS_CHECK(rc, "configuring the cuBLAS handle (stream, math mode, pointer mode)");
+    SBN_CUBLAS_CHECK(rc, "configuring the cuBLAS handle (stream, math mode, pointer mode, workspace)");
   }
 }
 

@@ -17,6 +17,7 @@
 #include <string>
 
 #include "syncbn/cuda/check.h"
+#include "syncbn/cuda/device.h"
 #include "syncbn/cuda/dtype.h"
 
 static_assert(CUDNN_MAJOR >= 8, "syncbn's GPU trainer needs cuDNN >= 8 (the _v7 algorithm heuristics, NHWC, bf16)");
@@ -61,6 +62,9 @@ class CublasHandle {
   cublasHandle_t get() const { return h_; }
 
  private:
+  // The handle's own workspace (cublasSetWorkspace): cuBLAS then never allocates on a GEMM, so GEMMs can
+  // be captured into a CUDA graph (a whole step: CudaTrainModel::capture_step). Freed after the handle.
+  DeviceBuffer workspace_;
   cublasHandle_t h_ = nullptr;
 };
 

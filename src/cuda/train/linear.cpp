@@ -55,7 +55,10 @@ class LinearLayer final : public Layer {
     const DeviceTensor& x = *x_;
     const std::int64_t N = y_.dim(0);
     if (need_dx) dx_.resize(x.shape(), x.layout(), ctx_.dtype, ctx_.launch.stream);
-    if (N == 0) return need_dx ? &dx_ : nullptr;
+    if (N == 0) {
+      grads_done(ctx_, {p_.weight, p_.bias});  // nothing to add: complete as they are
+      return need_dx ? &dx_ : nullptr;
+    }
     const float one = 1.0f, zero = 0.0f;
     const cudaDataType_t t = cublas_dtype(ctx_.dtype);
     SBN_CUBLAS_CHECK(cublasGemmEx(ctx_.cublas, CUBLAS_OP_N, CUBLAS_OP_T, as_int(p_.in, p_.name), as_int(p_.out, p_.name),
@@ -64,6 +67,7 @@ class LinearLayer final : public Layer {
                                   as_int(p_.in, p_.name), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                      p_.name + " weight gradient (N = " + std::to_string(N) + ")");
     if (p_.bias.present()) bias_grad(dy.data(), ctx_.dtype, N, p_.out, ctx_.grads + p_.bias.offset, ctx_.reduce_ws, ctx_.launch);
+    grads_done(ctx_, {p_.weight, p_.bias});  // before the input gradient: its bucket may start meanwhile
     if (!need_dx) return nullptr;
     SBN_CUBLAS_CHECK(cublasGemmEx(ctx_.cublas, CUBLAS_OP_N, CUBLAS_OP_N, as_int(p_.in, p_.name), as_int(N, p_.name),
                                   as_int(p_.out, p_.name), &one, weights(), t, as_int(p_.in, p_.name), dy.data(), t,

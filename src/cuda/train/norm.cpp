@@ -18,7 +18,7 @@ SyncGroup* bn_group_of(const NormPlan& plan, NetContext& ctx) {
 }  // namespace
 
 BatchNormLayer::BatchNormLayer(const NormPlan& plan, NetContext& ctx)
-    : plan_(plan), bn_(plan.name, plan.batchnorm_options(), bn_group_of(plan, ctx), ctx.launch.stream) {}
+    : plan_(plan), ctx_(ctx), bn_(plan.name, plan.batchnorm_options(), bn_group_of(plan, ctx), ctx.launch.stream) {}
 
 const DeviceTensor& BatchNormLayer::forward(const DeviceTensor& x, bool training) {
   x_ = &x;
@@ -29,6 +29,8 @@ const DeviceTensor& BatchNormLayer::forward(const DeviceTensor& x, bool training
 const DeviceTensor* BatchNormLayer::backward(const DeviceTensor& dy, bool need_dx) {
   SBN_CHECK(x_ != nullptr, plan_.name + ": backward before forward");
   bn_.backward(*x_, dy, dx_);  // dx is part of the layer's one pass; computed even when unused
+  // γ/β gradients are in the layer's own arrays: the model gathers them into the flat array first.
+  grads_done(ctx_, {plan_.gamma, plan_.beta});
   return need_dx ? &dx_ : nullptr;
 }
 
@@ -71,6 +73,7 @@ class GroupNormLayer final : public Layer {
     group_norm_backward(x_->data(), y_.data(), dy.data(), ctx_.dtype, q_, ctx_.values + p_.gamma.offset, p_.relu,
                         need_dx ? dx_.data() : nullptr, ctx_.grads + p_.gamma.offset, ctx_.grads + p_.beta.offset,
                         buffers(), ctx_.reduce_ws, ctx_.launch);
+    grads_done(ctx_, {p_.gamma, p_.beta});
     return need_dx ? &dx_ : nullptr;
   }
 

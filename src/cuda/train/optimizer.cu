@@ -23,9 +23,10 @@ namespace {
 
 __global__ void __launch_bounds__(kThreads)
     sgd_kernel(float* __restrict__ w, float* __restrict__ grad, float* __restrict__ buf, const float* __restrict__ decay,
-               std::int64_t n, float mu, float lr, bool nesterov, const LossScaleState* __restrict__ scale,
-               const GradCheck* __restrict__ check) {
+               std::int64_t n, float mu, float lr, const float* __restrict__ lr_dev, bool nesterov,
+               const LossScaleState* __restrict__ scale, const GradCheck* __restrict__ check) {
   const bool skip = !step_commits(*check);
+  if (lr_dev) lr = *lr_dev;  // a captured step's learning rate, set per replay
   const float unscale = scale ? 1.0f / scale->scale : 1.0f;  // S is a power of two: exact
   for (std::int64_t e = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; e < n;
        e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
@@ -97,10 +98,11 @@ void grad_check(const float* grad, std::int64_t n, GradCheck* check, const Launc
 }
 
 void sgd_step(float* w, float* grad, float* buf, const float* decay, std::int64_t n, float momentum, float lr,
-              bool nesterov, const LossScaleState* scale, const GradCheck* check, const Launch& l) {
+              bool nesterov, const LossScaleState* scale, const GradCheck* check, const Launch& l,
+              const float* lr_dev) {
   if (n == 0) return;
-  sgd_kernel<<<detail::elementwise_blocks(n, l), kThreads, 0, l.stream>>>(w, grad, buf, decay, n, momentum, lr, nesterov,
-                                                                          scale, check);
+  sgd_kernel<<<detail::elementwise_blocks(n, l), kThreads, 0, l.stream>>>(w, grad, buf, decay, n, momentum, lr, lr_dev,
+                                                                          nesterov, scale, check);
   SBN_CUDA_LAUNCH_CHECK("sgd_step");
 }
 
