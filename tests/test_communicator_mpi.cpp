@@ -130,6 +130,97 @@ TEST(Communicator, MissingRankTimesOutWithAClearError) {
   world().barrier("test.timeout.done");
 }
 
+// Non-blocking sums (the gradient buckets overlapping the backward): several in flight at once, with a
+// blocking collective issued between them, tested and waited for out of order; exact sums, each request
+// counted once in the statistics.
+TEST(Communicator, NonBlockingSumsCompleteInAnyOrderWithOtherCollectivesBetween) {
+  auto c = world().split(0, world().rank(), "test.nb");
+  const int P = c->size();
+  const float tri = static_cast<float>(P * (P + 1) / 2);
+  std::vector<std::vector<float>> bufs = {std::vector<float>(3), std::vector<float>(70000), std::vector<float>(0),
+                                          std::vector<float>(513)};
+  for (auto& b : bufs)
+    for (std::size_t i = 0; i < b.size(); ++i) b[i] = static_cast<float>((c->rank() + 1) * (i % 5));
+  c->reset_stats();
+  std::vector<Communicator::Request> req;
+  req.push_back(c->start_allreduce_sum(bufs[0].data(), bufs[0].size(), "nb0"));
+  req.push_back(c->start_allreduce_sum(bufs[1].data(), bufs[1].size(), "nb1"));
+  double v = 1;
+  c->allreduce_sum(&v, 1, "between");  // a blocking collective while two are pending
+  req.push_back(c->start_allreduce_sum(bufs[2].data(), bufs[2].size(), "nb2"));
+  req.push_back(c->start_allreduce_sum(bufs[3].data(), bufs[3].size(), "nb3"));
+  for (int spin = 0; spin < 1000 && !c->test(req[3]); ++spin) {
+  }
+  c->wait(req[3]);
+  c->wait(req[1]);
+  (void)c->test(req[0]);  // after a completed test, or none, wait still returns
+  c->wait(req[0]);
+  c->wait(req[2]);
+  bool ok = v == P;
+  for (auto& b : bufs)
+    for (std::size_t i = 0; i < b.size(); ++i) ok &= b[i] == tri * static_cast<float>(i % 5);
+  EXPECT_TRUE(ok);
+  EXPECT_EQ(c->stats().collectives, 5u);
+  EXPECT_EQ(c->stats().allreduces, 5u);
+  EXPECT_EQ(c->stats().bytes, sizeof(double) + (3 + 70000 + 513) * sizeof(float));
+  // A released handle is refused with a clear error (no MPI call: the ranks stay in step).
+  std::string msg;
+  try {
+    c->wait(req[2]);
+  } catch (const Error& e) {
+    msg = e.what();
+  }
+  EXPECT_NE(msg.find("was not started or was already waited for"), std::string::npos) << msg;
+  // Slots are reused: the next request gets a released handle back.
+  float one = 1;
+  const Communicator::Request again = c->start_allreduce_sum(&one, 1, "nb.again");
+  EXPECT_LT(again, 4);
+  c->wait(again);
+  EXPECT_EQ(one, static_cast<float>(P));
+}
+
+// A started sum whose peer never comes: wait() gives the one-line collective timeout, counted from the
+// start (time spent before the wait counts), and the communicator refuses further use.
+TEST(Communicator, NonBlockingSumTimesOutFromItsStart) {
+  if (world().size() < 2) GTEST_SKIP() << "needs 2 ranks";
+  auto c = world().split(0, world().rank(), "test.nb.timeout");
+  const double timeout = 1.0;
+  c->set_timeout(timeout);
+  const bool late = world().rank() == world().size() - 1;
+  float v = 1;
+  std::string msg;
+  if (late) {
+    std::this_thread::sleep_for(std::chrono::duration<double>(3 * timeout));
+    try {
+      c->wait(c->start_allreduce_sum(&v, 1, "gradient bucket"));
+    } catch (const Error& e) {
+      msg = e.what();  // may time out too if the others already gave up
+    }
+  } else {
+    const auto t0 = std::chrono::steady_clock::now();
+    const Communicator::Request r = c->start_allreduce_sum(&v, 1, "gradient bucket");
+    std::this_thread::sleep_for(std::chrono::duration<double>(0.6 * timeout));  // "the backward" goes on
+    EXPECT_FALSE(c->test(r));
+    try {
+      c->wait(r);
+    } catch (const Error& e) {
+      msg = e.what();
+    }
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_NE(msg.find("collective timeout: allreduce_sum(float) 'gradient bucket'"), std::string::npos) << msg;
+    EXPECT_GE(secs, timeout * 0.9);
+    EXPECT_LT(secs, timeout + 1.0);  // from the start, not from the wait
+    std::string again;
+    try {
+      (void)c->start_allreduce_sum(&v, 1, "after");
+    } catch (const Error& e) {
+      again = e.what();
+    }
+    EXPECT_NE(again.find("unusable after a timeout"), std::string::npos) << again;
+  }
+  world().barrier("test.nb.timeout.done");
+}
+
 TEST(Communicator, RunAgreedReportsTheLowestFailingRank) {
   Communicator& w = world();
   const int bad = w.size() - 1;

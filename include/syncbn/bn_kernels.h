@@ -304,5 +304,28 @@ void bn_backward_elemt_pool(const float* dy, const std::uint8_t* arg, const BnPo
                             const BnGeometry& g, const float* hi, const float* a, const float* b, bool relu,
                             const float* k1, const float* k0, bool stream, float* dx, ChannelRange r = {});
 
+// ---- bf16 activations (--precision bf16) -------------------------------------------------------------
+// The passes of a fused BN(+ReLU)+max-pool layer over bf16 tensors. X: the input activation x and its
+// gradient dx; Y: the pooled output y and its gradient dy; each float or Bf16 (instantiated for the three
+// combinations with a Bf16; float/float is the function above, the same code). bf16 elements are widened
+// in registers (exact), so the statistics are the double sums of the bf16 values, and everything is
+// computed as in fp32; a bf16 output is the fp32 result rounded once (to nearest even).
+template <class X>
+void bn_first_values(const X* x, const BnGeometry& g, double* out, ChannelRange r = {});
+template <class X>
+void bn_stats(const X* x, const BnGeometry& g, const double* pivot, double tag, double* msg, ChannelRange r = {});
+template <class X, class Y>
+void bn_normalize_pool(const X* x, const BnGeometry& g, const BnPool& pool, const float* hi, const float* a,
+                       const float* b, bool relu, Y* y, std::uint8_t* arg, ChannelRange r = {});
+template <class X, class Y>
+void bn_backward_reduce_pool(const Y* dy, const std::uint8_t* arg, const BnPool& pool, const X* x,
+                             const BnGeometry& g, const float* hi, const float* a, const float* b, bool relu,
+                             const double* mean, const double* invstd, double tag, double* msg, float* dgamma,
+                             float* dbeta, float* scratch, ChannelRange r = {}, BnRenormFactors renorm = {});
+template <class X, class Y>
+void bn_backward_elemt_pool(const Y* dy, const std::uint8_t* arg, const BnPool& pool, const X* x,
+                            const BnGeometry& g, const float* hi, const float* a, const float* b, bool relu,
+                            const float* k1, const float* k0, bool stream, X* dx, ChannelRange r = {});
+
 }  // namespace cpu
 }  // namespace syncbn

@@ -55,6 +55,21 @@ class Communicator {
   // Sub-communicators of the ranks with the same color, ordered by key (collective over this one).
   virtual std::unique_ptr<Communicator> split(int color, int key, const char* label) = 0;
 
+  // ---- Non-blocking sum (the gradient buckets that overlap the backward, grad_buckets.h): start, then
+  // test() between other work, which also progresses it, then wait(). The buffer is not touched by the
+  // caller until the request completes. Requests are issued in the same order on every rank, like any
+  // collective, and other collectives may be issued while some are pending. The deadline (timeout())
+  // counts from the start and is enforced by wait(). stats() count a request once, when it completes;
+  // its seconds are those spent inside start/test/wait (what the caller was held up), not its lifetime.
+  // The defaults complete the sum inside start (a blocking allreduce_sum): no overlap, same results.
+  using Request = int;  // a handle from start_allreduce_sum, valid until wait() returned
+  virtual Request start_allreduce_sum(float* buf, std::size_t count, const char* label);
+  // True once the request has completed (wait() then returns at once); never blocks.
+  virtual bool test(Request request);
+  // Returns once the request has completed, releasing the handle, or throws the collective timeout.
+  // Every started request is waited for.
+  virtual void wait(Request request);
+
   // Seconds a collective may take before it is reported as hung; <= 0 disables the deadline.
   void set_timeout(double seconds) { timeout_s_ = seconds; }
   double timeout() const { return timeout_s_; }

@@ -1,15 +1,18 @@
 // MPI implementation of Communicator on host memory, plus the process-wide MPI runtime.
 //
 // Collectives are non-blocking (MPI_Iallreduce, ...) completed by a test loop against the deadline, so
-// a missing or misordered peer becomes an Error instead of a hang. The communicator works on its own
+// a missing or misordered peer becomes an Error instead of a hang; start_allreduce_sum leaves its request
+// to the caller's test()/wait(), with the same deadline. The communicator works on its own
 // duplicate of the parent communicator (library traffic never matches user traffic) with
 // MPI_ERRORS_RETURN, and every MPI call is checked.
 #pragma once
 
 #include <mpi.h>
 
+#include <chrono>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "syncbn/communicator.h"
 
@@ -48,6 +51,9 @@ class MpiCommunicator final : public Communicator {
   bool any(bool flag, const char* label) override;
   bool all_equal(std::uint64_t value, const char* label) override;
   std::unique_ptr<Communicator> split(int color, int key, const char* label) override;
+  Request start_allreduce_sum(float* buf, std::size_t count, const char* label) override;
+  bool test(Request request) override;
+  void wait(Request request) override;
 
   MPI_Comm handle() const { return comm_; }
 
@@ -55,8 +61,23 @@ class MpiCommunicator final : public Communicator {
   struct Adopt {};
   MpiCommunicator(MPI_Comm owned, Adopt);
   void init_from(MPI_Comm owned);
-  // Waits for `req` until done or the deadline; on timeout marks the communicator broken and throws.
+  using Clock = std::chrono::steady_clock;
+  // A started non-blocking all-reduce (start_allreduce_sum); slots are reused once waited for.
+  struct Pending {
+    MPI_Request req = MPI_REQUEST_NULL;
+    std::string label;
+    std::size_t bytes = 0;
+    Clock::time_point issued;
+    double seconds = 0;  // spent inside start/test so far
+    bool open = false;
+  };
+  // Waits for `req` until done or `issued` + timeout(); on timeout marks the communicator broken and
+  // throws. Counts the collective in stats(): `bytes`, and the seconds of this call plus `extra_s`.
+  void complete(MPI_Request* req, const char* op, const char* label, std::size_t bytes, Clock::time_point issued,
+                double extra_s = 0);
+  // complete() from now, for the blocking collectives.
   void wait(MPI_Request* req, const char* op, const char* label, std::size_t bytes);
+  Pending& pending(Request request, const char* op);
   void check_usable(const char* op, const char* label) const;
   void allreduce_impl(void* buf, std::size_t count, MPI_Datatype type, std::size_t elem_bytes,
                       const char* op, const char* label);
@@ -68,6 +89,7 @@ class MpiCommunicator final : public Communicator {
   int local_size_ = 1;
   std::string host_;
   std::string broken_;  // non-empty once a collective timed out: what timed out
+  std::vector<Pending> pending_;  // indexed by Request
 };
 
 }  // namespace syncbn

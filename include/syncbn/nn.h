@@ -13,6 +13,7 @@
 #include <dnnl.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -30,7 +31,9 @@ struct CpuContext {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
   dnnl::stream stream{engine};
   // --precision bf16: convolutions and linear layers compute on bf16 copies of their inputs and weights
-  // (fp32 accumulation, outputs and gradients); the tensors between layers and the parameters stay fp32.
+  // (fp32 accumulation and weight gradients); the parameters stay fp32. The activations between a
+  // convolution and a fused BN+pool, and between that and the next convolution, are bf16 tensors (and
+  // their gradients; build_network decides); the rest stay fp32.
   bool bf16 = false;
 };
 
@@ -61,9 +64,13 @@ class Sequential : public Module {
   void sync_bns(std::vector<SyncBatchNorm*>& out) override;
   std::string describe() const override;
   const std::vector<ModulePtr>& modules() const { return modules_; }
+  // Called by backward() after modules()[k]'s backward with k (descending): that module's parameter
+  // gradients are final for this backward, so the model can start their all-reduce (grad_buckets.h).
+  void set_backward_hook(std::function<void(std::size_t)> hook) { hook_ = std::move(hook); }
 
  private:
   std::vector<ModulePtr> modules_;
+  std::function<void(std::size_t)> hook_;
   std::vector<Tensor> acts_;   // acts_[i] = output of modules_[i] (the last is copied to y)
   Tensor grad_a_, grad_b_;     // ping-pong gradient buffers
 };
@@ -72,7 +79,11 @@ class Sequential : public Module {
 // planar for the network input), output NHWC.
 // The layer of a plan (its parameters already registered, net_plan.h); the named overloads register them
 // first (plan_conv, plan_linear, plan_norm, plan_block), for a layer made alone.
-ModulePtr make_conv2d(const ConvPlan& plan, ParamStore& store, CpuContext& ctx);
+// `bf16_out` (with ctx.bf16): write the output in bf16 (for a fused BN+pool, the one layer reading it).
+// Any convolution reads an fp32 or a bf16 input (bf16: ctx.bf16, not an im2col layer, conv2d_reads_bf16)
+// and gives dx its input's dtype; its dy has its output's.
+ModulePtr make_conv2d(const ConvPlan& plan, ParamStore& store, CpuContext& ctx, bool bf16_out = false);
+bool conv2d_reads_bf16(const ConvSpec& spec);
 ModulePtr make_conv2d(const std::string& name, const ConvSpec& spec, ParamStore& store, CpuContext& ctx);
 
 // y = x·Wᵀ + b for x (N, in) (or any (N, ...) flattened), W (out, in): oneDNN's sgemm. `classifier`: the
@@ -98,7 +109,9 @@ ModulePtr make_norm(const std::string& name, std::int64_t channels, const NormSp
 // A BatchNorm slot (+ReLU) and the k×k max pooling after it as one module (SyncBatchNorm::forward_pool):
 // the same numbers, parameters and buffers as make_norm followed by make_maxpool(k), without the
 // full-size activation and its gradient (NetPlan: NormPlan::fused_pool). Throws for a non-BatchNorm plan.
-ModulePtr make_norm_pool(const NormPlan& plan, std::int64_t k, ParamStore& store, SyncGroup* group = nullptr);
+// It reads fp32 or bf16 input; `out`: the pooled output's dtype (kBF16 for a next layer that reads bf16).
+ModulePtr make_norm_pool(const NormPlan& plan, std::int64_t k, ParamStore& store, SyncGroup* group = nullptr,
+                         ElementType out = ElementType::kF32);
 
 // Residual block: conv3x3(s)-norm-relu-conv3x3-norm, plus the shortcut (identity, or 1x1 conv(s)-norm
 // when the shape changes), then ReLU. `group` as for make_norm.

@@ -39,10 +39,13 @@ class SyncBatchNorm : public BnLayerHost {
   // (N, C, H/k, W/k), maxpool(forward(x)) bit for bit, and the full-size output is never written (the
   // window index of each maximum is kept for backward). Statistics, the one all-reduce per direction,
   // running statistics, ghost batches, Batch Renormalization and PreciseBN are forward's.
-  void forward_pool(const Tensor& x, Tensor& y, std::int64_t k, bool training);
+  // --precision bf16: x may be bf16 (read widened: the statistics are those of its bf16 values) and y is
+  // written in `out` (kBF16: the fp32 result rounded once); forward() and backward() take fp32 only.
+  void forward_pool(const Tensor& x, Tensor& y, std::int64_t k, bool training,
+                    ElementType out = ElementType::kF32);
   // dx from dy, the gradient of forward_pool's pooled output (the last forward must be forward_pool of x):
   // the numbers of max-pool backward followed by backward(), without the full-size dy. Accumulates
-  // dgamma/dbeta.
+  // dgamma/dbeta. dy has y's dtype, dx gets x's.
   void backward_pool(const Tensor& x, const Tensor& dy, Tensor& dx);
 
   // PreciseBN (README "PreciseBN"): begin_population() opens a pass in which training forwards also add
@@ -109,6 +112,7 @@ class SyncBatchNorm : public BnLayerHost {
   std::vector<double> msg_;          // the all-reduce buffer, message_doubles()
   double group_count_ = 0;
   BnPool pool_;                          // the last forward's pooling (k = 0: none)
+  ElementType pool_out_ = ElementType::kF32;  // and its output's dtype
   std::vector<std::uint8_t> pool_arg_;   // (N, C, H/k, W/k) NHWC: window index of each maximum
   std::vector<float> pool_scratch_;      // bn_pool_scratch_floats(C)
   // PreciseBN pass: pivot P (C), acc [n, Σ(x−P) (C), Σ(x−P)² (C)], bn_stats scratch, pivot to restore.

@@ -69,8 +69,9 @@ class TrainModel {
   // Σ loss and #correct over every train_micro() of the step the last check() ended (0 if none ran).
   virtual void step_totals(double* loss_sum, std::int64_t* correct) const = 0;
   // The number of train_micro() calls of every step from now on (the loop's --accum; 0, the default:
-  // unknown). A device model then starts the gradient all-reduce during the last one's backward (bucket
-  // by bucket, overlapping it); a step with more calls than that is an error there. A rank may make fewer
+  // unknown). A model then starts the gradient all-reduce during the last one's backward (bucket by
+  // bucket, overlapping it: the GPU model with NCCL, the CPU model with fp32 gradients and more than one
+  // rank); a step with more calls than that is an error there. A rank may make fewer
   // (no samples, local statistics): its all-reduce then starts in reduce_and_update.
   virtual void set_micro_batches(std::int64_t count) { (void)count; }
   // Gradient all-reduce over `world`, then - only if every reduced gradient is finite - the optimizer

@@ -90,14 +90,15 @@ void MpiCommunicator::check_usable(const char* op, const char* label) const {
              broken_);
 }
 
-void MpiCommunicator::wait(MPI_Request* req, const char* op, const char* label, std::size_t bytes) {
-  using clock = std::chrono::steady_clock;
-  const auto start = clock::now();
+void MpiCommunicator::complete(MPI_Request* req, const char* op, const char* label, std::size_t bytes,
+                               Clock::time_point issued, double extra_s) {
+  const auto start = Clock::now();
   const bool bounded = timeout_s_ > 0;
-  const auto deadline = start + std::chrono::duration_cast<clock::duration>(
-                                    std::chrono::duration<double>(bounded ? timeout_s_ : 0.0));
+  const auto deadline = issued + std::chrono::duration_cast<Clock::duration>(
+                                     std::chrono::duration<double>(bounded ? timeout_s_ : 0.0));
   // Spin first (a SyncBN all-reduce normally completes in microseconds), then yield the core: with
-  // more ranks than cores a spinning waiter would starve the peer it waits for.
+  // more ranks than cores a spinning waiter would starve the peer it waits for. The sleeps start after
+  // several ms of yields: a balanced step's waits rarely reach them (no wake-up latency for those).
   int done = 0;
   for (long spins = 0;; ++spins) {
     SBN_MPI_CHECK(MPI_Test(req, &done, MPI_STATUS_IGNORE),
@@ -105,7 +106,7 @@ void MpiCommunicator::wait(MPI_Request* req, const char* op, const char* label, 
     if (done) break;
     if (spins > 2000) std::this_thread::yield();
     if (spins > 20000) std::this_thread::sleep_for(std::chrono::microseconds(50));
-    if (bounded && (spins & 63) == 0 && clock::now() > deadline) {
+    if (bounded && (spins & 63) == 0 && Clock::now() > deadline) {
       broken_ = std::string(op) + " '" + label + "'";
       char secs[32];
       std::snprintf(secs, sizeof secs, "%g", timeout_s_);
@@ -115,9 +116,14 @@ void MpiCommunicator::wait(MPI_Request* req, const char* op, const char* label, 
                " s: a peer is missing, stuck, or in a different collective");
     }
   }
+  const auto end = Clock::now();
   stats_.collectives += 1;
   stats_.bytes += bytes;
-  stats_.seconds += std::chrono::duration<double>(clock::now() - start).count();
+  stats_.seconds += std::chrono::duration<double>(end - start).count() + extra_s;
+}
+
+void MpiCommunicator::wait(MPI_Request* req, const char* op, const char* label, std::size_t bytes) {
+  complete(req, op, label, bytes, Clock::now());
 }
 
 void MpiCommunicator::allreduce_impl(void* buf, std::size_t count, MPI_Datatype type,
@@ -179,6 +185,68 @@ bool MpiCommunicator::all_equal(std::uint64_t value, const char* label) {
                 origin() + " all_equal '" + label + "'");
   wait(&req, "all_equal", label, sizeof both);
   return both[0] == ~both[1];
+}
+
+// ---- non-blocking all-reduce ------------------------------------------------------------------
+
+Communicator::Request Communicator::start_allreduce_sum(float* buf, std::size_t count, const char* label) {
+  allreduce_sum(buf, count, label);
+  return 0;
+}
+
+bool Communicator::test(Request request) {
+  (void)request;
+  return true;
+}
+
+void Communicator::wait(Request request) { (void)request; }
+
+Communicator::Request MpiCommunicator::start_allreduce_sum(float* buf, std::size_t count, const char* label) {
+  const char* op = "allreduce_sum(float)";
+  check_usable(op, label);
+  SBN_CHECK(count <= static_cast<std::size_t>(INT32_MAX),
+            origin() + " " + op + " '" + label + "': " + std::to_string(count) +
+                " elements exceed MPI's int count");
+  const auto issued = Clock::now();
+  std::size_t slot = 0;
+  while (slot < pending_.size() && pending_[slot].open) ++slot;
+  if (slot == pending_.size()) pending_.emplace_back();
+  Pending& p = pending_[slot];
+  SBN_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf, static_cast<int>(count), MPI_FLOAT, MPI_SUM, comm_, &p.req),
+                origin() + " " + op + " '" + label + "'");
+  p.label = label;
+  p.bytes = count * sizeof(float);
+  p.issued = issued;
+  p.open = true;
+  p.seconds = std::chrono::duration<double>(Clock::now() - issued).count();
+  return static_cast<Request>(slot);
+}
+
+MpiCommunicator::Pending& MpiCommunicator::pending(Request request, const char* op) {
+  SBN_CHECK(request >= 0 && static_cast<std::size_t>(request) < pending_.size() &&
+                pending_[static_cast<std::size_t>(request)].open,
+            origin() + " " + op + ": request " + std::to_string(request) + " was not started or was already waited for");
+  return pending_[static_cast<std::size_t>(request)];
+}
+
+bool MpiCommunicator::test(Request request) {
+  Pending& p = pending(request, "test");
+  if (p.req == MPI_REQUEST_NULL) return true;  // completed by an earlier test
+  check_usable("test", p.label.c_str());
+  const auto start = Clock::now();
+  int done = 0;
+  SBN_MPI_CHECK(MPI_Test(&p.req, &done, MPI_STATUS_IGNORE), origin() + " test '" + p.label + "'");
+  p.seconds += std::chrono::duration<double>(Clock::now() - start).count();
+  return done != 0;
+}
+
+void MpiCommunicator::wait(Request request) {
+  Pending& p = pending(request, "wait");
+  p.open = false;
+  check_usable("wait", p.label.c_str());
+  // MPI_Test on a completed (null) request reports done at once: complete() then only counts it.
+  complete(&p.req, "allreduce_sum(float)", p.label.c_str(), p.bytes, p.issued, p.seconds);
+  stats_.allreduces += 1;
 }
 
 std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key, const char* label) {

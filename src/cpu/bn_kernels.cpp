@@ -9,7 +9,9 @@
 // What can be fused is the max pooling after a BN+ReLU (the *_pool kernels, BnPool): normalize_pool reads
 // x and writes the pooled output and its window indices (4 + 1.25 B per input element for 2×2), and backward
 // reads the pooled dy and the indices in place of a full-size dy that max-pool backward would write and
-// both backward passes would read.
+// both backward passes would read. With --precision bf16 the fused passes (and bn_stats before them) also
+// read and write bf16 activations (templates over the element types, widened in registers, accumulated
+// exactly as fp32): half the bytes of x, dx and the pooled y, dy.
 #include "syncbn/bn_kernels.h"
 
 #include <algorithm>
@@ -96,6 +98,11 @@ namespace {
 using simd::Native;
 using simd::Scalar;
 
+// An element as fp32: bf16 activations (--precision bf16) widen exactly; fp32 ones are themselves, so
+// the fp32 instantiations are the fp32 code.
+inline float widen(float v) { return v; }
+inline float widen(Bf16 v) { return bf16_to_float(v); }
+
 // Accumulators of a planar reduction: four independent vector sums per quantity (enough to hide the
 // add latency at memory speed), plus scalar sums for the tails. Kept across the N planes of a channel.
 template <class S>
@@ -109,8 +116,8 @@ struct PlaneAcc {
 
 // acc.a += Σ(p − k), acc.b += Σ(p − k)² over one contiguous plane. The accumulators are copied into
 // locals: vector types may alias anything, so updating them through `acc` would force a store per step.
-template <class S>
-inline void stats_plane(const float* p, std::int64_t len, double k, PlaneAcc<S>& acc) {
+template <class S, class X>
+inline void stats_plane(const X* p, std::int64_t len, double k, PlaneAcc<S>& acc) {
   constexpr int W = S::kW;
   using D = typename S::D;
   const D K = S::set1(k);
@@ -139,7 +146,7 @@ inline void stats_plane(const float* p, std::int64_t len, double k, PlaneAcc<S>&
   acc.a[0] = a0, acc.a[1] = a1, acc.a[2] = a2, acc.a[3] = a3;
   acc.b[0] = b0, acc.b[1] = b1, acc.b[2] = b2, acc.b[3] = b3;
   for (; i < len; ++i) {
-    const double d = static_cast<double>(p[i]) - k;
+    const double d = static_cast<double>(widen(p[i])) - k;
     acc.ta += d;
     acc.tb = std::fma(d, d, acc.tb);
   }
@@ -198,15 +205,15 @@ constexpr std::int64_t kPlaneGroup = 16;
 constexpr std::int64_t kRows = 4;
 
 // Channels-last stats for channels [c0, c1) (a multiple of S::kW wide), relative to the first row k.
-template <class S>
-inline void stats_rows(const float* x, std::int64_t rows, std::int64_t C, std::int64_t c0, std::int64_t c1,
+template <class S, class X>
+inline void stats_rows(const X* x, std::int64_t rows, std::int64_t C, std::int64_t c0, std::int64_t c1,
                        double* S1, double* S2) {
   constexpr int W = S::kW;
   using D = typename S::D;
-  const float* k = x;
+  const X* k = x;
   std::int64_t r = 0;
   for (; r + kRows <= rows; r += kRows) {
-    const float* p = x + r * C;
+    const X* p = x + r * C;
     for (std::int64_t c = c0; c < c1; c += W) {
       const D kc = S::cvt(S::loadf(k + c));
       const D d0 = S::sub(S::cvt(S::loadf(p + c)), kc);
@@ -220,7 +227,7 @@ inline void stats_rows(const float* x, std::int64_t rows, std::int64_t C, std::i
     }
   }
   for (; r < rows; ++r) {
-    const float* p = x + r * C;
+    const X* p = x + r * C;
     for (std::int64_t c = c0; c < c1; c += W) {
       const D d = S::sub(S::cvt(S::loadf(p + c)), S::cvt(S::loadf(k + c)));
       S::stored(S1 + c, S::add(S::loadd(S1 + c), d));
@@ -230,8 +237,8 @@ inline void stats_rows(const float* x, std::int64_t rows, std::int64_t C, std::i
 }
 
 // Channels-last backward sums for channels [c0, c1): A += Σdy', B += Σdy'·(x − hi).
-template <class S, bool kRelu>
-inline void backward_rows(const float* dy, const float* x, std::int64_t rows, std::int64_t C,
+template <class S, bool kRelu, class G, class X>
+inline void backward_rows(const G* dy, const X* x, std::int64_t rows, std::int64_t C,
                           std::int64_t c0, std::int64_t c1, const float* hi, const float* a,
                           const float* b, double* A, double* B) {
   constexpr int W = S::kW;
@@ -239,8 +246,8 @@ inline void backward_rows(const float* dy, const float* x, std::int64_t rows, st
   using F = typename S::F;
   std::int64_t r = 0;
   for (; r + kRows <= rows; r += kRows) {
-    const float* xp = x + r * C;
-    const float* dp = dy + r * C;
+    const X* xp = x + r * C;
+    const G* dp = dy + r * C;
     for (std::int64_t c = c0; c < c1; c += W) {
       const F H = S::loadf(hi + c), Av = S::loadf(a + c), Bv = S::loadf(b + c);
       D sa = S::zero(), sb = S::zero();
@@ -255,8 +262,8 @@ inline void backward_rows(const float* dy, const float* x, std::int64_t rows, st
     }
   }
   for (; r < rows; ++r) {
-    const float* xp = x + r * C;
-    const float* dp = dy + r * C;
+    const X* xp = x + r * C;
+    const G* dp = dy + r * C;
     for (std::int64_t c = c0; c < c1; c += W) {
       const F xh = S::subf(S::loadf(xp + c), S::loadf(hi + c));
       const D g = S::cvt(gated<S, kRelu>(S::loadf(dp + c), xh, S::loadf(a + c), S::loadf(b + c)));
@@ -295,12 +302,16 @@ void backward_sums(const float* dy, const float* x, const BnGeometry& g, const f
 
 inline float relu_if(float y, bool relu) { return relu ? std::max(y, 0.0f) : y; }
 
+// An output element: fp32 as computed, or rounded once to bf16 (nearest even).
+inline void put(float& dst, float v) { dst = v; }
+inline void put(Bf16& dst, float v) { dst = float_to_bf16(v); }
+
 inline float gate(float dy, float xh, float a, float b, bool relu) {
   return (!relu || std::fma(a, xh, b) > 0.0f) ? dy : 0.0f;
 }
 
 // Whether rows of C floats can be streamed line by line (every row starts on a 64-byte boundary).
-inline bool rows_streamable(const float* dst, std::int64_t channels) {
+inline bool rows_streamable(const void* dst, std::int64_t channels) {
   return channels % kLineFloats == 0 && (reinterpret_cast<std::uintptr_t>(dst) & 63u) == 0;
 }
 
@@ -347,21 +358,22 @@ class PoolRows {
 };
 
 // Channels [c0, c1) of one row of the full-size gradient, the expression of MaxPool::backward.
-inline void pooled_dy_row(const float* dy, const std::uint8_t* arg, std::int64_t C, PoolSource s, std::int64_t c0,
+template <class G>
+inline void pooled_dy_row(const G* dy, const std::uint8_t* arg, std::int64_t C, PoolSource s, std::int64_t c0,
                           std::int64_t c1, float* dst) {
   if (s.cell < 0) {
     std::fill(dst + c0, dst + c1, 0.0f);
     return;
   }
-  const float* g = dy + s.cell * C;
+  const G* g = dy + s.cell * C;
   const std::uint8_t* ap = arg + s.cell * C;
 #pragma omp simd
-  for (std::int64_t c = c0; c < c1; ++c) dst[c] = ap[c] == s.here ? g[c] : 0.0f;
+  for (std::int64_t c = c0; c < c1; ++c) dst[c] = ap[c] == s.here ? widen(g[c]) : 0.0f;
 }
 
 // backward_sums over the full-size gradient, expanded a tile of rows at a time into scratch.
-template <bool kRelu>
-void backward_sums_pool(const float* dy, const std::uint8_t* arg, const BnPool& pool, const float* x,
+template <bool kRelu, class G, class X>
+void backward_sums_pool(const G* dy, const std::uint8_t* arg, const BnPool& pool, const X* x,
                         const BnGeometry& g, const float* hi, const float* a, const float* b, double* A, double* B,
                         std::int64_t c0, std::int64_t c1, float* scratch) {
   const std::int64_t C = g.channels, tile = bn_pool_scratch_floats(C) / C;
@@ -380,16 +392,18 @@ void backward_sums_pool(const float* dy, const std::uint8_t* arg, const BnPool& 
 
 // One pooled element's window (top-left input row `base`, rows W·C apart) for channels [c0, c1): the
 // activations computed as bn_normalize computes them, the maximum and its index as MaxPool computes them.
-template <bool kRelu>
-inline void pool_window(const float* base, std::int64_t k, std::int64_t W, std::int64_t C, const float* hi,
-                        const float* a, const float* b, std::int64_t c0, std::int64_t c1, float* out,
+template <bool kRelu, class X, class Y>
+inline void pool_window(const X* base, std::int64_t k, std::int64_t W, std::int64_t C, const float* hi,
+                        const float* a, const float* b, std::int64_t c0, std::int64_t c1, Y* out,
                         std::uint8_t* arg) {
-  auto act = [=](const float* p, std::int64_t c) { return relu_if(std::fma(a[c], p[c] - hi[c], b[c]), kRelu); };
+  auto act = [=](const X* p, std::int64_t c) {
+    return relu_if(std::fma(a[c], widen(p[c]) - hi[c], b[c]), kRelu);
+  };
   if (k == 2) {
-    const float* p0 = base;
-    const float* p1 = base + C;
-    const float* p2 = base + W * C;
-    const float* p3 = p2 + C;
+    const X* p0 = base;
+    const X* p1 = base + C;
+    const X* p2 = base + W * C;
+    const X* p3 = p2 + C;
 #pragma omp simd
     for (std::int64_t c = c0; c < c1; ++c) {
       const float v0 = act(p0, c), v1 = act(p1, c), v2 = act(p2, c), v3 = act(p3, c);
@@ -397,7 +411,7 @@ inline void pool_window(const float* base, std::int64_t k, std::int64_t W, std::
       const std::int32_t top_arg = static_cast<std::int32_t>(v1 > v0);
       const std::int32_t bottom_arg = 2 + static_cast<std::int32_t>(v3 > v2);
       const std::int32_t second = static_cast<std::int32_t>(bottom > top);
-      out[c] = std::max(top, bottom);
+      put(out[c], std::max(top, bottom));
       arg[c] = static_cast<std::uint8_t>(top_arg + second * (bottom_arg - top_arg));
     }
     return;
@@ -410,14 +424,14 @@ inline void pool_window(const float* base, std::int64_t k, std::int64_t W, std::
         const float v = act(base + (i * W + j) * C, c);
         if (v > m) m = v, best = static_cast<std::int32_t>(i * k + j);
       }
-    out[c] = m;
+    put(out[c], m);
     arg[c] = static_cast<std::uint8_t>(best);
   }
 }
 
-template <bool kRelu>
-void normalize_pool(const float* x, const BnGeometry& g, const BnPool& p, const float* hi, const float* a,
-                    const float* b, float* y, std::uint8_t* arg, std::int64_t c0, std::int64_t c1) {
+template <bool kRelu, class X, class Y>
+void normalize_pool(const X* x, const BnGeometry& g, const BnPool& p, const float* hi, const float* a,
+                    const float* b, Y* y, std::uint8_t* arg, std::int64_t c0, std::int64_t c1) {
   const std::int64_t C = g.channels, H = p.height, W = p.width, k = p.k, Ho = p.out_height(), Wo = p.out_width();
   const std::int64_t N = g.outer / (H * W);
   for (std::int64_t n = 0; n < N; ++n)
@@ -458,12 +472,22 @@ inline void backward_header(double tag, const BnGeometry& g, double* msg) {
 
 // ---- forward ----------------------------------------------------------------------------------
 
-void bn_first_values(const float* x, const BnGeometry& g, double* out, ChannelRange r) {
+template <class X>
+void bn_first_values(const X* x, const BnGeometry& g, double* out, ChannelRange r) {
   for (std::int64_t c = r.begin; c < r.stop(g.channels); ++c)
-    out[c] = g.per_channel() == 0 ? 0.0 : static_cast<double>(g.channels_last ? x[c] : x[c * g.inner]);
+    out[c] = g.per_channel() == 0 ? 0.0 : static_cast<double>(widen(g.channels_last ? x[c] : x[c * g.inner]));
+}
+
+void bn_first_values(const float* x, const BnGeometry& g, double* out, ChannelRange r) {
+  bn_first_values<float>(x, g, out, r);
 }
 
 void bn_stats(const float* x, const BnGeometry& g, const double* pivot, double tag, double* msg, ChannelRange r) {
+  bn_stats<float>(x, g, pivot, tag, msg, r);
+}
+
+template <class X>
+void bn_stats(const X* x, const BnGeometry& g, const double* pivot, double tag, double* msg, ChannelRange r) {
   const std::int64_t C = g.channels, c0 = r.begin, c1 = r.stop(C);
   const std::int64_t n = g.per_channel();
   msg[kMsgTag] = tag;
@@ -484,9 +508,9 @@ void bn_stats(const float* x, const BnGeometry& g, const double* pivot, double t
       PlaneAcc<Native> acc[kPlaneGroup];
       for (std::int64_t o = 0; o < g.outer; ++o)
         for (std::int64_t c = cb; c < ce; ++c)  // local shift: this rank's first value of channel c
-          stats_plane(x + (o * C + c) * g.inner, g.inner, static_cast<double>(x[c * g.inner]), acc[c - cb]);
+          stats_plane(x + (o * C + c) * g.inner, g.inner, static_cast<double>(widen(x[c * g.inner])), acc[c - cb]);
       for (std::int64_t c = cb; c < ce; ++c)
-        bn_shift_to_pivot(acc[c - cb].sum_a(), acc[c - cb].sum_b(), static_cast<double>(n), x[c * g.inner],
+        bn_shift_to_pivot(acc[c - cb].sum_a(), acc[c - cb].sum_b(), static_cast<double>(n), widen(x[c * g.inner]),
                           pivot ? pivot[c] : 0.0, &S1[c], &S2[c]);
     }
     return;
@@ -497,7 +521,7 @@ void bn_stats(const float* x, const BnGeometry& g, const double* pivot, double t
   stats_rows<Native>(x, g.outer, C, c0, cv, S1, S2);
   stats_rows<Scalar>(x, g.outer, C, cv, c1, S1, S2);
   for (std::int64_t c = c0; c < c1; ++c)  // local shift: the first row
-    bn_shift_to_pivot(S1[c], S2[c], static_cast<double>(n), x[c], pivot ? pivot[c] : 0.0, &S1[c], &S2[c]);
+    bn_shift_to_pivot(S1[c], S2[c], static_cast<double>(n), widen(x[c]), pivot ? pivot[c] : 0.0, &S1[c], &S2[c]);
 }
 
 BnStatus bn_combine(const double* msg, const BnCombineArgs& args, ChannelRange r) {
@@ -609,6 +633,12 @@ std::int64_t bn_pool_scratch_floats(std::int64_t channels) {
 
 void bn_normalize_pool(const float* x, const BnGeometry& g, const BnPool& pool, const float* hi, const float* a,
                        const float* b, bool relu, float* y, std::uint8_t* arg, ChannelRange r) {
+  bn_normalize_pool<float, float>(x, g, pool, hi, a, b, relu, y, arg, r);
+}
+
+template <class X, class Y>
+void bn_normalize_pool(const X* x, const BnGeometry& g, const BnPool& pool, const float* hi, const float* a,
+                       const float* b, bool relu, Y* y, std::uint8_t* arg, ChannelRange r) {
   check_pool(g, pool);
   const std::int64_t c0 = r.begin, c1 = r.stop(g.channels);
   if (relu) {
@@ -619,6 +649,15 @@ void bn_normalize_pool(const float* x, const BnGeometry& g, const BnPool& pool, 
 }
 
 void bn_backward_reduce_pool(const float* dy, const std::uint8_t* arg, const BnPool& pool, const float* x,
+                             const BnGeometry& g, const float* hi, const float* a, const float* b, bool relu,
+                             const double* mean, const double* invstd, double tag, double* msg, float* dgamma,
+                             float* dbeta, float* scratch, ChannelRange r, BnRenormFactors renorm) {
+  bn_backward_reduce_pool<float, float>(dy, arg, pool, x, g, hi, a, b, relu, mean, invstd, tag, msg, dgamma, dbeta,
+                                        scratch, r, renorm);
+}
+
+template <class X, class Y>
+void bn_backward_reduce_pool(const Y* dy, const std::uint8_t* arg, const BnPool& pool, const X* x,
                              const BnGeometry& g, const float* hi, const float* a, const float* b, bool relu,
                              const double* mean, const double* invstd, double tag, double* msg, float* dgamma,
                              float* dbeta, float* scratch, ChannelRange r, BnRenormFactors renorm) {
@@ -638,6 +677,13 @@ void bn_backward_reduce_pool(const float* dy, const std::uint8_t* arg, const BnP
 void bn_backward_elemt_pool(const float* dy, const std::uint8_t* arg, const BnPool& pool, const float* x,
                             const BnGeometry& g, const float* hi, const float* a, const float* b, bool relu,
                             const float* k1, const float* k0, bool stream, float* dx, ChannelRange r) {
+  bn_backward_elemt_pool<float, float>(dy, arg, pool, x, g, hi, a, b, relu, k1, k0, stream, dx, r);
+}
+
+template <class X, class Y>
+void bn_backward_elemt_pool(const Y* dy, const std::uint8_t* arg, const BnPool& pool, const X* x,
+                            const BnGeometry& g, const float* hi, const float* a, const float* b, bool relu,
+                            const float* k1, const float* k0, bool stream, X* dx, ChannelRange r) {
   check_pool(g, pool);
   const std::int64_t C = g.channels, c0 = r.begin, c1 = r.stop(C);
   const bool nt = stream && rows_streamable(dx + c0, C) && (c1 - c0) % kLineFloats == 0;
@@ -649,26 +695,44 @@ void bn_backward_elemt_pool(const float* dy, const std::uint8_t* arg, const BnPo
   PoolRows src(pool, 0);
   for (std::int64_t row = 0; row < g.outer; ++row, src.next()) {
     const PoolSource s = src.source();
-    const float* xp = x + row * C + c0;
-    float* out = dx + row * C + c0;
+    const X* xp = x + row * C + c0;
+    X* out = dx + row * C + c0;
     if (s.cell < 0) {  // dropped by the pooling: dy' = 0, but the mean terms still reach x
       write_elements(out, c1 - c0, nt, [=](std::int64_t c) {
-        const float xh = xp[c] - hr[c];
+        const float xh = widen(xp[c]) - hr[c];
         return std::fma(ar[c], gate(0.0f, xh, ar[c], br[c], relu), std::fma(k1r[c], xh, k0r[c]));
       });
       continue;
     }
-    const float* gp = dy + s.cell * C + c0;
+    const Y* gp = dy + s.cell * C + c0;
     const std::uint8_t* ap = arg + s.cell * C + c0;
     const std::int32_t here = s.here;
     write_elements(out, c1 - c0, nt, [=](std::int64_t c) {  // the expressions of MaxPool and bn_backward_elemt
-      const float xh = xp[c] - hr[c];
-      const float d = ap[c] == here ? gp[c] : 0.0f;
+      const float xh = widen(xp[c]) - hr[c];
+      const float d = ap[c] == here ? widen(gp[c]) : 0.0f;
       return std::fma(ar[c], gate(d, xh, ar[c], br[c], relu), std::fma(k1r[c], xh, k0r[c]));
     });
   }
   if (stream) stream_fence();
 }
+
+// The bf16 instantiations (bn_kernels.h); the all-float ones are made by the fp32 functions above.
+template void bn_first_values<Bf16>(const Bf16*, const BnGeometry&, double*, ChannelRange);
+template void bn_stats<Bf16>(const Bf16*, const BnGeometry&, const double*, double, double*, ChannelRange);
+#define SBN_POOL_KERNELS(X, Y)                                                                                    \
+  template void bn_normalize_pool<X, Y>(const X*, const BnGeometry&, const BnPool&, const float*, const float*,  \
+                                        const float*, bool, Y*, std::uint8_t*, ChannelRange);                    \
+  template void bn_backward_reduce_pool<X, Y>(const Y*, const std::uint8_t*, const BnPool&, const X*,             \
+                                              const BnGeometry&, const float*, const float*, const float*, bool, \
+                                              const double*, const double*, double, double*, float*, float*,     \
+                                              float*, ChannelRange, BnRenormFactors);                            \
+  template void bn_backward_elemt_pool<X, Y>(const Y*, const std::uint8_t*, const BnPool&, const X*,              \
+                                             const BnGeometry&, const float*, const float*, const float*, bool,  \
+                                             const float*, const float*, bool, X*, ChannelRange);
+SBN_POOL_KERNELS(float, Bf16)
+SBN_POOL_KERNELS(Bf16, Bf16)
+SBN_POOL_KERNELS(Bf16, float)
+#undef SBN_POOL_KERNELS
 
 }  // namespace cpu
 }  // namespace syncbn

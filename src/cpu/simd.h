@@ -4,10 +4,13 @@
 // keeps lane accumulators in memory: 10 GB/s instead of the 23 GB/s this machine streams). Each trait
 // pairs W floats (F) with W doubles (D) so one templated loop serves AVX-512 (W = 8), AVX2+FMA (W = 4)
 // and plain scalar code (W = 1, also the tail of every loop). The ISA is chosen at compile time by
-// the build's -march (SBN_CPU_ARCH).
+// the build's -march (SBN_CPU_ARCH). loadf also widens W bf16 values (--precision bf16 activations):
+// a bf16 is the high half of an fp32, so widening is a zero-extend and a shift, exact.
 #pragma once
 
 #include <cmath>
+
+#include "syncbn/tensor.h"
 
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
@@ -26,6 +29,7 @@ struct Scalar {
   using F = float;
   using D = double;
   static F loadf(const float* p) { return *p; }
+  static F loadf(const Bf16* p) { return bf16_to_float(*p); }
   static F setf(float v) { return v; }
   static F subf(F a, F b) { return a - b; }
   // dy where a·xh + b > 0 (the fused ReLU's gate, same fma as the forward), else 0.
@@ -48,6 +52,10 @@ struct Native {
   using F = __m256;
   using D = __m512d;
   static F loadf(const float* p) { return _mm256_loadu_ps(p); }
+  static F loadf(const Bf16* p) {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+  }
   static F setf(float v) { return _mm256_set1_ps(v); }
   static F subf(F a, F b) { return _mm256_sub_ps(a, b); }
   static F gate(F dy, F xh, F a, F b) {
@@ -71,6 +79,10 @@ struct Native {
   using F = __m128;
   using D = __m256d;
   static F loadf(const float* p) { return _mm_loadu_ps(p); }
+  static F loadf(const Bf16* p) {
+    const __m128i w = _mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+    return _mm_castsi128_ps(_mm_slli_epi32(w, 16));
+  }
   static F setf(float v) { return _mm_set1_ps(v); }
   static F subf(F a, F b) { return _mm_sub_ps(a, b); }
   static F gate(F dy, F xh, F a, F b) {

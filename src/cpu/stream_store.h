@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "syncbn/tensor.h"
+
 #if defined(__SSE2__)
 #include <immintrin.h>
 #endif
@@ -57,6 +59,14 @@ inline void write_elements(float* dst, std::int64_t len, bool stream, F&& f) {
   }
 #pragma omp simd
   for (std::int64_t j = i; j < len; ++j) dst[j] = f(j);
+}
+
+// The same into bf16 (rounded to nearest even), always through the cache: the bf16 outputs are the next
+// convolution's input or the previous one's gradient, read back soon, and half the bytes.
+template <class F>
+inline void write_elements(Bf16* dst, std::int64_t len, bool /*stream*/, F&& f) {
+#pragma omp simd
+  for (std::int64_t j = 0; j < len; ++j) dst[j] = float_to_bf16(f(j));
 }
 
 }  // namespace syncbn::cpu

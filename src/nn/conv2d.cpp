@@ -16,6 +16,11 @@
 // its gradient accumulation stay fp32. The bf16 input copy made by forward() is the one the weight
 // gradient reads in backward(). The im2col + sgemm layers (the network input) stay fp32: a few percent
 // of the FLOPs, and their input is the data itself.
+//
+// bf16 activations: a bf16 input (a fused BN+pool's output) is the bf16 operand itself, no reorder, and
+// the input gradient is written in bf16 (oneDNN's diff_src); with bf16_out the output is written in bf16
+// (for a fused BN+pool, which reads it widened) and its gradient arrives in bf16, the diff_dst operand
+// itself. Weight gradients stay fp32 either way.
 #include <cblas.h>
 
 #include <omp.h>
@@ -74,31 +79,33 @@ memory scratch_of(const Pd& pd, const dnnl::engine& eng) {
 
 class Conv2d final : public Module {
  public:
-  Conv2d(const ConvPlan& plan, ParamStore& store, CpuContext& ctx)
+  Conv2d(const ConvPlan& plan, ParamStore& store, CpuContext& ctx, bool bf16_out)
       : name_(plan.name),
         spec_(plan.spec),
         store_(store),
         ctx_(ctx),
         weight_(plan.weight.index),
         bias_(plan.bias.index),
-        gemm_(plan.spec.in < kGemmMaxIn) {}
+        gemm_(plan.spec.in < kGemmMaxIn),
+        bf16_out_(bf16_out && ctx.bf16 && !gemm_) {}
 
   void forward(const Tensor& x, Tensor& y, bool) override {
     SBN_CHECK(x.rank() == 4 && x.dim(1) == spec_.in,
               name_ + ": expects (N, " + std::to_string(spec_.in) + ", H, W), got " + syncbn::describe(x.shape(), x.layout()));
     if (gemm_) {
+      SBN_CHECK(x.dtype() == ElementType::kF32, name_ + ": an im2col convolution (fewer than " +
+                                                    std::to_string(kGemmMaxIn) + " input channels) reads fp32 only");
       gemm_forward(x, y);
       return;
     }
     Plan& p = plan_for(x);
     const std::int64_t N = x.dim(0);
-    y.resize({N, spec_.out, p.ho, p.wo}, Layout::kChannelsLast);
+    y.resize({N, spec_.out, p.ho, p.wo}, Layout::kChannelsLast, p.out_bf16 ? ElementType::kBF16 : ElementType::kF32);
     if (N == 0) return;
     // Weights: canonical OIHW → the forward primitive's format.
     p.w_user.set_data_handle(store_.value(weight_));
     p.w_to_fwd.reorder(ctx_.stream, p.w_user, p.w_fwd);
-    p.src.set_data_handle(const_cast<float*>(x.data()));
-    if (p.lp) p.src_to_lp.reorder(ctx_.stream, p.src, p.src_lp);  // kept for the weight gradient
+    set_src(x, p);
     std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, p.lp ? p.src_lp : p.src}, {DNNL_ARG_WEIGHTS, p.w_fwd}};
     if (bias_ >= 0) {
       p.b.set_data_handle(store_.value(bias_));
@@ -118,13 +125,19 @@ class Conv2d final : public Module {
     }
     Plan& p = plan_for(x);
     if (x.dim(0) == 0) {
-      if (dx) dx->resize(x.shape(), x.layout());
+      if (dx) dx->resize(x.shape(), x.layout(), x.dtype());
       return;
     }
+    SBN_CHECK(dy.dtype() == (p.out_bf16 ? ElementType::kBF16 : ElementType::kF32),
+              name_ + ": the output gradient's dtype is not the output's");
     p.dst_user.set_data_handle(const_cast<float*>(dy.data()));
     memory diff_dst = p.dst_user;
     if (p.lp) {
-      p.dy_to_lp.reorder(ctx_.stream, p.dst_user, p.diff_dst_lp);
+      if (p.dy_direct) {
+        p.diff_dst_lp.set_data_handle(const_cast<float*>(dy.data()));
+      } else {
+        p.dy_to_lp.reorder(ctx_.stream, p.dst_user, p.diff_dst_lp);
+      }
       diff_dst = p.diff_dst_lp;
     } else if (p.blocked_dst) {
       p.user_to_dst.reorder(ctx_.stream, p.dst_user, p.dst_blocked);
@@ -136,7 +149,7 @@ class Conv2d final : public Module {
       weight_grad_fp32(x, diff_dst, p);
     }
     if (!dx) return;
-    dx->resize(x.shape(), x.layout());
+    dx->resize(x.shape(), x.layout(), x.dtype());
     ensure_bwd_data(p);
     p.w_user.set_data_handle(store_.value(weight_));
     p.w_to_bwd.reorder(ctx_.stream, p.w_user, p.w_bwd);
@@ -269,6 +282,9 @@ class Conv2d final : public Module {
     Prim fwd, bwd_w, bwd_d;
     bool has_bwd_d = false;
     bool lp = false;  // bf16 compute (CpuContext::bf16): src_lp, diff_dst_lp are the bf16 operands
+    bool src_bf16 = false;   // the input is bf16: src_lp is its buffer, dx is written in bf16
+    bool out_bf16 = false;   // the output (so dy) is bf16
+    bool dy_direct = false;  // diff_dst_lp is dy's buffer (bf16 NHWC, as the primitives take it)
     memory src_lp, diff_dst_lp;
     Prim src_to_lp, dy_to_lp;
     memory::desc src_cmp_md, diff_dst_md;  // src and diff_dst as the primitives take them
@@ -282,9 +298,24 @@ class Conv2d final : public Module {
     for (std::int64_t i = 0; i < n; ++i) dst[i] += src[i];
   }
 
+  // The source operand from x: its own buffer, or (fp32 x, bf16 compute) its bf16 copy, made by forward
+  // and kept for the weight gradient.
+  void set_src(const Tensor& x, Plan& p) {
+    if (p.src_bf16) {
+      p.src_lp.set_data_handle(const_cast<float*>(x.data()));
+      return;
+    }
+    p.src.set_data_handle(const_cast<float*>(x.data()));
+    if (p.lp) p.src_to_lp.reorder(ctx_.stream, p.src, p.src_lp);
+  }
+
   // Weight (and bias) gradients on oneDNN: it assigns; the ParamStore accumulates, so through scratch.
   void weight_grad_fp32(const Tensor& x, const memory& diff_dst, Plan& p) {
-    p.src.set_data_handle(const_cast<float*>(x.data()));
+    if (p.src_bf16) {
+      p.src_lp.set_data_handle(const_cast<float*>(x.data()));
+    } else {
+      p.src.set_data_handle(const_cast<float*>(x.data()));
+    }
     std::unordered_map<int, memory> args = {
         {DNNL_ARG_SRC, p.lp ? p.src_lp : p.src}, {DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_DIFF_WEIGHTS, p.dw}};
     if (bias_ >= 0) args[DNNL_ARG_DIFF_BIAS] = p.db;
@@ -294,6 +325,11 @@ class Conv2d final : public Module {
     ctx_.stream.wait();
     accumulate(store_.grad(weight_), dw_scratch_.data(), store_.info(weight_).size);
     if (bias_ >= 0) accumulate(store_.grad(bias_), db_scratch_.data(), spec_.out);
+  }
+
+  // Element i of an fp32 or bf16 (exactly widened) activation.
+  static double element(const Tensor& t, std::int64_t i) {
+    return t.dtype() == ElementType::kBF16 ? bf16_to_float(t.bf16()[i]) : t.data()[i];
   }
 
   // --grad-accum fp64: dW = dyᵀ·im2col(x) with OpenBLAS DGEMM over all N·Ho·Wo output positions (the
@@ -315,11 +351,12 @@ class Conv2d final : public Module {
               if (w < 0 || w >= W) continue;
               double* out = row + (kh * K + kw) * C;
               for (std::int64_t c = 0; c < C; ++c)
-                out[c] = nhwc ? x.data()[((n * H + h) * W + w) * C + c] : x.data()[((n * C + c) * H + h) * W + w];
+                out[c] = element(x, nhwc ? ((n * H + h) * W + w) * C + c : ((n * C + c) * H + h) * W + w);
             }
           }
         }
-    dy64_.assign(dy.data(), dy.data() + rows * O);  // NHWC: (rows, O)
+    dy64_.resize(static_cast<std::size_t>(rows * O));  // NHWC: (rows, O)
+    for (std::int64_t i = 0; i < rows * O; ++i) dy64_[static_cast<std::size_t>(i)] = element(dy, i);
     dw64_.assign(static_cast<std::size_t>(O * kkc), 0.0);
     cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<int>(O), static_cast<int>(kkc),
                 static_cast<int>(rows), 1.0, dy64_.data(), static_cast<int>(O), col64_.data(), static_cast<int>(kkc),
@@ -336,70 +373,9 @@ class Conv2d final : public Module {
     }
   }
 
-  Plan& plan_for(const Tensor& x) {
-    const bool planar = x.layout() == Layout::kPlanar && x.dim(1) > 1;
-    const auto key = std::make_tuple(x.dim(0), x.dim(2), x.dim(3), planar);
-    auto it = plans_.find(key);
-    if (it != plans_.end()) return it->second;
-    Plan& p = plans_[key];
-    const std::int64_t N = x.dim(0), H = x.dim(2), W = x.dim(3), k = spec_.kernel, s = spec_.stride;
-    p.ho = (H + 2 * spec_.pad - k) / s + 1;
-    p.wo = (W + 2 * spec_.pad - k) / s + 1;
-    SBN_CHECK(p.ho > 0 && p.wo > 0, name_ + ": input " + syncbn::describe(x.shape(), x.layout()) + " too small");
-    if (N == 0) return p;
-    const memory::dims src_dims = {N, spec_.in, H, W}, dst_dims = {N, spec_.out, p.ho, p.wo},
-                       wei_dims = {spec_.out, spec_.in, k, k}, bias_dims = {spec_.out};
-    p.strides = {s, s};
-    p.pad = {spec_.pad, spec_.pad};
-    // (N, 1, H, W) is the same bytes in NCHW and NHWC; give oneDNN the tag its first-layer kernels take.
-    const tag src_tag = planar || spec_.in == 1 ? tag::nchw : tag::nhwc;
-    p.lp = ctx_.bf16;
-    const dt cdt = p.lp ? dt::bf16 : dt::f32;  // the compute type of src, weights and diff_dst
-    p.src_md = memory::desc(src_dims, dt::f32, src_tag);
-    p.src_cmp_md = memory::desc(src_dims, cdt, src_tag);
-    const memory::desc dst_nhwc(dst_dims, dt::f32, tag::nhwc);
-    p.wei_any = memory::desc(wei_dims, cdt, tag::any);
-    p.bias_md = memory::desc(bias_dims, dt::f32, tag::x);
-    auto make_fwd = [&](const memory::desc& dst_md) {
-      auto d = spec_.bias ? dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training,
-                                                           dnnl::algorithm::convolution_direct, p.src_cmp_md,
-                                                           p.wei_any, p.bias_md, dst_md, p.strides, p.pad, p.pad)
-                          : dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training,
-                                                           dnnl::algorithm::convolution_direct, p.src_cmp_md,
-                                                           p.wei_any, dst_md, p.strides, p.pad, p.pad);
-      return dnnl::convolution_forward::primitive_desc(d, user_scratchpad(), ctx_.engine);
-    };
-    try {
-      p.fwd_pd = make_fwd(dst_nhwc);
-    } catch (const dnnl::error&) {
-      SBN_CHECK(!p.lp, name_ + kNoBf16);  // below AVX-512 oneDNN 2.6 has no bf16 convolution at all
-      throw;
-    }
-    if (is_reference_impl(p.fwd_pd.impl_info_str())) {
-      p.fwd_pd = make_fwd(memory::desc(dst_dims, dt::f32, tag::any));
-      p.blocked_dst = true;
-    }
-    // bf16 is a speed option: on a CPU where oneDNN has only its reference kernel for it, say so.
-    SBN_CHECK(!p.lp || !is_reference_impl(p.fwd_pd.impl_info_str()), name_ + kNoBf16);
-    p.dst_md = p.fwd_pd.dst_desc();
-    p.fwd = {dnnl::convolution_forward(p.fwd_pd), scratch_of(p.fwd_pd, ctx_.engine)};
-    p.src = memory(p.src_md, ctx_.engine, nullptr);
-    if (p.lp) {
-      p.src_lp = memory(p.src_cmp_md, ctx_.engine);
-      p.src_to_lp = make_reorder(p.src, p.src_lp, ctx_.engine);
-    }
-    p.dst_user = memory(dst_nhwc, ctx_.engine, nullptr);
-    if (p.blocked_dst) {
-      p.dst_blocked = memory(p.dst_md, ctx_.engine);
-      p.dst_to_user = make_reorder(p.dst_blocked, p.dst_user, ctx_.engine);
-      p.user_to_dst = make_reorder(p.dst_user, p.dst_blocked, ctx_.engine);
-    }
-    const memory::desc wei_user(wei_dims, dt::f32, tag::oihw);
-    p.w_user = memory(wei_user, ctx_.engine, nullptr);
-    p.w_fwd = memory(p.fwd_pd.weights_desc(), ctx_.engine);
-    p.w_to_fwd = make_reorder(p.w_user, p.w_fwd, ctx_.engine);
-    p.b = memory(p.bias_md, ctx_.engine, nullptr);
-
+  // The weight-gradient primitive of a plan and what it needs (plan_for's second half).
+  void plan_weight_grad(Plan& p, const memory::dims& wei_dims, const memory::dims& dst_dims,
+                        const memory::desc& wei_user) {
     // oneDNN 2.6.3's jit_1x1 weight-gradient kernel hangs, aborts or crashes with more than one thread
     // when the layer has fewer than 16 input channels and a small batch (reproduced with the plain oneDNN
     // API: 1x1 stride-2 conv, 8 -> 16 channels, batch 3, 2 OpenMP threads; fine with 1 thread or 16+
@@ -421,7 +397,10 @@ class Conv2d final : public Module {
     SBN_CHECK(wpd.src_desc() == p.src_cmp_md && (diff_dst_any || wpd.diff_dst_desc() == p.diff_dst_md),
               name_ + ": oneDNN chose other activation formats for the weight gradient");
     p.diff_dst_md = wpd.diff_dst_desc();
-    if (p.lp) {
+    p.dy_direct = p.out_bf16 && !diff_dst_any;
+    if (p.dy_direct) {
+      p.diff_dst_lp = memory(p.diff_dst_md, ctx_.engine, nullptr);
+    } else if (p.lp) {
       p.diff_dst_lp = memory(p.diff_dst_md, ctx_.engine);
       p.dy_to_lp = make_reorder(p.dst_user, p.diff_dst_lp, ctx_.engine);
     }
@@ -432,13 +411,87 @@ class Conv2d final : public Module {
     p.dw_to_user = make_reorder(p.dw, p.dw_user, ctx_.engine);
     db_scratch_.resize(static_cast<std::size_t>(spec_.out));
     p.db = memory(p.bias_md, ctx_.engine, db_scratch_.data());
+  }
+
+  Plan& plan_for(const Tensor& x) {
+    const bool planar = x.layout() == Layout::kPlanar && x.dim(1) > 1;
+    const bool src_bf16 = x.dtype() == ElementType::kBF16;
+    SBN_CHECK(!src_bf16 || (ctx_.bf16 && !planar), name_ + ": a bf16 input needs --precision bf16 and NHWC");
+    const auto key = std::make_tuple(x.dim(0), x.dim(2), x.dim(3), planar, src_bf16);
+    auto it = plans_.find(key);
+    if (it != plans_.end()) return it->second;
+    Plan& p = plans_[key];
+    const std::int64_t N = x.dim(0), H = x.dim(2), W = x.dim(3), k = spec_.kernel, s = spec_.stride;
+    p.ho = (H + 2 * spec_.pad - k) / s + 1;
+    p.wo = (W + 2 * spec_.pad - k) / s + 1;
+    SBN_CHECK(p.ho > 0 && p.wo > 0, name_ + ": input " + syncbn::describe(x.shape(), x.layout()) + " too small");
+    p.lp = ctx_.bf16;
+    p.src_bf16 = src_bf16;
+    p.out_bf16 = bf16_out_;  // also for an empty batch: the dtypes a layer hands on do not depend on N
+    if (N == 0) return p;
+    const memory::dims src_dims = {N, spec_.in, H, W}, dst_dims = {N, spec_.out, p.ho, p.wo},
+                       wei_dims = {spec_.out, spec_.in, k, k}, bias_dims = {spec_.out};
+    p.strides = {s, s};
+    p.pad = {spec_.pad, spec_.pad};
+    // (N, 1, H, W) is the same bytes in NCHW and NHWC; give oneDNN the tag its first-layer kernels take.
+    const tag src_tag = planar || spec_.in == 1 ? tag::nchw : tag::nhwc;
+    const dt cdt = p.lp ? dt::bf16 : dt::f32;  // the compute type of src, weights and diff_dst
+    const dt out_dt = p.out_bf16 ? dt::bf16 : dt::f32;
+    p.src_md = memory::desc(src_dims, dt::f32, src_tag);
+    p.src_cmp_md = memory::desc(src_dims, cdt, src_tag);
+    const memory::desc dst_nhwc(dst_dims, out_dt, tag::nhwc);
+    p.wei_any = memory::desc(wei_dims, cdt, tag::any);
+    p.bias_md = memory::desc(bias_dims, dt::f32, tag::x);
+    auto make_fwd = [&](const memory::desc& dst_md) {
+      auto d = spec_.bias ? dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training,
+                                                           dnnl::algorithm::convolution_direct, p.src_cmp_md,
+                                                           p.wei_any, p.bias_md, dst_md, p.strides, p.pad, p.pad)
+                          : dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training,
+                                                           dnnl::algorithm::convolution_direct, p.src_cmp_md,
+                                                           p.wei_any, dst_md, p.strides, p.pad, p.pad);
+      return dnnl::convolution_forward::primitive_desc(d, user_scratchpad(), ctx_.engine);
+    };
+    try {
+      p.fwd_pd = make_fwd(dst_nhwc);
+    } catch (const dnnl::error&) {
+      SBN_CHECK(!p.lp, name_ + kNoBf16);  // below AVX-512 oneDNN 2.6 has no bf16 convolution at all
+      throw;
+    }
+    if (is_reference_impl(p.fwd_pd.impl_info_str())) {
+      p.fwd_pd = make_fwd(memory::desc(dst_dims, out_dt, tag::any));
+      p.blocked_dst = true;
+    }
+    // bf16 is a speed option: on a CPU where oneDNN has only its reference kernel for it, say so.
+    SBN_CHECK(!p.lp || !is_reference_impl(p.fwd_pd.impl_info_str()), name_ + kNoBf16);
+    p.dst_md = p.fwd_pd.dst_desc();
+    p.fwd = {dnnl::convolution_forward(p.fwd_pd), scratch_of(p.fwd_pd, ctx_.engine)};
+    p.src = memory(p.src_md, ctx_.engine, nullptr);
+    if (p.src_bf16) {
+      p.src_lp = memory(p.src_cmp_md, ctx_.engine, nullptr);
+    } else if (p.lp) {
+      p.src_lp = memory(p.src_cmp_md, ctx_.engine);
+      p.src_to_lp = make_reorder(p.src, p.src_lp, ctx_.engine);
+    }
+    p.dst_user = memory(dst_nhwc, ctx_.engine, nullptr);
+    if (p.blocked_dst) {
+      p.dst_blocked = memory(p.dst_md, ctx_.engine);
+      p.dst_to_user = make_reorder(p.dst_blocked, p.dst_user, ctx_.engine);
+      p.user_to_dst = make_reorder(p.dst_user, p.dst_blocked, ctx_.engine);
+    }
+    const memory::desc wei_user(wei_dims, dt::f32, tag::oihw);
+    p.w_user = memory(wei_user, ctx_.engine, nullptr);
+    p.w_fwd = memory(p.fwd_pd.weights_desc(), ctx_.engine);
+    p.w_to_fwd = make_reorder(p.w_user, p.w_fwd, ctx_.engine);
+    p.b = memory(p.bias_md, ctx_.engine, nullptr);
+
+    plan_weight_grad(p, wei_dims, dst_dims, wei_user);
     return p;
   }
 
   // Input-gradient primitives are built only for layers that need them (not the network input's).
   void ensure_bwd_data(Plan& p) {
     if (p.has_bwd_d) return;
-    const memory::desc diff_src_md = p.src_md;
+    const memory::desc diff_src_md = p.src_bf16 ? p.src_cmp_md : p.src_md;
     auto dd = dnnl::convolution_backward_data::desc(dnnl::algorithm::convolution_direct, diff_src_md, p.wei_any,
                                                     p.diff_dst_md, p.strides, p.pad, p.pad);
     auto dpd = dnnl::convolution_backward_data::primitive_desc(dd, user_scratchpad(), ctx_.engine, p.fwd_pd);
@@ -456,18 +509,21 @@ class Conv2d final : public Module {
   ParamStore& store_;
   CpuContext& ctx_;
   int weight_ = -1, bias_ = -1;
-  std::map<std::tuple<std::int64_t, std::int64_t, std::int64_t, bool>, Plan> plans_;
+  std::map<std::tuple<std::int64_t, std::int64_t, std::int64_t, bool, bool>, Plan> plans_;
   std::vector<float> dw_scratch_, db_scratch_;
   std::vector<double> col64_, dy64_, dw64_;  // fp64 gradient mode scratch
   bool gemm_;                                 // the im2col + sgemm path
+  bool bf16_out_;                             // bf16 output (make_conv2d)
   std::vector<float> col_, dcol_;             // its im2col of the last forward's input, and dcol
 };
 
 }  // namespace
 
-ModulePtr make_conv2d(const ConvPlan& plan, ParamStore& store, CpuContext& ctx) {
-  return std::make_unique<Conv2d>(plan, store, ctx);
+ModulePtr make_conv2d(const ConvPlan& plan, ParamStore& store, CpuContext& ctx, bool bf16_out) {
+  return std::make_unique<Conv2d>(plan, store, ctx, bf16_out);
 }
+
+bool conv2d_reads_bf16(const ConvSpec& spec) { return spec.in >= kGemmMaxIn; }
 
 ModulePtr make_conv2d(const std::string& name, const ConvSpec& spec, ParamStore& store, CpuContext& ctx) {
   return make_conv2d(plan_conv(store, name, spec), store, ctx);

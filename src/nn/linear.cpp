@@ -103,6 +103,7 @@ class Linear final : public Module {
     const std::int64_t N = x.rank() ? x.dim(0) : 0;
     SBN_CHECK(N == 0 || x.numel() / N == in_, name_ + ": expects " + std::to_string(in_) +
                                                   " features per sample, got " + syncbn::describe(x.shape(), x.layout()));
+    SBN_CHECK(x.dtype() == ElementType::kF32, name_ + ": reads fp32 activations (bf16 ones end at a convolution)");
     y.resize({N, out_});
     if (N == 0) return;
     const std::int64_t M = (N + kRowBlock - 1) / kRowBlock * kRowBlock;

@@ -99,14 +99,28 @@ ModulePtr make_module(const OpPlan& op, ParamStore& store, CpuContext& ctx, Sync
 Network build_network(const NetPlan& plan, ParamStore& params, CpuContext& ctx, SyncGroup* group) {
   Network n;
   n.net = std::make_unique<Sequential>();
+  // --precision bf16 activations (Tensor's dtype): a convolution before a fused BN+pool writes bf16, and a
+  // fused BN+pool whose output goes straight into a convolution writes bf16; every other tensor is fp32.
+  auto fused_pool_at = [&](std::size_t i) {
+    return i < plan.ops.size() && plan.ops[i].kind == OpKind::kNorm && plan.ops[i].norm.fused_pool > 0;
+  };
+  auto reads_bf16_at = [&](std::size_t i) {
+    return ctx.bf16 && i < plan.ops.size() && plan.ops[i].kind == OpKind::kConv &&
+           conv2d_reads_bf16(plan.ops[i].conv.spec);
+  };
   for (std::size_t i = 0; i < plan.ops.size(); ++i) {
     const OpPlan& op = plan.ops[i];
-    if (op.kind == OpKind::kNorm && op.norm.fused_pool > 0) {
+    if (fused_pool_at(i)) {
       // The norm and the max pooling after it as one pass (NormPlan::fused_pool): skip the pool op.
       SBN_CHECK(i + 1 < plan.ops.size() && plan.ops[i + 1].kind == OpKind::kMaxPool,
                 op.norm.name + ": fused_pool set, but no max-pool op follows");
-      n.net->add(make_norm_pool(op.norm, op.norm.fused_pool, params, group));
+      n.net->add(make_norm_pool(op.norm, op.norm.fused_pool, params, group,
+                                reads_bf16_at(i + 2) ? ElementType::kBF16 : ElementType::kF32));
       ++i;
+      continue;
+    }
+    if (op.kind == OpKind::kConv) {
+      n.net->add(make_conv2d(op.conv, params, ctx, ctx.bf16 && fused_pool_at(i + 1)));
       continue;
     }
     n.net->add(make_module(op, params, ctx, group));

@@ -32,6 +32,7 @@ void Sequential::backward(const Tensor& x, const Tensor& y, const Tensor& dy, Te
     const Tensor& in = k ? acts_[k - 1] : x;
     Tensor* out = k ? ((modules_.size() - k) % 2 ? &grad_a_ : &grad_b_) : dx;
     modules_[k]->backward(in, acts_[k], *g, out);
+    if (hook_) hook_(k);
     g = out;
   }
 }

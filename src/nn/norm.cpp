@@ -15,11 +15,18 @@ namespace {
 
 // SyncBatchNorm in the model: gamma/beta live in the ParamStore (copied in before forward, gradients
 // added out after backward - C floats each way), everything else in the layer. pool_k > 0: the k×k max
-// pooling that follows is fused in (SyncBatchNorm::forward_pool): the module's output is the pooled one.
+// pooling that follows is fused in (SyncBatchNorm::forward_pool): the module's output is the pooled one,
+// in `pool_out` (bf16 where the next layer reads bf16, see make_norm_pool).
 class BatchNormModule final : public Module {
  public:
-  BatchNormModule(const NormPlan& plan, ParamStore& store, SyncGroup* group, std::int64_t pool_k = 0)
-      : plan_(plan), store_(store), gamma_(plan.gamma.index), beta_(plan.beta.index), pool_k_(pool_k) {
+  BatchNormModule(const NormPlan& plan, ParamStore& store, SyncGroup* group, std::int64_t pool_k = 0,
+                  ElementType pool_out = ElementType::kF32)
+      : plan_(plan),
+        store_(store),
+        gamma_(plan.gamma.index),
+        beta_(plan.beta.index),
+        pool_k_(pool_k),
+        pool_out_(pool_out) {
     SBN_CHECK(!plan.synced() || group, plan.name + ": a synced BatchNorm needs a sync group");
     bn_ = std::make_unique<SyncBatchNorm>(plan.name, plan.batchnorm_options(), plan.synced() ? group : nullptr);
   }
@@ -29,7 +36,7 @@ class BatchNormModule final : public Module {
     std::copy(store_.value(gamma_), store_.value(gamma_) + C, bn_->gamma().begin());
     std::copy(store_.value(beta_), store_.value(beta_) + C, bn_->beta().begin());
     if (pool_k_) {
-      bn_->forward_pool(x, y, pool_k_, training);
+      bn_->forward_pool(x, y, pool_k_, training, pool_out_);
     } else {
       bn_->forward(x, y, training);
     }
@@ -83,6 +90,7 @@ class BatchNormModule final : public Module {
   ParamStore& store_;
   int gamma_ = -1, beta_ = -1;
   std::int64_t pool_k_ = 0;
+  ElementType pool_out_ = ElementType::kF32;
   std::unique_ptr<SyncBatchNorm> bn_;
 };
 
@@ -296,10 +304,11 @@ ModulePtr make_norm(const NormPlan& plan, ParamStore& store, SyncGroup* group) {
   return std::make_unique<Identity>();
 }
 
-ModulePtr make_norm_pool(const NormPlan& plan, std::int64_t k, ParamStore& store, SyncGroup* group) {
+ModulePtr make_norm_pool(const NormPlan& plan, std::int64_t k, ParamStore& store, SyncGroup* group,
+                         ElementType out) {
   SBN_CHECK(plan.batchnorm() && k >= 1, plan.name + ": only BatchNorm fuses a max pooling (k >= 1), got " +
                                             describe(plan) + " with k = " + std::to_string(k));
-  return std::make_unique<BatchNormModule>(plan, store, group, k);
+  return std::make_unique<BatchNormModule>(plan, store, group, k, out);
 }
 
 ModulePtr make_norm(const std::string& name, std::int64_t channels, const NormSpec& spec, bool relu,

@@ -9,6 +9,32 @@
 #include "syncbn/error.h"
 
 namespace syncbn {
+namespace {
+
+// Calls f with t's elements from `offset` on, typed by its dtype (const float* or const Bf16*).
+template <class F>
+void with_elements(const Tensor& t, std::int64_t offset, F&& f) {
+  if (t.dtype() == ElementType::kBF16) {
+    f(t.bf16() + offset);
+  } else {
+    f(t.data() + offset);
+  }
+}
+
+template <class F>
+void with_elements(Tensor& t, std::int64_t offset, F&& f) {
+  if (t.dtype() == ElementType::kBF16) {
+    f(t.bf16() + offset);
+  } else {
+    f(t.data() + offset);
+  }
+}
+
+// t's elements typed as `like` (dx is resized to x's dtype).
+float* elements_like(Tensor& t, const float*) { return t.data(); }
+Bf16* elements_like(Tensor& t, const Bf16*) { return t.bf16(); }
+
+}  // namespace
 
 SyncBatchNorm::SyncBatchNorm(std::string name, const BatchNormOptions& options, SyncGroup* group)
     : BnLayerHost(std::move(name), options, group) {
@@ -71,11 +97,12 @@ void SyncBatchNorm::reduce(const char* phase) {
 // ---- forward ----------------------------------------------------------------------------------
 
 void SyncBatchNorm::forward(const Tensor& x, Tensor& y, bool training) {
+  SBN_CHECK(x.dtype() == ElementType::kF32, who() + ": bf16 input; only the fused BN+pool pass reads bf16 activations");
   pool_ = {};
   forward_impl(x, y, training);
 }
 
-void SyncBatchNorm::forward_pool(const Tensor& x, Tensor& y, std::int64_t k, bool training) {
+void SyncBatchNorm::forward_pool(const Tensor& x, Tensor& y, std::int64_t k, bool training, ElementType out) {
   // Checked before the collective steps: the shape past N is the same on every rank, so either every rank
   // of the group throws here or none does.
   SBN_CHECK(k >= 1 && k <= kMaxPoolWindow, who() + " fused max-pool: window " + std::to_string(k) + " outside [1, " +
@@ -84,6 +111,7 @@ void SyncBatchNorm::forward_pool(const Tensor& x, Tensor& y, std::int64_t k, boo
             who() + " fused max-pool " + std::to_string(k) + ": expects an NHWC input of at least " +
                 std::to_string(k) + "x" + std::to_string(k) + ", got " + describe(x.shape(), x.layout()));
   pool_ = {k, x.dim(2), x.dim(3)};
+  pool_out_ = out;
   pool_scratch_.resize(static_cast<std::size_t>(cpu::bn_pool_scratch_floats(opt_.channels)));
   forward_impl(x, y, training);
 }
@@ -103,8 +131,12 @@ void SyncBatchNorm::normalize_batch(const Tensor& x, Tensor& y, const BnCallBatc
     return;
   }
   const std::int64_t q = pooled_offset(b.offset);
-  cpu::bn_normalize_pool(xk, b.geometry, pool_, &bn_.hi[p], &bn_.a[p], &bn_.b[p], opt_.fuse_relu, y.data() + q,
-                         pool_arg_.data() + q, range);
+  with_elements(x, b.offset, [&](const auto* xe) {
+    with_elements(y, q, [&](auto* ye) {
+      cpu::bn_normalize_pool(xe, b.geometry, pool_, &bn_.hi[p], &bn_.a[p], &bn_.b[p], opt_.fuse_relu, ye,
+                             pool_arg_.data() + q, range);
+    });
+  });
 }
 
 void SyncBatchNorm::forward_impl(const Tensor& x, Tensor& y, bool training) {
@@ -112,7 +144,7 @@ void SyncBatchNorm::forward_impl(const Tensor& x, Tensor& y, bool training) {
   const BnCall call = begin_forward({x.shape(), x.layout()}, training);
   const std::int64_t C = opt_.channels;
   if (pool_.k) {
-    y.resize({x.dim(0), C, pool_.out_height(), pool_.out_width()}, Layout::kChannelsLast);
+    y.resize({x.dim(0), C, pool_.out_height(), pool_.out_width()}, Layout::kChannelsLast, pool_out_);
     pool_arg_.resize(static_cast<std::size_t>(y.numel()));
   } else {
     y.resize(x.shape(), x.layout());
@@ -154,7 +186,6 @@ void SyncBatchNorm::forward_batch(const Tensor& x, Tensor& y, const BnCall& call
                                   std::int64_t k, bool stream) {
   const std::int64_t C = opt_.channels;
   Communicator* comm = call.comm;
-  const float* xk = x.data() + b.offset;
   // Synced statistics combine sums from several ranks around a common pivot (the group's previous
   // mean); local ones need no common pivot, so they use the batch's own first values (exact, and
   // independent of history: local BN on P ranks, ghost batches and accumulation then agree bit for bit).
@@ -168,8 +199,10 @@ void SyncBatchNorm::forward_batch(const Tensor& x, Tensor& y, const BnCall& call
   const std::int64_t block = comm ? C : local_block_channels(b.geometry, 1);
   for (std::int64_t c0 = 0; c0 < C; c0 += block) {
     const cpu::ChannelRange range{c0, std::min(C, c0 + block)};
-    if (!comm) cpu::bn_first_values(xk, b.geometry, local_pivot_.data(), range);
-    cpu::bn_stats(xk, b.geometry, pivot, fwd_tag_, msg_.data(), range);
+    with_elements(x, b.offset, [&](const auto* xe) {
+      if (!comm) cpu::bn_first_values(xe, b.geometry, local_pivot_.data(), range);
+      cpu::bn_stats(xe, b.geometry, pivot, fwd_tag_, msg_.data(), range);
+    });
     if (comm) reduce("forward");
     const BnStatus st = cpu::bn_combine(msg_.data(), args, range);
     counts_[static_cast<std::size_t>(k)] = msg_[kMsgCount];
@@ -198,7 +231,9 @@ void SyncBatchNorm::accumulate_population(const Tensor& x, const BnCall& call) {
     for (std::int64_t c = 0; c < C; ++c) pop_pivot_[c] = bn_population_pivot(bn_.mean[c]);
   if (call.geometry.per_channel() == 0) return;
   // Sums of the whole input around P: bn_stats' local shift keeps them exact whatever the offset.
-  cpu::bn_stats(x.data(), call.geometry, pop_pivot_.data(), 0.0, pop_msg_.data());
+  with_elements(x, 0, [&](const auto* xe) {
+    cpu::bn_stats(xe, call.geometry, pop_pivot_.data(), 0.0, pop_msg_.data());
+  });
   pop_acc_[0] += pop_msg_[kMsgCount];
   for (std::int64_t i = 0; i < 2 * C; ++i) pop_acc_[1 + i] += pop_msg_[kMsgHeader + i];
 }
@@ -213,6 +248,8 @@ void SyncBatchNorm::finish_population(Communicator& world) {
 
 void SyncBatchNorm::backward(const Tensor& x, const Tensor& dy, Tensor& dx) {
   SBN_CHECK(!pool_.k, who() + " backward: the last forward was forward_pool; its gradient goes to backward_pool");
+  SBN_CHECK(x.dtype() == ElementType::kF32 && dy.dtype() == ElementType::kF32,
+            who() + " backward: bf16 tensors; only the fused BN+pool pass reads bf16 activations");
   backward_impl(x, dy, dx);
 }
 
@@ -224,6 +261,7 @@ void SyncBatchNorm::backward_pool(const Tensor& x, const Tensor& dy, Tensor& dx)
                 x.dim(2) == pool_.height && x.dim(3) == pool_.width,
             who() + " backward_pool: gradient " + describe(dy.shape(), dy.layout()) + " is not the pooled output of " +
                 describe(x.shape(), x.layout()));
+  SBN_CHECK(dy.dtype() == pool_out_, who() + " backward_pool: the gradient's dtype is not the pooled output's");
   backward_impl(x, dy, dx);
 }
 
@@ -233,7 +271,7 @@ void SyncBatchNorm::backward_impl(const Tensor& x, const Tensor& dy, Tensor& dx)
   const BnInputDesc xd{x.shape(), x.layout()};
   const BnCall call = begin_backward(xd, pool_.k ? xd : BnInputDesc{dy.shape(), dy.layout()});
   const std::int64_t C = opt_.channels;
-  dx.resize(x.shape(), x.layout());
+  dx.resize(x.shape(), x.layout(), x.dtype());
   const bool stream = x.numel() * static_cast<std::int64_t>(sizeof(float)) >= opt_.stream_threshold_bytes;
   float* dgamma = opt_.affine ? dgamma_.data() : nullptr;
   float* dbeta = opt_.affine ? dbeta_.data() : nullptr;
@@ -253,9 +291,13 @@ void SyncBatchNorm::backward_impl(const Tensor& x, const Tensor& dy, Tensor& dx)
     for (std::int64_t c0 = 0; c0 < C; c0 += block) {
       const cpu::ChannelRange range{c0, std::min(C, c0 + block)};
       if (pool_.k) {
-        cpu::bn_backward_reduce_pool(dyk, argk, pool_, xk, b.geometry, &bn_.hi[p], &bn_.a[p], &bn_.b[p],
-                                     opt_.fuse_relu, &bn_.mean[p], &bn_.invstd[p], bwd_tag_, msg_.data(), dgamma,
-                                     dbeta, pool_scratch_.data(), range, renorm);
+        with_elements(x, b.offset, [&](const auto* xe) {
+          with_elements(dy, q, [&](const auto* dye) {
+            cpu::bn_backward_reduce_pool(dye, argk, pool_, xe, b.geometry, &bn_.hi[p], &bn_.a[p], &bn_.b[p],
+                                         opt_.fuse_relu, &bn_.mean[p], &bn_.invstd[p], bwd_tag_, msg_.data(), dgamma,
+                                         dbeta, pool_scratch_.data(), range, renorm);
+          });
+        });
       } else {
         cpu::bn_backward_reduce(dyk, xk, b.geometry, &bn_.hi[p], &bn_.a[p], &bn_.b[p], opt_.fuse_relu,
                                 &bn_.mean[p], &bn_.invstd[p], bwd_tag_, msg_.data(), dgamma, dbeta, range, renorm);
@@ -283,8 +325,13 @@ void SyncBatchNorm::backward_impl(const Tensor& x, const Tensor& dy, Tensor& dx)
         std::fill(&bn_.k0[p + range.begin], &bn_.k0[p + range.end], 0.0f);
       }
       if (pool_.k) {
-        cpu::bn_backward_elemt_pool(dyk, argk, pool_, xk, b.geometry, &bn_.hi[p], &bn_.a[p], &bn_.b[p],
-                                    opt_.fuse_relu, &bn_.k1[p], &bn_.k0[p], stream, dx.data() + b.offset, range);
+        with_elements(x, b.offset, [&](const auto* xe) {
+          with_elements(dy, q, [&](const auto* dye) {
+            cpu::bn_backward_elemt_pool(dye, argk, pool_, xe, b.geometry, &bn_.hi[p], &bn_.a[p], &bn_.b[p],
+                                        opt_.fuse_relu, &bn_.k1[p], &bn_.k0[p], stream,
+                                        elements_like(dx, xe) + b.offset, range);
+          });
+        });
       } else {
         cpu::bn_backward_elemt(dyk, xk, b.geometry, &bn_.hi[p], &bn_.a[p], &bn_.b[p], opt_.fuse_relu, &bn_.k1[p],
                                &bn_.k0[p], stream, dx.data() + b.offset, range);

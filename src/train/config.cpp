@@ -228,8 +228,9 @@ void register_output_options(Registry& reg, TrainConfig& c) {
           "auto | cpu | cuda: auto = cuda when this build has the CUDA path and every rank sees a GPU");
   reg.add("Runtime", "precision", &c.precision, Resume::kFixed,
           "fp32 | bf16 | fp16: activation precision on the GPU (fp16 with dynamic loss scaling); on the CPU fp32, or "
-          "bf16 convolutions and linear layers (bf16 inputs and weights; fp32 accumulation, activations, gradients; "
-          "needs AVX-512, fast with AVX512-BF16 or AMX)");
+          "bf16: bf16 convolutions and linear layers (fp32 accumulation, master weights and gradients) and bf16 "
+          "activations between a convolution and a fused BN+pool and into the next convolution (BN statistics in "
+          "double); needs AVX-512, fast with AVX512-BF16 or AMX");
   reg.add("Runtime", "comm", &c.comm, Resume::kMayChange,
           "nccl | mpi: the GPU path's communicator; mpi stages device buffers through host memory over MPI "
           "(host-synchronous; lets ranks share a GPU); the CPU path always uses MPI and ignores it");

@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "cpu_grad_overlap.h"
 #include "syncbn/bench_util.h"
 #include "syncbn/model.h"
 #include "syncbn/optimizer.h"
@@ -16,7 +17,8 @@ extern "C" void openblas_set_num_threads(int num_threads);  // OpenBLAS (the BLA
 namespace syncbn {
 namespace {
 
-// Gradients are summed in buckets of at most this many bytes: few collectives, bounded message size.
+// Without the overlap (cpu_grad_overlap.h: fp64 gradients, one rank, SBN_GRAD_OVERLAP=0) gradients are
+// summed after the backward in buckets of at most this many bytes: few collectives, bounded message size.
 constexpr std::size_t kBucketBytes = std::size_t{8} << 20;
 
 class CpuTrainModel final : public PlannedTrainModel {
@@ -31,11 +33,19 @@ class CpuTrainModel final : public PlannedTrainModel {
     if (spec_.norm.communicates()) group_ = std::make_unique<SyncGroup>(world, spec_.norm.sync);
     net_ = build_network(plan_, params_, ctx_, group_.get());
     if (cfg.grad_accum == "fp64") params_.enable_fp64_grads();
+    if (cpu_grad_overlap_enabled(params_.fp64_grads(), world.size())) {
+      overlap_ = std::make_unique<CpuGradOverlap>(plan_, net_.net->modules().size(), params_, params_.grads().data(),
+                                                  world);
+      net_.net->set_backward_hook([this](std::size_t k) { overlap_->module_done(k); });
+    }
     sgd_ = std::make_unique<Sgd>(params_, cfg.momentum, cfg.weight_decay, cfg.nesterov, cfg.decay_norm_bias);
   }
 
   std::string describe() const override {
-    return describe_network() + (ctx_.bf16 ? " | bf16 conv/linear compute, fp32 activations" : "");
+    return describe_network() + (ctx_.bf16 ? " | bf16 conv/linear compute, fp32 activations" : "") +
+           (overlap_ ? " | gradient all-reduce overlaps the backward (" + std::to_string(overlap_->buckets()) +
+                           " buckets)"
+                     : "");
   }
   std::string device() const override { return "cpu"; }
   int num_syncbn_layers() const override { return static_cast<int>(net_.bns.size()); }
@@ -44,6 +54,12 @@ class CpuTrainModel final : public PlannedTrainModel {
                    double* loss_sum, std::int64_t* correct) override {
     if (!step_open_) save_buffers();  // the step's first forward: what a non-committing step restores
     step_open_ = true;
+    ++micro_in_step_;
+    SBN_CHECK(micro_batches_ == 0 || micro_in_step_ <= micro_batches_,
+              "train_micro: " + std::to_string(micro_in_step_) + " micro-batches in a step, set_micro_batches said " +
+                  std::to_string(micro_batches_));
+    // The last micro-batch's backward starts the gradient buckets as their layers finish.
+    if (overlap_) overlap_->arm(micro_in_step_ == micro_batches_);
     load_input(images, n);
     net_.net->forward(x_, logits_, true);
     std::int64_t right = 0;
@@ -67,10 +83,18 @@ class CpuTrainModel final : public PlannedTrainModel {
     open_correct_ = 0;
   }
 
+  void set_micro_batches(std::int64_t count) override {
+    SBN_CHECK(count >= 0, "set_micro_batches: negative count " + std::to_string(count));
+    micro_batches_ = count;
+  }
+
   double reduce_and_update(Communicator& world, double lr) override {
     ParamStore& ps = params_;
     const double t0 = now_seconds();
-    if (ps.fp64_grads()) {
+    double seconds = 0;
+    if (overlap_) {
+      seconds = overlap_->finish(world);
+    } else if (ps.fp64_grads()) {
       double* g64 = ps.grads64().data();
       for (const auto& [off, n] : buckets(ps.total(), sizeof(double), kBucketBytes))
         world.allreduce_sum(g64 + off, static_cast<std::size_t>(n), "gradient bucket (fp64)");
@@ -81,7 +105,7 @@ class CpuTrainModel final : public PlannedTrainModel {
       for (const auto& [off, n] : buckets(ps.total(), sizeof(float), kBucketBytes))
         world.allreduce_sum(g + off, static_cast<std::size_t>(n), "gradient bucket");
     }
-    const double seconds = now_seconds() - t0;
+    if (!overlap_) seconds = now_seconds() - t0;
     // The step commits only if every reduced gradient is finite. The reduced gradients are the same on
     // every rank (a NaN or Inf anywhere reaches every sum), so every rank decides alike, no collective.
     last_ = verdict(ps.first_nonfinite_grad());
@@ -91,6 +115,7 @@ class CpuTrainModel final : public PlannedTrainModel {
       restore_buffers();
     }
     step_open_ = false;
+    micro_in_step_ = 0;
     ps.zero_grads();
     return seconds;
   }
@@ -148,7 +173,10 @@ class CpuTrainModel final : public PlannedTrainModel {
   }
 
   // A load between steps replaces the state: nothing of an open step is to be restored any more.
-  void state_from_host() override { step_open_ = false; }
+  void state_from_host() override {
+    step_open_ = false;
+    micro_in_step_ = 0;
+  }
 
   std::vector<StateArray> state() override {
     return state_arrays(params_.values().data(), sgd_->momentum_buffer().data(), net_.buffers);
@@ -185,6 +213,9 @@ class CpuTrainModel final : public PlannedTrainModel {
   CpuContext ctx_;
   Network net_;
   std::unique_ptr<Sgd> sgd_;
+  std::unique_ptr<CpuGradOverlap> overlap_;  // null: all-reduce after the backward
+  std::int64_t micro_batches_ = 0;           // set_micro_batches (0: unknown, no overlap)
+  std::int64_t micro_in_step_ = 0;           // train_micro calls since the last reduce_and_update
   Tensor x_, logits_, dlogits_;
   bool step_open_ = false;               // train_micro ran since the last reduce_and_update
   double open_loss_ = 0, loss_ = 0;      // Σ loss of the open step's micro-batches; of the last checked step

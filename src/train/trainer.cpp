@@ -193,7 +193,7 @@ class TrainingRun {
     const ModelSpec spec{cfg_.model, cfg_.width, cfg_.depth,
                          train.channels, train.height, train.width, train.num_classes, norm_};
     run_agreed(world_, "model", [&] { model_ = make_train_model(device_, spec, cfg_, world_); });
-    model_->set_micro_batches(cfg_.accum_steps);  // a device model overlaps the last one's backward
+    model_->set_micro_batches(cfg_.accum_steps);  // the model overlaps the last one's backward with its all-reduce
     print_rank_table(world_, log_, model_->device());
     log_("# model %s\n# %.3f M parameters, %d SyncBN layers\n", model_->describe().c_str(),
          static_cast<double>(model_->num_params()) / 1e6, model_->num_syncbn_layers());

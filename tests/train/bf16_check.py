@@ -1,7 +1,9 @@
 """End-to-end check of --precision bf16 on the CPU: a short training at 2 ranks in bf16 and in fp32 from the
 same seed (the same batches); the bf16 loss decreases and stays within a few percent of fp32's step by
-step, the model line says bf16; --precision fp16 on the CPU, and bf16 on a CPU without AVX-512 (oneDNN
-limited to AVX2 by ONEDNN_MAX_CPU_ISA), are refused with one clear error.
+step, the model line says bf16; no NHWC activation is reordered (converted) by oneDNN in a bf16 step
+(ONEDNN_VERBOSE: the convolutions read and write the bf16 activations of the fused BN+pool passes);
+--precision fp16 on the CPU, and bf16 on a CPU without AVX-512 (oneDNN limited to AVX2 by
+ONEDNN_MAX_CPU_ISA), are refused with one clear error.
 
 Usage: bf16_check.py BIN [--mpiexec PATH]
 """
@@ -19,9 +21,9 @@ STEPS = 30
 MEAN_RTOL, STEP_RTOL = 0.05, 0.10
 
 
-def run(a, precision, run_dir, np_=2, check=True, env=()):
+def run(a, precision, run_dir, np_=2, check=True, env=(), steps=STEPS):
     cmd = [a.mpiexec, "-np", str(np_)] + [x for e in env for x in ("-x", e)]
-    cmd += [a.bin, "--device", "cpu", "--norm", "sync", "--max-steps", str(STEPS), "--log-every", "1",
+    cmd += [a.bin, "--device", "cpu", "--norm", "sync", "--max-steps", str(steps), "--log-every", "1",
             "--precision", precision, "--run-dir", run_dir]
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=400)
     if check and p.returncode != 0:
@@ -60,6 +62,16 @@ def main():
         if worst_step > STEP_RTOL or worst_mean > MEAN_RTOL:
             failures.append("bf16 loss too far from fp32's:\n" +
                             "\n".join(f"  step {s}: fp32 {f:.6f} bf16 {b:.6f}" for (s, f), b in zip(f32, lb)))
+        # oneDNN's log of every primitive run: an NHWC tensor (format acdb) in a reorder is an activation
+        # converted on the way into or out of a convolution (weights are oihw; linear inputs are 2-D).
+        p = run(a, "bf16", os.path.join(tmp, "verbose"), np_=1, env=("ONEDNN_VERBOSE=1",), steps=3)
+        execs = [l for l in p.stdout.splitlines() if "_verbose,exec," in l]
+        nhwc = [l for l in execs if ",reorder," in l and "acdb" in l]
+        print(f"# bf16 step, ONEDNN_VERBOSE: {len(execs)} primitives run, {len(nhwc)} NHWC reorders")
+        if not execs:
+            failures.append("ONEDNN_VERBOSE=1 logged no primitive runs")
+        if nhwc:
+            failures.append(f"{len(nhwc)} NHWC activation reorders in a bf16 run, e.g.\n  " + "\n  ".join(nhwc[:3]))
         p = run(a, "fp16", os.path.join(tmp, "fp16"), np_=1, check=False)
         if p.returncode == 0 or "--precision fp16 needs --device cuda" not in p.stdout:
             failures.append(f"--precision fp16 on the CPU was not refused clearly (exit {p.returncode}):\n"

@@ -3,14 +3,20 @@
 // gradients rounded to 8 significant bits; fp32 accumulation), for the output, the input gradient and the
 // weight and bias gradients (accumulated, +=, into the fp32 store); that the bf16 kernels really run (the
 // result is further from the reference than fp32's); and a whole network's step against the fp32 one.
+// bf16 activations: the BN kernels' statistics of bf16 input are the double statistics of its values; the
+// fused BN+ReLU+pool pass over bf16 tensors is the fp32 pass over the same (widened) values with each bf16
+// output rounded once; a convolution reading and writing bf16 activations is the fp32-activation one
+// within bf16 rounding.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <random>
 
+#include "syncbn/bn_kernels.h"
 #include "syncbn/model.h"
 #include "syncbn/nn.h"
+#include "syncbn/sync_batchnorm.h"
 #include "test_util.h"
 
 namespace syncbn::test {
@@ -259,6 +265,168 @@ TEST(Bf16Network, StepMatchesFp32) {
       EXPECT_LE(std::sqrt(err / norm), 0.35) << arch << " " << p.name << ": bf16 gradient too far from fp32's";
     }
   }
+}
+
+// ---- bf16 activations ------------------------------------------------------------------------------
+
+// t (fp32) rounded to bf16, and the values of a bf16 tensor (widened, exact) as fp32 and as doubles.
+Tensor to_bf16_tensor(const Tensor& t) {
+  Tensor r(t.shape(), t.layout(), ElementType::kBF16);
+  for (std::int64_t i = 0; i < t.numel(); ++i) r.bf16()[i] = float_to_bf16(t[i]);
+  return r;
+}
+
+Tensor widened(const Tensor& t) {
+  Tensor r(t.shape(), t.layout());
+  for (std::int64_t i = 0; i < t.numel(); ++i) r[i] = bf16_to_float(t.bf16()[i]);
+  return r;
+}
+
+// The logical values (from_tensor's order) of an fp32 or bf16 tensor.
+std::vector<double> values(const Tensor& t) { return from_tensor(t.dtype() == ElementType::kF32 ? t : widened(t)); }
+
+TEST(Bf16Activations, RoundingIsNearestEven) {
+  EXPECT_EQ(float_to_bf16(1.0f).bits, 0x3F80);
+  EXPECT_EQ(bf16_to_float(float_to_bf16(1.0f + 1.0f / 256)), 1.0f);               // a tie: to even (down)
+  EXPECT_EQ(bf16_to_float(float_to_bf16(1.0f + 3.0f / 256)), 1.0f + 4.0f / 256);  // a tie: to even (up)
+  EXPECT_EQ(bf16_to_float(float_to_bf16(1.0f + 1.1f / 256)), 1.0f + 2.0f / 256);
+  EXPECT_EQ(bf16_to_float(float_to_bf16(-3.0f)), -3.0f);
+  EXPECT_TRUE(std::isnan(bf16_to_float(float_to_bf16(std::nanf("")))));
+}
+
+// bn_stats of bf16 x: the same sums as of its widened values (bit for bit), and the double mean and
+// variance of the bf16 values (two-pass reference) to 1e-9 relative. C = 19 has a scalar tail.
+TEST(Bf16Activations, StatsAreTheDoubleStatisticsOfTheBf16Values) {
+  for (const std::int64_t C : {19, 32}) {
+    const std::int64_t N = 3, H = 5, W = 6, n = N * H * W;
+    Tensor x32({N, C, H, W}, Layout::kChannelsLast);
+    fill(x32, 21);
+    for (std::int64_t i = 0; i < x32.numel(); ++i) x32[i] = 3.0f + 0.5f * x32[i];  // an offset mean
+    const Tensor x16 = to_bf16_tensor(x32), xw = widened(x16);
+    const BnGeometry g = bn_geometry(x16.shape(), x16.layout(), "test");
+    std::vector<double> m16(static_cast<std::size_t>(bn_msg_size(C))), mw(m16.size()), f16(C), fw(C);
+    cpu::bn_stats(x16.bf16(), g, nullptr, 1.0, m16.data());
+    cpu::bn_stats(xw.data(), g, nullptr, 1.0, mw.data());
+    cpu::bn_first_values(x16.bf16(), g, f16.data());
+    cpu::bn_first_values(xw.data(), g, fw.data());
+    EXPECT_EQ(m16, mw) << "C " << C;
+    EXPECT_EQ(f16, fw) << "C " << C;
+    for (std::int64_t c = 0; c < C; ++c) {
+      double mean = 0, var = 0;
+      for (std::int64_t r = 0; r < n; ++r) mean += xw[r * C + c];
+      mean /= static_cast<double>(n);
+      for (std::int64_t r = 0; r < n; ++r) var += (xw[r * C + c] - mean) * (xw[r * C + c] - mean);
+      var /= static_cast<double>(n);
+      const double S1 = m16[static_cast<std::size_t>(kMsgHeader + c)];
+      const double S2 = m16[static_cast<std::size_t>(kMsgHeader + C + c)];
+      const double got_mean = S1 / static_cast<double>(n), got_var = S2 / static_cast<double>(n) - got_mean * got_mean;
+      EXPECT_NEAR(got_mean, mean, 1e-9 * std::fabs(mean)) << "C " << C << " channel " << c;
+      EXPECT_NEAR(got_var, var, 1e-9 * var) << "C " << C << " channel " << c;
+    }
+  }
+}
+
+// The fused BN+ReLU+max-pool layer over bf16 tensors against the same layer over fp32 tensors holding the
+// same values: statistics, running statistics, dγ, dβ identical; every bf16 output (pooled y, dx) the fp32
+// one rounded once. For each mix the convnet uses: bf16 in and out, fp32 in (the input layer's output) and
+// bf16 out, bf16 in and fp32 out (before flatten). Two training steps, then an eval step.
+TEST(Bf16Activations, FusedPoolPassIsTheFp32PassRounded) {
+  const std::int64_t N = 3, C = 24, H = 6, W = 7, k = 2;
+  for (const auto& [in16, out16] : {std::pair{true, true}, std::pair{false, true}, std::pair{true, false}}) {
+    const std::string what = std::string(in16 ? "bf16" : "fp32") + " in, " + (out16 ? "bf16" : "fp32") + " out";
+    BatchNormOptions o;
+    o.channels = C;
+    o.fuse_relu = true;
+    SyncBatchNorm ref("ref.bn", o, nullptr), bf("bf.bn", o, nullptr);
+    for (SyncBatchNorm* bn : {&ref, &bf})
+      for (std::int64_t c = 0; c < C; ++c) {
+        bn->gamma()[static_cast<std::size_t>(c)] = 0.5f + 0.1f * static_cast<float>(c % 7);
+        bn->beta()[static_cast<std::size_t>(c)] = 0.2f - 0.05f * static_cast<float>(c % 5);
+      }
+    for (int step = 0; step < 3; ++step) {
+      const bool training = step < 2;
+      const std::string at = what + ", step " + std::to_string(step);
+      Tensor x32({N, C, H, W}, Layout::kChannelsLast), dy32({N, C, H / k, W / k}, Layout::kChannelsLast);
+      fill(x32, 60 + step);
+      fill(dy32, 70 + step);
+      const Tensor x16 = to_bf16_tensor(x32), dy16 = to_bf16_tensor(dy32);
+      const Tensor xw = widened(x16), dyw = widened(dy16);  // the values both layers see
+      Tensor yr, dxr, yb, dxb;
+      ref.forward_pool(xw, yr, k, training);
+      bf.forward_pool(in16 ? x16 : xw, yb, k, training, out16 ? ElementType::kBF16 : ElementType::kF32);
+      ref.backward_pool(xw, out16 ? dyw : dy32, dxr);
+      bf.backward_pool(in16 ? x16 : xw, out16 ? dy16 : dy32, dxb);
+      ASSERT_EQ(yb.dtype(), out16 ? ElementType::kBF16 : ElementType::kF32) << at;
+      ASSERT_EQ(dxb.dtype(), in16 ? ElementType::kBF16 : ElementType::kF32) << at;
+      const Tensor yr_out = out16 ? to_bf16_tensor(yr) : yr, dxr_out = in16 ? to_bf16_tensor(dxr) : dxr;
+      EXPECT_EQ(values(yb), values(yr_out)) << at << ": pooled output";
+      EXPECT_EQ(values(dxb), values(dxr_out)) << at << ": input gradient";
+      EXPECT_EQ(bf.dgamma(), ref.dgamma()) << at;
+      EXPECT_EQ(bf.dbeta(), ref.dbeta()) << at;
+      EXPECT_EQ(bf.running_mean(), ref.running_mean()) << at;
+      EXPECT_EQ(bf.running_var(), ref.running_var()) << at;
+      EXPECT_EQ(bf.batch_mean(), ref.batch_mean()) << at;
+    }
+  }
+  // The unfused layer takes fp32 only, and a pooled gradient must have the pooled output's dtype.
+  BatchNormOptions o;
+  o.channels = C;
+  SyncBatchNorm bn("bn", o, nullptr);
+  Tensor x32({N, C, H, W}, Layout::kChannelsLast), y, dx;
+  fill(x32, 5);
+  const Tensor x16 = to_bf16_tensor(x32);
+  EXPECT_THROW(bn.forward(x16, y, true), Error);
+  bn.forward_pool(x16, y, k, true, ElementType::kBF16);
+  const Tensor dy32(y.shape(), y.layout());
+  EXPECT_THROW(bn.backward_pool(x16, dy32, dx), Error);
+}
+
+// A convolution reading bf16 activations and writing bf16 ones (the convnet's conv2, conv3) against the
+// same layer on the fp32 tensors of the same values (which converts them to the same bf16 operands): the
+// output and input gradient within one bf16 rounding (the fp32 results rounded), the weight gradient (fp32,
+// from the same bf16 operands) within fp32 accumulation-order noise.
+TEST(Bf16Activations, ConvOnBf16TensorsMatchesFp32Tensors) {
+  const ConvSpec spec{16, 32, 3, 1, 1, false};
+  const std::int64_t N = 3, H = 8, W = 8;
+  Tensor x32({N, spec.in, H, W}, Layout::kChannelsLast);
+  fill(x32, 81);
+  const Tensor x16 = to_bf16_tensor(x32), xw = widened(x16);
+  std::vector<double> y[2], dx[2], dw[2];
+  for (int b = 0; b < 2; ++b) {  // 0: fp32 activations, 1: bf16 activations
+    ParamStore store;
+    CpuContext ctx;
+    ctx.bf16 = true;
+    auto conv = make_conv2d(plan_conv(store, "conv", spec), store, ctx, b == 1);
+    store.finalize();
+    store.init_params(7);
+    Tensor out, gx;
+    conv->forward(b ? x16 : xw, out, true);
+    ASSERT_EQ(out.dtype(), b ? ElementType::kBF16 : ElementType::kF32);
+    Tensor dy32(out.shape(), out.layout());
+    fill(dy32, 82);
+    const Tensor dy16 = to_bf16_tensor(dy32), dyw = widened(dy16);
+    store.zero_grads();
+    conv->backward(b ? x16 : xw, out, b ? dy16 : dyw, &gx);
+    ASSERT_EQ(gx.dtype(), b ? ElementType::kBF16 : ElementType::kF32);
+    y[b] = values(out);
+    dx[b] = values(gx);
+    dw[b] = as_double(store.grad(0), store.info(0).size);
+  }
+  constexpr double kBf16Ulp = 1.0 / 128;  // relative spacing of bf16 values (8 significant bits)
+  EXPECT_TRUE(near(y[1], y[0], kBf16Ulp, 1e-6, "conv y (bf16 activations)"));
+  EXPECT_TRUE(near(dx[1], dx[0], kBf16Ulp, 1e-6, "conv dx (bf16 activations)"));
+  EXPECT_TRUE(near(dw[1], dw[0], 1e-5, 1e-5, "conv dW (bf16 activations)"));
+  EXPECT_NE(y[1], y[0]) << "the bf16 output was not rounded to bf16";
+  // An fp32 gradient for a bf16 output is refused.
+  ParamStore store;
+  CpuContext ctx;
+  ctx.bf16 = true;
+  auto conv = make_conv2d(plan_conv(store, "conv", spec), store, ctx, true);
+  store.finalize();
+  Tensor out, gx;
+  conv->forward(x16, out, true);
+  const Tensor dy32(out.shape(), out.layout());
+  EXPECT_THROW(conv->backward(x16, out, dy32, &gx), Error);
 }
 
 }  // namespace

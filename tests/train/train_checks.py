@@ -21,6 +21,9 @@ MODE:
                per-step losses with --norm sync and with --norm local --ghost-batch 8 --bn-renorm; a run
                stopped at step 10 with --fuse on and resumed with --fuse off continues the straight run
                bitwise (one checkpoint format); a bad --fuse value is a one-line error
+  overlap      the CPU gradient all-reduce overlapping the backward (fp32 gradients) vs after it
+               (SBN_GRAD_OVERLAP=0, the former path): bitwise identical per-step losses at np = 2 and 3
+               with --norm sync, --norm local, --accum-steps 2 and resnet; the model line says which
 """
 import csv
 import gzip
@@ -443,8 +446,35 @@ def mode_fuse(a, tmp):
     print("ok: fuse: a bad --fuse value is a one-line error")
 
 
+def mode_overlap(a, tmp):
+    fp32 = [x if x != "fp64" else "fp32" for x in BASE]
+    cases = [("sync np=2", 2, ["--norm", "sync"]),
+             ("sync np=3", 3, ["--norm", "sync"]),
+             ("local np=3 accum 2", 3, ["--norm", "local", "--accum-steps", "2"]),
+             ("sync resnet np=2", 2, ["--norm", "sync", "--model", "resnet", "--width", "16", "--depth", "1"])]
+    for label, np_, extra in cases:
+        dirs = {}
+        for overlap in ("1", "0"):
+            dirs[overlap] = os.path.join(tmp, f"{label.replace(' ', '-')}-{overlap}")
+            os.environ["SBN_GRAD_OVERLAP"] = overlap
+            try:
+                p, _ = run(fp32 + extra, np_, a.bin, a.mpiexec, dirs[overlap])
+            finally:
+                del os.environ["SBN_GRAD_OVERLAP"]
+            said = "overlaps the backward" in p.stdout
+            if said != (overlap == "1"):
+                sys.exit(f"FAIL: overlap {label}: SBN_GRAD_OVERLAP={overlap} but the model line says "
+                         f"{'overlap' if said else 'none'}:\n" + p.stdout[-2000:])
+        ref, got = json_losses(dirs["0"]), json_losses(dirs["1"])
+        if not ref or ref != got:
+            for (s1, l1), (s2, l2) in zip(ref, got):
+                print(f"  step {s1}/{s2}: {l1!r} {l2!r}")
+            sys.exit(f"FAIL: overlap {label}: per-step losses differ ({len(ref)} vs {len(got)} rows)")
+        print(f"ok: overlap: {label}: {len(ref)} per-step losses bitwise identical to the all-reduce after backward")
+
+
 def main():
-    run_mode(__doc__, ["invariance", "local", "resume", "errors", "kill", "precise", "fuse"], "sbn-train-",
+    run_mode(__doc__, ["invariance", "local", "resume", "errors", "kill", "precise", "fuse", "overlap"], "sbn-train-",
              globals())
 
 

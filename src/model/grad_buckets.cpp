@@ -1,12 +1,12 @@
 // Gradient buckets that overlap the backward pass (grad_buckets.h).
-#include "grad_buckets.h"
+#include "syncbn/grad_buckets.h"
 
 #include <algorithm>
 #include <string>
 
 #include "syncbn/error.h"
 
-namespace syncbn::cuda::train {
+namespace syncbn {
 
 std::vector<GradBucket> reverse_buckets(std::int64_t total, std::int64_t first_max, std::int64_t max) {
   SBN_CHECK(total >= 0 && first_max > 0 && max > 0, "gradient buckets: total " + std::to_string(total) +
@@ -69,4 +69,4 @@ void BucketSchedule::reset() {
   next_ = 0;
 }
 
-}  // namespace syncbn::cuda::train
+}  // namespace syncbn
