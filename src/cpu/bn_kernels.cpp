@@ -310,6 +310,12 @@ inline float gate(float dy, float xh, float a, float b, bool relu) {
   return (!relu || std::fma(a, xh, b) > 0.0f) ? dy : 0.0f;
 }
 
+// BN's elementwise backward of one element, x̂-centred (xh = x − hi): dx = a·gate(dy) + k1·xh + k0, the
+// one expression of the plain and the fused (pool) passes.
+inline float elemt_dx(float dy, float xh, float a, float b, float k1, float k0, bool relu) {
+  return std::fma(a, gate(dy, xh, a, b, relu), std::fma(k1, xh, k0));
+}
+
 // Whether rows of C floats can be streamed line by line (every row starts on a 64-byte boundary).
 inline bool rows_streamable(const void* dst, std::int64_t channels) {
   return channels % kLineFloats == 0 && (reinterpret_cast<std::uintptr_t>(dst) & 63u) == 0;
@@ -601,7 +607,7 @@ void bn_backward_elemt(const float* dy, const float* x, const BnGeometry& g, con
         const float* dp = dy + off;
         write_elements(dx + off, g.inner, stream, [=](std::int64_t i) {
           const float xh = xp[i] - h;
-          return std::fma(ac, gate(dp[i], xh, ac, bc, relu), std::fma(q1, xh, q0));
+          return elemt_dx(dp[i], xh, ac, bc, q1, q0, relu);
         });
       }
     }
@@ -617,7 +623,7 @@ void bn_backward_elemt(const float* dy, const float* x, const BnGeometry& g, con
       const float* dp = dy + row * C + c0;
       write_elements(dx + row * C + c0, c1 - c0, nt, [=](std::int64_t c) {
         const float xh = xp[c] - hr[c];
-        return std::fma(ar[c], gate(dp[c], xh, ar[c], br[c], relu), std::fma(k1r[c], xh, k0r[c]));
+        return elemt_dx(dp[c], xh, ar[c], br[c], k1r[c], k0r[c], relu);
       });
     }
   }
@@ -700,7 +706,7 @@ void bn_backward_elemt_pool(const Y* dy, const std::uint8_t* arg, const BnPool& 
     if (s.cell < 0) {  // dropped by the pooling: dy' = 0, but the mean terms still reach x
       write_elements(out, c1 - c0, nt, [=](std::int64_t c) {
         const float xh = widen(xp[c]) - hr[c];
-        return std::fma(ar[c], gate(0.0f, xh, ar[c], br[c], relu), std::fma(k1r[c], xh, k0r[c]));
+        return elemt_dx(0.0f, xh, ar[c], br[c], k1r[c], k0r[c], relu);
       });
       continue;
     }
@@ -710,7 +716,7 @@ void bn_backward_elemt_pool(const Y* dy, const std::uint8_t* arg, const BnPool& 
     write_elements(out, c1 - c0, nt, [=](std::int64_t c) {  // the expressions of MaxPool and bn_backward_elemt
       const float xh = widen(xp[c]) - hr[c];
       const float d = ap[c] == here ? widen(gp[c]) : 0.0f;
-      return std::fma(ar[c], gate(d, xh, ar[c], br[c], relu), std::fma(k1r[c], xh, k0r[c]));
+      return elemt_dx(d, xh, ar[c], br[c], k1r[c], k0r[c], relu);
     });
   }
   if (stream) stream_fence();

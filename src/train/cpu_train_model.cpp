@@ -42,7 +42,7 @@ class CpuTrainModel final : public PlannedTrainModel {
   }
 
   std::string describe() const override {
-    return describe_network() + (ctx_.bf16 ? " | bf16 conv/linear compute, fp32 activations" : "") +
+    return describe_network() + (ctx_.bf16 ? " | bf16 conv/linear compute, bf16 activations into and out of the fused BN+pool" : "") +
            (overlap_ ? " | gradient all-reduce overlaps the backward (" + std::to_string(overlap_->buckets()) +
                            " buckets)"
                      : "");
