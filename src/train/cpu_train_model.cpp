@@ -33,7 +33,12 @@ class CpuTrainModel final : public PlannedTrainModel {
     if (spec_.norm.communicates()) group_ = std::make_unique<SyncGroup>(world, spec_.norm.sync);
     net_ = build_network(plan_, params_, ctx_, group_.get());
     if (cfg.grad_accum == "fp64") params_.enable_fp64_grads();
-    if (cpu_grad_overlap_enabled(params_.fp64_grads(), world.size())) {
+    // The bucket plans must match on every rank: a rank with another SBN_GRAD_OVERLAP would issue other
+    // collectives. All ranks build the model together (run_agreed), so all see this answer and fail alike.
+    const bool overlap = cpu_grad_overlap_enabled(params_.fp64_grads(), world.size());
+    SBN_CHECK(world.all_equal(overlap ? 1 : 0, "gradient overlap"),
+              "SBN_GRAD_OVERLAP differs across ranks: set it the same on every rank (or on none)");
+    if (overlap) {
       overlap_ = std::make_unique<CpuGradOverlap>(plan_, net_.net->modules().size(), params_, params_.grads().data(),
                                                   world);
       net_.net->set_backward_hook([this](std::size_t k) { overlap_->module_done(k); });

@@ -154,6 +154,19 @@ def run_cases(a, tmp):
             if os.path.exists(rd):
                 print(f"  the run dir was created: {rd} holds {os.listdir(rd)}")
 
+    # An environment switch that changes the collectives: SBN_GRAD_OVERLAP=0 on one rank only. The model is
+    # built by all ranks together, so every rank refuses in one line before its first step.
+    rd = os.path.join(tmp, "run-overlap")
+    cmd = [a.mpiexec, "--oversubscribe", "--bind-to", "none", "-np", "1", "env", "SBN_GRAD_OVERLAP=0", a.bin] + QUICK + \
+        ["--run-dir", rd, ":", "-np", "1", a.bin] + QUICK + ["--run-dir", rd]
+    rc, out, dt = launch(cmd)
+    errors = [l for l in out.splitlines() if l.startswith("error:")]
+    ok = (rc not in (0, "timeout") and len(errors) >= 1 and dt < 10 and "MPI_ABORT" not in out and
+          all("SBN_GRAD_OVERLAP differs across ranks" in e for e in errors))
+    failed += not ok
+    print(f"{'ok' if ok else 'FAIL'}: SBN_GRAD_OVERLAP=0 on rank 0 only: exit {rc} in {dt:.1f}s: "
+          f"{errors[0] if errors else out[-800:]}")
+
     good = [
         ("--threads 1 : --threads 2", [QUICK + ["--threads", "1"], QUICK + ["--threads", "2"]]),
         ("the same files in two --data-dir", [fm + [same], fm + [copy], fm + [same]]),
