@@ -1,6 +1,8 @@
 #include "syncbn/run_control.h"
 
 #include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
 #include <sys/file.h>
 #include <unistd.h>
 
@@ -28,19 +30,47 @@ extern "C" void on_stop_signal(int sig) {
   if (g_pending == 0) g_pending = sig;
 }
 
+sigset_t stop_set() {
+  sigset_t set;
+  sigemptyset(&set);
+  for (int sig : kSignals) sigaddset(&set, sig);
+  return set;
+}
+
 }  // namespace
 
 StopSignals::StopSignals() {
+  SBN_CHECK(::pipe2(wake_, O_CLOEXEC) == 0, std::string("stop signals: pipe2 failed (") + std::strerror(errno) + ")");
   g_pending = 0;
   struct sigaction sa {};
   sa.sa_handler = on_stop_signal;
   sigemptyset(&sa.sa_mask);
   sa.sa_flags = SA_RESTART;  // collectives and file writes continue; the loop polls the flag
   for (int i = 0; i < 3; ++i) sigaction(kSignals[i], &sa, &old_[i]);
+  // Block first, then start the catcher: it inherits the blocked mask and opens it itself, so there is
+  // no moment at which a signal could land on this thread.
+  const sigset_t set = stop_set();
+  pthread_sigmask(SIG_BLOCK, &set, &old_mask_);
+  const int wake = wake_[0];
+  catcher_ = std::thread([wake] {
+    const sigset_t open = stop_set();
+    pthread_sigmask(SIG_UNBLOCK, &open, nullptr);
+    pollfd p{wake, POLLIN, 0};
+    // A handled signal interrupts poll (EINTR even with SA_RESTART); the destructor's byte ends it.
+    while (::poll(&p, 1, -1) < 0 && errno == EINTR) {
+    }
+  });
 }
 
 StopSignals::~StopSignals() {
+  const char byte = 0;
+  while (::write(wake_[1], &byte, 1) < 0 && errno == EINTR) {
+  }
+  catcher_.join();
+  ::close(wake_[0]);
+  ::close(wake_[1]);
   for (int i = 0; i < 3; ++i) sigaction(kSignals[i], &old_[i], nullptr);
+  pthread_sigmask(SIG_SETMASK, &old_mask_, nullptr);
 }
 
 int StopSignals::pending() const { return g_pending; }

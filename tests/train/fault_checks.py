@@ -7,7 +7,7 @@ MODE:
   signal    SIGTERM to mpirun mid-run (odls_base_sigkill_timeout raised, as the launch scripts do): the
             ranks agree at a step boundary, save a checkpoint, say so in one line and exit 75; --resume
             latest then finishes with per-step losses bitwise equal to an uninterrupted run. SIGUSR1 to
-            mpirun and SIGTERM to one rank only end the same way.
+            mpirun and SIGTERM to one rank only end the same way; Ctrl-C twice ends the process by SIGINT.
   nan       --lr 1e30: one error line naming the step and the parameter, exit 1, no checkpoint of the
             failing step (every checkpoint written before it loads); the job ends within 30 s
   lock      a second job on a running job's --run-dir fails at once naming the run dir and the holder; the
@@ -159,6 +159,26 @@ def mode_signal(a, tmp):
     _, rc = stopped_run(a, tmp, "SIGTERM to one rank", args, one_rank)
     if rc != EXIT_STOPPED:
         fail(f"SIGTERM to one rank: mpirun exited {rc}, expected {EXIT_STOPPED}")
+    ctrl_c_twice(a, tmp)
+
+
+def ctrl_c_twice(a, tmp):
+    """A second SIGINT ends the process at once (default action), without the checkpoint the first one
+    asked for: one process (an MPI singleton) with steps of tens of ms (--width 96) gets SIGINT every 2 ms
+    (two sent back to back could merge into one pending signal) until it ends."""
+    w = QUICK.index("--width")
+    args = QUICK[:w + 1] + ["96"] + QUICK[w + 2:] + ["--max-steps", "100000"]
+    p = subprocess.Popen([a.bin] + args + ["--run-dir", os.path.join(tmp, "ctrl-c")], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    before = wait_for(p, "step 5/100000 loss")
+    t0 = time.time()
+    while p.poll() is None and time.time() - t0 < 30:
+        p.send_signal(signal.SIGINT)
+        time.sleep(0.002)
+    out = "".join(before) + finish(p, 60)
+    if p.returncode != -signal.SIGINT or "stopped by" in out:
+        fail(f"Ctrl-C twice: exit {p.returncode} (expected death by SIGINT, shell code 130), output:\n{out[-1500:]}")
+    print(f"ok: Ctrl-C twice: the process ended by SIGINT {time.time() - t0:.2f} s after the first, without a checkpoint")
 
 
 def mode_nan(a, tmp):

@@ -1,13 +1,19 @@
 // Run-directory and stop-request mechanics of the trainer (src/train/run_control.cpp, checkpoint.cpp,
 // metrics.cpp): which checkpoint --resume latest picks, the one-job-per-run-dir lock, the clean-up of
 // interrupted writes, the stop-signal flag, and the throughput window that keeps evaluation out.
+#include <dnnl.hpp>
 #include <gtest/gtest.h>
+#include <pthread.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "syncbn/checkpoint.h"
 #include "syncbn/error.h"
@@ -72,15 +78,69 @@ TEST_F(RunDir, StaleTemporariesAreRemovedAndNothingElse) {
   EXPECT_FALSE(fs::exists(dir_ / "metrics.csv.tmp.4242"));
 }
 
+// Waits (≤ 5 s) until the catcher thread has seen a signal sent to the process.
+int wait_pending(const StopSignals& stop, int want) {
+  for (int i = 0; i < 5000 && stop.pending() != want; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  return stop.pending();
+}
+
+bool blocked_here(int sig) {
+  sigset_t now;
+  pthread_sigmask(SIG_BLOCK, nullptr, &now);
+  return sigismember(&now, sig) == 1;
+}
+
 TEST(StopSignals, FirstSignalIsKeptUntilTheHandlersGo) {
-  StopSignals stop;
-  EXPECT_EQ(stop.pending(), 0);
-  std::raise(SIGUSR1);
-  EXPECT_EQ(stop.pending(), SIGUSR1);
-  std::raise(SIGUSR1);  // repeated stop signals change nothing (a second SIGINT would end the process)
-  std::raise(SIGTERM);
-  EXPECT_EQ(stop.pending(), SIGUSR1);
+  {
+    StopSignals stop;
+    EXPECT_EQ(stop.pending(), 0);
+    EXPECT_TRUE(blocked_here(SIGTERM) && blocked_here(SIGINT) && blocked_here(SIGUSR1));
+    ASSERT_EQ(::kill(::getpid(), SIGUSR1), 0);
+    EXPECT_EQ(wait_pending(stop, SIGUSR1), SIGUSR1);
+    ::kill(::getpid(), SIGUSR1);  // repeated stop signals change nothing (a second SIGINT would end the process)
+    ::kill(::getpid(), SIGTERM);
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    EXPECT_EQ(stop.pending(), SIGUSR1);
+  }
+  // The previous mask is back once the object is gone.
+  EXPECT_FALSE(blocked_here(SIGTERM) || blocked_here(SIGINT) || blocked_here(SIGUSR1));
   EXPECT_STREQ(StopSignals::name(SIGTERM), "SIGTERM");
+}
+
+// CI saw a SIGTERM'd rank abort in free() inside dnnl_sgemm instead of saving: oneDNN's JIT GEMM points
+// rsp into the heap while it runs (oneDNN issue #4845), so a signal handled on that thread writes its
+// frame over the heap. Signals rain on the process while this thread runs that GEMM (the input conv's
+// weight-gradient shape) and allocates; they must all be handled elsewhere. Without the catcher thread
+// this aborts within a second ("free(): invalid pointer").
+TEST(StopSignals, HandlersNeverRunOnTheComputingThread) {
+  StopSignals stop;
+  std::atomic<bool> done{false};
+  std::atomic<long> sent{0};
+  std::thread rain([&] {
+    while (!done) {
+      ::kill(::getpid(), SIGUSR1);
+      sent += 1;
+      std::this_thread::sleep_for(std::chrono::microseconds(20));
+    }
+  });
+  const long O = 8, kkc = 9, rows = 6272;
+  std::vector<float> dy(rows * O, 0.5f), col(kkc * rows, 0.25f), w(O * kkc, 0.0f), y(rows * O);
+  const auto t0 = std::chrono::steady_clock::now();
+  long calls = 0;
+  while (std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(3000)) {
+    ASSERT_EQ(dnnl::sgemm('T', 'T', O, kkc, rows, 1.0f, dy.data(), O, col.data(), rows, 1.0f, w.data(), kkc),
+              dnnl::status::success);
+    ASSERT_EQ(dnnl::sgemm('T', 'T', rows, O, kkc, 1.0f, col.data(), rows, w.data(), kkc, 0.0f, y.data(), O),
+              dnnl::status::success);
+    std::vector<float> churn(1000 + static_cast<std::size_t>(calls % 777));  // malloc/free between the calls
+    churn[0] = 1.0f;
+    ++calls;
+  }
+  done = true;
+  rain.join();
+  EXPECT_GT(calls, 100);
+  EXPECT_GT(sent.load(), 1000);
+  EXPECT_EQ(stop.pending(), SIGUSR1);
 }
 
 // The first progress line after an evaluation used to divide the steps of the whole window by the time
