@@ -31,6 +31,8 @@ struct BenchOptions {
   std::string json_path;  // JSON lines go here when set
   std::string comm = "nccl";                // --device cuda: nccl | mpi (the staged communicator)
   std::string dtypes = "fp32,bf16,fp16";    // --device cuda: activation dtypes of the kernel table
+  bool convs = false;                       // --convs: only the convnet's oneDNN convolution table
+  std::int64_t conv_batch = 64;             // its batch (the throughput benchmark's, per process)
 };
 
 // Collected JSON lines (one object per line) and the table printed as the benchmark runs.
@@ -48,6 +50,10 @@ struct LayerTimes {
 // (device "cpu" or "cuda"). Collective over `world`.
 void report_layer(const BenchShape& shape, const char* device, const LayerTimes& mine, Communicator& world,
                   BenchReport& report, const Log0& log);
+
+// The default convnet's fp32 3x3 convolutions on oneDNN, NHWC (as the trainer runs them) vs oneDNN's
+// own layout, forward / backward-data / backward-weights (bench_convs.cpp). Per rank, no collectives.
+void conv_bench(const BenchOptions& opt, BenchReport& report, const Log0& log);
 
 // CUDA benchmark (kernels vs device copy, NCCL all-reduce latency, layer split); throws in CPU builds.
 void run_cuda_bench(const BenchOptions& opt, Communicator& world, BenchReport& report);

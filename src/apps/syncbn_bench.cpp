@@ -4,6 +4,7 @@
 //    repetitions, so both see the same machine state).
 //  - One SyncBatchNorm layer (mode sync) at the current world size: forward+backward time split into
 //    compute and communication, per rank.
+//  - --convs: the default convnet's oneDNN convolutions, NHWC vs oneDNN's own layout (bench_convs.cpp).
 // Output: a table on stdout ('#' lines are not data) and JSON lines (--json FILE).
 #include <boost/program_options.hpp>
 #include <cmath>
@@ -267,6 +268,9 @@ int main(int argc, char** argv) {
       ("kernels-only", po::bool_switch(&kernels_only), "only the per-kernel table")
       ("layer-only", po::bool_switch(&layer_only), "only the SyncBN layer table")
       ("json", po::value(&json)->default_value(""), "write JSON lines to this file")
+      ("convs", po::bool_switch(&opt.convs),
+       "only the convnet's fp32 oneDNN convolutions: NHWC (as trained) vs oneDNN's own layout, per direction")
+      ("conv-batch", po::value(&opt.conv_batch)->default_value(64), "--convs: batch size")
       ("comm", po::value(&opt.comm)->default_value("nccl"),
        "--device cuda: nccl | mpi (device buffers staged through pinned host memory over MPI; ranks may "
        "share a GPU)")
@@ -281,6 +285,9 @@ int main(int argc, char** argv) {
                 "--layout must be nchw, nhwc or both, got '" + layout + "'");
       SBN_CHECK(opt.reps >= 1 && opt.warmup >= 0, "--reps must be >= 1 and --warmup >= 0");
       SBN_CHECK(!(kernels_only && layer_only), "--kernels-only and --layer-only exclude each other");
+      SBN_CHECK(opt.conv_batch >= 1, "--conv-batch must be >= 1");
+      SBN_CHECK(!(opt.convs && (kernels_only || layer_only || device != "cpu")),
+                "--convs is a CPU table of its own: without --kernels-only, --layer-only or --device cuda");
       SBN_CHECK(opt.comm == "nccl" || opt.comm == "mpi", "--comm must be nccl or mpi, got '" + opt.comm + "'");
       std::stringstream dts(opt.dtypes);
       for (std::string d; std::getline(dts, d, ',');)
@@ -296,7 +303,9 @@ int main(int argc, char** argv) {
     opt.layer = !kernels_only;
     opt.json_path = json;
     BenchReport report;
-    if (device == "cuda") {
+    if (opt.convs) {
+      conv_bench(opt, report, log);
+    } else if (device == "cuda") {
       run_cuda_bench(opt, world, report);
     } else {
       if (opt.kernels) kernel_bench(opt, report, log);
