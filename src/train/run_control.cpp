@@ -6,6 +6,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <ctime>
@@ -17,7 +18,10 @@ namespace syncbn {
 namespace {
 
 constexpr int kSignals[3] = {SIGTERM, SIGINT, SIGUSR1};
-volatile std::sig_atomic_t g_pending = 0;  // the only process-wide state: a signal handler needs it
+// The only process-wide state: a signal handler needs it. Set on the catcher thread, read on the
+// computing one: a lock-free atomic (safe in a handler, and a defined cross-thread read).
+std::atomic<int> g_pending{0};
+static_assert(std::atomic<int>::is_always_lock_free, "a signal handler may only touch lock-free atomics");
 
 extern "C" void on_stop_signal(int sig) {
   if (g_pending != 0 && sig == SIGINT) {
@@ -27,7 +31,8 @@ extern "C" void on_stop_signal(int sig) {
     std::raise(sig);
     return;
   }
-  if (g_pending == 0) g_pending = sig;
+  int none = 0;
+  g_pending.compare_exchange_strong(none, sig);
 }
 
 sigset_t stop_set() {
