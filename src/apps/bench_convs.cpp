@@ -25,7 +25,9 @@ struct ConvCase {
   dnnl::convolution_forward fwd;
   dnnl::convolution_backward_data bwd_data;
   dnnl::convolution_backward_weights bwd_weights;
-  dnnl::memory src, weights, dst, diff_src, diff_dst, diff_weights;
+  // Backward-data wants its weights in another blocked layout than forward (the trainer reorders them
+  // for it too), hence two copies; the other operands share one layout per tensor.
+  dnnl::memory src, weights, weights_bwd, dst, diff_src, diff_dst, diff_weights;
   std::string impl[3];
 
   ConvCase(const dnnl::engine& eng, std::int64_t n, std::int64_t ic, std::int64_t oc, std::int64_t hw,
@@ -43,6 +45,7 @@ struct ConvCase {
     bwd_weights = dnnl::convolution_backward_weights(wpd);
     src = filled(fpd.src_desc(), eng, 1);
     weights = filled(fpd.weights_desc(), eng, 2);
+    weights_bwd = filled(dpd.weights_desc(), eng, 2);
     dst = filled(fpd.dst_desc(), eng, 3);
     diff_src = filled(dpd.diff_src_desc(), eng, 4);
     diff_dst = filled(wpd.diff_dst_desc(), eng, 5);
@@ -65,7 +68,8 @@ struct ConvCase {
     const double t0 = now_seconds();
     if (d == 0) fwd.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dst}});
     if (d == 1)
-      bwd_data.execute(s, {{DNNL_ARG_DIFF_SRC, diff_src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DIFF_DST, diff_dst}});
+      bwd_data.execute(s,
+                       {{DNNL_ARG_DIFF_SRC, diff_src}, {DNNL_ARG_WEIGHTS, weights_bwd}, {DNNL_ARG_DIFF_DST, diff_dst}});
     if (d == 2)
       bwd_weights.execute(s,
                           {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_WEIGHTS, diff_weights}, {DNNL_ARG_DIFF_DST, diff_dst}});
